@@ -1,0 +1,32 @@
+# `make demo` and `make test` each create .venv when missing and install the project into it.
+# torch==2.13.0 is installed first and explicitly: on the project's CPU machines pip takes a local CPU
+# wheel; elsewhere it is a normal wheel. Everything else comes from pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[stream,mqtt,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/omnizip demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check omnizip omnizip_stream tests scripts
+	$(VENV)/bin/mypy omnizip
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""OmniZip hyper-parameters as one validated, frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["offline", "streaming"]
+SaliencyVariant = Literal["global", "block"]
+
+
+@dataclass(frozen=True)
+class OmniZipConfig:
+    """Hyper-parameters of OmniZip and of the baselines that share its budget.
+
+    Ratios are fractions *removed*. Defaults are the paper's 45 % operating point
+    (``rho_audio=0.3, rho_video=0.6``); the 35 % point is ``0.4 / 0.7``.
+
+    Attributes:
+        rho_audio: audio pruning ratio of the salient stage (``ρ_a``): the top ``1 - ρ_a`` audio
+            tokens by saliency are kept outright.
+        rho_video: global video pruning ratio (``ρ_v``), the budget the per-window ratios average to.
+        g: maximum number of pooled audio tokens merged into each anchor (``G``); 0 disables anchors.
+        anchor_ratio: anchors as a fraction of all audio tokens (``c``, "contextual_ratio").
+        rho_min: lower bound of the per-window video pruning ratio.
+        rho_max: upper bound of the per-window video pruning ratio.
+        knn_k: neighbourhood size of the DPC-kNN density (capped at ``P - 1``).
+        mode: ``offline`` (reference semantics over the whole clip) or ``streaming`` (one window at a
+            time plus an online budget controller).
+        saliency: ``global`` (softmax over the whole clip, as the reference) or ``block`` (inside each
+            2-s encoder block, what the encoder computes; the only one a stream can use).
+        controller_horizon: number of windows over which the streaming controller keeps the achieved
+            video retention on target.
+        seed: seed of the randomised baselines.
+    """
+
+    rho_audio: float = 0.3
+    rho_video: float = 0.6
+    g: int = 3
+    anchor_ratio: float = 0.05
+    rho_min: float = 0.35
+    rho_max: float = 0.75
+    knn_k: int = 5
+    mode: Mode = "offline"
+    saliency: SaliencyVariant = "global"
+    controller_horizon: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("rho_audio", "rho_video", "anchor_ratio", "rho_min", "rho_max"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.rho_min > self.rho_max:
+            raise ValueError(f"rho_min ({self.rho_min}) must not exceed rho_max ({self.rho_max})")
+        if self.g < 0:
+            raise ValueError(f"g must be >= 0, got {self.g}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.mode not in ("offline", "streaming"):
+            raise ValueError(f"mode must be 'offline' or 'streaming', got {self.mode!r}")
+        if self.saliency not in ("global", "block"):
+            raise ValueError(f"saliency must be 'global' or 'block', got {self.saliency!r}")
+        if self.controller_horizon < 1:
+            raise ValueError(f"controller_horizon must be >= 1, got {self.controller_horizon}")
+
+    @property
+    def nominal_retention(self) -> float:
+        """Nominal kept fraction of A/V tokens at the paper's 50 audio : 288 video per window."""
+        audio_keep = min(1.0, 1.0 - self.rho_audio + (self.anchor_ratio if self.g > 0 else 0.0))
+        return (audio_keep * 50 + (1.0 - self.rho_video) * 288) / 338

@@ -1,0 +1,77 @@
+"""The ``omnizip`` console script: one subcommand per module, imported only when used.
+
+Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+A :class:`UserError` raised anywhere below becomes a one-line message and exit code 2; every other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> module; adding a subcommand is one line here plus its module.
+SUBCOMMANDS: dict[str, str] = {
+    "demo": "omnizip_stream.cli.demo",
+    "infer": "omnizip_stream.cli.infer",
+    "stream": "omnizip_stream.cli.stream",
+    "serve-mqtt": "omnizip_stream.cli.serve_mqtt",
+    "bench": "omnizip_stream.cli.bench",
+    "eval": "omnizip_stream.cli.eval",
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's input (bad file, bad flag value ...): one line, exit code 2."""
+
+
+def _available_subcommands() -> dict[str, str]:
+    """Subcommands whose module exists in this checkout."""
+    out = {}
+    for name, module in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            out[name] = module
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; subcommand modules are imported to add their arguments."""
+    parser = argparse.ArgumentParser(
+        prog="omnizip",
+        description="OmniZip-Stream: audio-guided token compression for omnimodal LLMs on live A/V.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in _available_subcommands().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``omnizip`` script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"omnizip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

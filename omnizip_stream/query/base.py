@@ -1,0 +1,70 @@
+"""What a query transport (MQTT, the terminal, tests) needs from a running stream session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+class QueryError(Exception):
+    """A query that could not be answered, with a machine-readable code.
+
+    Codes: ``bad_request`` (malformed or invalid input), ``too_long`` (the question does not fit the
+    context), ``busy`` (the query queue is full), ``rate_limited``, ``not_ready`` (no window ingested
+    yet is allowed; this code is for a session that is not running), ``internal``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer about the live stream.
+
+    Attributes:
+        text: the generated answer.
+        ttft_ms: time from the question reaching the model thread's queue to the first token.
+        total_ms: time from submission to the last token.
+        window_range: ``(first_window_index, last_window_index)`` visible to the answer, or None
+            when no window had been ingested yet.
+        time_range_s: ``(t0_s, t1_s)`` of stream time the visible windows span (evicted middles
+            excluded), or None.
+        tokens_generated: number of generated tokens.
+        extra: further counters (queue wait, prompt tokens ...).
+    """
+
+    text: str
+    ttft_ms: float
+    total_ms: float
+    window_range: tuple[int, int] | None
+    time_range_s: tuple[float, float] | None
+    tokens_generated: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+class QueryService(Protocol):
+    """The part of a stream session that answers questions (implemented by ``StreamSession``)."""
+
+    async def ask(self, question: str, max_new_tokens: int = 64) -> Answer:
+        """Answer ``question`` about what the stream has shown so far.
+
+        Raises:
+            QueryError: with code ``too_long``, ``busy``, ``bad_request`` or ``internal``.
+        """
+        ...
+
+    def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str]:
+        """Yield the answer piece by piece (text deltas) as it is generated."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters (windows ingested, KV tokens and bytes, retention, lag, drops ...)."""
+        ...
