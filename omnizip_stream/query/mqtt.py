@@ -1,0 +1,432 @@
+"""MQTT query server: answers questions about one live stream over an MQTT broker.
+
+Topics (``<p>`` = ``config.topic_prefix``, default ``omnizip``):
+
+- ``<p>/<stream_id>/query``: questions in (JSON, see :mod:`omnizip_stream.query.schema`).
+- replies go to the MQTT 5 ResponseTopic (CorrelationData echoed) or, for 3.1.1 clients, to the
+  payload's ``reply_to`` (its ``id`` echoed).
+- ``<p>/<stream_id>/status``: retained JSON status, ``online`` while connected (refreshed every
+  ``status_interval_s``), ``offline`` on shutdown or, through the last will, when the connection dies.
+
+Delivery: QoS 1 with a persistent session under a fixed client id (MQTT 5: clean start off plus a
+session expiry; 3.1.1: clean session off), so questions published while the server is away are
+queued by the broker. Questions already received keep being answered while the broker is
+unreachable; the replies wait in an outbox and are published after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from omnizip_stream.query.base import Answer, QueryError, QueryService
+from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
+from omnizip_stream.query.outbox import Outbox, OutMessage, drain
+from omnizip_stream.query.ratelimit import RateLimiter
+from omnizip_stream.query.schema import (
+    QueryRequest,
+    RequestError,
+    Route,
+    check_reply_topic,
+    client_key,
+    decode_payload,
+    encode,
+    final_answer,
+    final_error,
+    json_safe,
+    parse_request,
+    partial,
+    payload_route,
+)
+
+__all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "parse_broker_url"]
+
+logger = logging.getLogger(__name__)
+
+# Connection refusals that retrying cannot fix (3.1.1 return codes and MQTT 5 reason codes).
+_PERMANENT_CONNACK = {1: "unsupported protocol version", 2: "client id rejected", 4: "bad username or password",
+                      5: "not authorised", 0x84: "unsupported protocol version", 0x85: "client id rejected",
+                      0x86: "bad username or password", 0x87: "not authorised", 0x8C: "bad authentication method"}
+
+
+class BrokerRefusedError(RuntimeError):
+    """The broker refused us in a way retrying cannot fix (credentials, ACL, TLS, protocol)."""
+
+
+@dataclass
+class _Job:
+    request: QueryRequest
+    route: Route
+    received_s: float
+
+
+class MqttQueryServer:
+    """Serve ``service`` on the MQTT topics of ``config.stream_id`` until cancelled.
+
+    Args:
+        service: the stream session (``ask`` / ``ask_stream`` / ``stats``).
+        config: broker, topics and limits.
+
+    Example::
+
+        server = MqttQueryServer(session, MqttConfig.from_url("mqtt://127.0.0.1:1883", stream_id="cam1"))
+        await server.run()   # until cancelled; raises BrokerRefusedError on bad credentials/TLS
+    """
+
+    def __init__(self, service: QueryService, config: MqttConfig) -> None:
+        self.service = service
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.connected = asyncio.Event()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max(1, config.max_queued_queries))
+        self._outbox = Outbox(config.max_outbox)
+        self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+        self._forbidden = (config.query_topic, config.status_topic)
+        self._in_flight = 0
+        self._started_s = time.monotonic()
+        self._workers: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Connect, serve and reconnect forever; returns only by cancellation or a permanent refusal.
+
+        Raises:
+            BrokerRefusedError: the first connection was refused for a reason retrying cannot fix.
+        """
+        if self._workers:
+            raise RuntimeError("MqttQueryServer.run() is already running")
+        self._started_s = time.monotonic()
+        self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.config.max_concurrent_queries)]
+        try:
+            await self._connection_loop()
+        finally:
+            await self._stop_workers()
+            self._workers = []
+            self.connected.clear()
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait until the server is connected and subscribed (TimeoutError after ``timeout_s``)."""
+        await asyncio.wait_for(self.connected.wait(), timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """Transport counters: requests received/answered, errors by code, queue and outbox depths."""
+        return {
+            **dict(self.counters),
+            "errors": dict(self.errors),
+            "queue_depth": self._queue.qsize(),
+            "in_flight": self._in_flight,
+            "outbox_depth": len(self._outbox),
+            "outbox_published": self._outbox.published,
+            "outbox_dropped": self._outbox.dropped,
+            "rate_limited_clients": len(self._limiter),
+            "uptime_s": round(time.monotonic() - self._started_s, 3),
+        }
+
+    # ------------------------------------------------------------------ connection
+    async def _connection_loop(self) -> None:
+        import aiomqtt
+
+        cfg = self.config
+        backoff_s = cfg.reconnect_min_s
+        ever_connected = False
+        while True:
+            try:
+                async with self._make_client() as client:
+                    ever_connected = True
+                    backoff_s = cfg.reconnect_min_s
+                    await self._serve_connection(client)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                reason = _permanent_reason(exc, cfg)
+                if reason is not None and not ever_connected:
+                    raise BrokerRefusedError(f"broker {cfg.url} refused the connection: {reason}") from None
+                delay_s = backoff_s * random.uniform(0.5, 1.0)
+                logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s",
+                               cfg.url, "connection lost" if ever_connected else "unreachable", exc, delay_s)
+                self.counters["connect_failures"] += 1
+                await asyncio.sleep(delay_s)
+                backoff_s = min(cfg.reconnect_max_s, backoff_s * 2)
+
+    def _make_client(self) -> Any:
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        cfg = self.config
+        v5 = cfg.protocol == "5"
+        will = aiomqtt.Will(cfg.status_topic, encode(self._status("offline", "connection lost", stats=False)),
+                            qos=cfg.qos, retain=True)
+        kwargs: dict[str, Any] = {}
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            kwargs.update(clean_start=False, properties=props)
+        else:
+            kwargs.update(clean_session=False)
+        if cfg.tls and cfg.tls_insecure:
+            kwargs["tls_insecure"] = True
+        client = aiomqtt.Client(
+            cfg.host, cfg.port, username=cfg.username, password=cfg.password,
+            identifier=cfg.server_client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will, keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), **kwargs,
+        )
+        client.pending_calls_threshold = 10_000  # many replies in flight is normal here
+        return client
+
+    async def _serve_connection(self, client: Any) -> None:
+        cfg = self.config
+        granted = await client.subscribe(cfg.query_topic, qos=cfg.qos)
+        codes = [int(getattr(g, "value", g)) for g in granted]
+        if any(c >= 0x80 for c in codes):
+            raise BrokerRefusedError(f"broker {cfg.url} refused the subscription to {cfg.query_topic} (check its ACL)")
+        await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
+        self.counters["connects"] += 1
+        self.connected.set()
+        logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
+                    cfg.stream_id, cfg.url, cfg.server_client_id, cfg.protocol, cfg.query_topic)
+        tasks = [
+            asyncio.ensure_future(self._reader(client)),
+            asyncio.ensure_future(self._status_loop(client)),
+            asyncio.ensure_future(drain(client, self._outbox, qos=cfg.qos, v5=cfg.protocol == "5")),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the MqttError that ended the connection
+            raise RuntimeError("MQTT connection tasks ended unexpectedly")
+        except asyncio.CancelledError:
+            await self._graceful_shutdown(client, tasks)
+            raise
+        finally:
+            self.connected.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _graceful_shutdown(self, client: Any, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop reading, answer everything pending with ``not_ready``, flush replies, go offline."""
+        reader, status, publisher = tasks
+        for task in (reader, status):
+            task.cancel()
+        await asyncio.gather(reader, status, return_exceptions=True)
+        await self._stop_workers()
+        if not publisher.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox.wait_idle(), 2.0)
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                client.publish(self.config.status_topic, encode(self._status("offline", "shutdown")),
+                               qos=self.config.qos, retain=True), 2.0)
+        logger.info("MQTT query server for stream %r stopped (status offline)", self.config.stream_id)
+
+    async def _status_loop(self, client: Any) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.status_interval_s)
+            await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
+
+    def _status(self, state: str, reason: str | None = None, *, stats: bool = True) -> dict[str, Any]:
+        cfg = self.config
+        out: dict[str, Any] = {"state": state, "stream_id": cfg.stream_id, "protocol": cfg.protocol,
+                               "query_topic": cfg.query_topic}
+        if reason is not None:
+            out["reason"] = reason
+        if stats:
+            out["ts"] = round(time.time(), 3)
+            out["server"] = self.stats()
+            try:
+                out["session"] = json_safe(self.service.stats())
+            except Exception as exc:  # a broken stats() must not take the transport down
+                out["session"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    # ------------------------------------------------------------------ requests in
+    async def _reader(self, client: Any) -> None:
+        async for message in client.messages:
+            try:
+                self._on_message(message)
+            except Exception:  # never let one message stop the service
+                logger.exception("unexpected error while handling a request")
+                self.counters["handler_errors"] += 1
+
+    def _on_message(self, message: Any) -> None:
+        cfg = self.config
+        self.counters["received"] += 1
+        if message.retain:
+            # A retained "question" would be re-asked on every reconnect; answer only live ones.
+            self.counters["ignored_retained"] += 1
+            logger.warning("ignored a retained message on %s", cfg.query_topic)
+            return
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        route = None
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if response_topic is not None:
+            try:
+                route = Route(check_reply_topic(response_topic, self._forbidden),
+                              getattr(props, "CorrelationData", None))
+            except RequestError as exc:
+                self._reject(None, None, exc.code, f"ResponseTopic: {exc.message}")
+                return
+        obj: Any = None
+        too_big = len(payload) > cfg.max_payload_bytes
+        if not too_big or (route is None and len(payload) <= 16 * cfg.max_payload_bytes):
+            try:
+                obj = decode_payload(payload)
+            except RequestError as exc:
+                if not too_big:
+                    self._reject(route, None, exc.code, exc.message)
+                    return
+        reply_to, request_id = payload_route(obj, self._forbidden)
+        if route is None and reply_to is not None:
+            route = Route(reply_to)
+        if too_big:
+            self._reject(route, request_id, "too_long",
+                         f"payload is {len(payload)} bytes, limit {cfg.max_payload_bytes}")
+            return
+        declared = obj.get("client_id") if isinstance(obj, dict) else None
+        key = client_key(declared if isinstance(declared, str) and len(declared) <= 64 else None, route)
+        if key is not None and not self._limiter.allow(key):
+            wait_s = self._limiter.retry_after_s(key)
+            self._reject(route, request_id, "rate_limited",
+                         f"too many requests from this client (limit {cfg.rate_limit_per_s:g}/s, burst "
+                         f"{cfg.rate_limit_burst}); retry in {wait_s:.1f} s")
+            return
+        try:
+            request = parse_request(obj, max_question_chars=cfg.max_question_chars,
+                                    default_max_new_tokens=cfg.default_max_new_tokens,
+                                    max_new_tokens_limit=cfg.max_new_tokens_limit,
+                                    forbidden_topics=self._forbidden)
+        except RequestError as exc:
+            self._reject(route, request_id, exc.code, exc.message)
+            return
+        if route is None:
+            self._reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
+            return
+        try:
+            self._queue.put_nowait(_Job(request, route, time.monotonic()))
+        except asyncio.QueueFull:
+            self._reject(route, request_id, "busy",
+                         f"{self._queue.qsize()} queries already waiting; try again later")
+            return
+        self.counters["accepted"] += 1
+
+    def _reject(self, route: Route | None, request_id: Any, code: str, message: str) -> None:
+        self.errors[code] += 1
+        if route is None:
+            self.counters["unroutable"] += 1
+            log = logger.warning if self.counters["unroutable"] in (1, 10, 100) or \
+                self.counters["unroutable"] % 1000 == 0 else logger.debug
+            log("request without a reply route dropped (%s: %s); %d so far", code, message,
+                self.counters["unroutable"])
+            return
+        self.counters["rejected"] += 1
+        self._send(route, final_error(self.config.stream_id, request_id, code, message))
+
+    def _send(self, route: Route, reply: dict[str, Any], *, is_partial: bool = False) -> None:
+        self._outbox.put(OutMessage(route.topic, encode(reply), route.correlation, is_partial))
+
+    # ------------------------------------------------------------------ answering
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            self._in_flight += 1
+            try:
+                await self._answer(job)
+            except asyncio.CancelledError:
+                self._fail(job, "not_ready", "the service is shutting down")
+                raise
+            finally:
+                self._in_flight -= 1
+                self._queue.task_done()
+
+    async def _stop_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        while not self._queue.empty():
+            self._fail(self._queue.get_nowait(), "not_ready", "the service is shutting down")
+
+    async def _answer(self, job: _Job) -> None:
+        req = job.request
+        try:
+            if req.stream:
+                answer = await asyncio.wait_for(self._ask_streaming(job), self.config.query_timeout_s)
+            else:
+                answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
+                                                self.config.query_timeout_s)
+        except QueryError as exc:
+            self._fail(job, exc.code, exc.message)
+        except asyncio.TimeoutError:
+            self._fail(job, "internal", f"no answer after {self.config.query_timeout_s:g} s")
+        except Exception as exc:
+            logger.exception("query %r failed", req.question[:80])
+            self._fail(job, "internal", f"internal error ({type(exc).__name__})")
+        else:
+            reply = final_answer(self.config.stream_id, req.request_id, answer,
+                                 (time.monotonic() - job.received_s) * 1e3)
+            if req.stream:
+                reply["partials"] = answer.extra.get("partials", 0)
+            self.counters["answered"] += 1
+            self._send(job.route, reply)
+
+    async def _ask_streaming(self, job: _Job) -> Answer:
+        req = job.request
+        t0 = time.monotonic()
+        ttft_ms: float | None = None
+        parts: list[str] = []
+        final: Answer | None = None
+        stream = self.service.ask_stream(req.question, req.max_new_tokens)
+        try:
+            async for item in stream:
+                if isinstance(item, Answer):  # a session may end its stream with the full Answer
+                    final = item
+                    continue
+                if not isinstance(item, str) or not item:
+                    continue
+                if ttft_ms is None:
+                    ttft_ms = (time.monotonic() - t0) * 1e3
+                self._send(job.route, partial(req.request_id, len(parts), item), is_partial=True)
+                parts.append(item)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self.counters["partials"] += len(parts)
+        total_ms = (time.monotonic() - t0) * 1e3
+        if final is None:
+            final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
+        return Answer(final.text, final.ttft_ms, final.total_ms, final.window_range, final.time_range_s,
+                      final.tokens_generated, {**final.extra, "partials": len(parts)})
+
+    def _fail(self, job: _Job, code: str, message: str) -> None:
+        self.errors[code] += 1
+        self.counters["failed"] += 1
+        self._send(job.route, final_error(self.config.stream_id, job.request.request_id, code, message))
+
+
+def _permanent_reason(exc: Exception, cfg: MqttConfig) -> str | None:
+    """Why a connection error cannot be fixed by retrying, or None if it may be transient."""
+    rc = getattr(exc, "rc", None)
+    code = int(getattr(rc, "value", rc)) if rc is not None else None
+    if type(exc).__name__ == "MqttConnectError" and code in _PERMANENT_CONNACK:
+        reason = _PERMANENT_CONNACK[code]
+        if "protocol" in reason and cfg.protocol == "5":
+            reason += " (the broker may speak only MQTT 3.1.1: use protocol 3.1.1)"
+        return reason
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return f"TLS certificate not trusted ({text}); pass the broker's CA file"
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return "TLS handshake failed: is this port really mqtts:// (TLS)?"
+    return None

@@ -1,0 +1,193 @@
+"""Replies waiting for the broker: a bounded FIFO that survives reconnects, and its pipelined drain.
+
+Answers are computed whether or not the broker is reachable; they wait here and are published
+(QoS 1, in order) after the next connect. A publish that was not acknowledged when the connection
+dropped is put back at the front and sent again, so replies are delivered at least once (a reply
+whose PUBACK was lost can arrive twice; clients match replies by correlation data / ``id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """One reply to publish.
+
+    Attributes:
+        topic: destination topic.
+        payload: encoded JSON.
+        correlation: MQTT 5 CorrelationData to echo (None for 3.1.1 routes).
+        partial: True for a streamed partial answer (dropped first when the outbox overflows).
+    """
+
+    topic: str
+    payload: bytes
+    correlation: bytes | None = None
+    partial: bool = False
+
+
+class Outbox:
+    """Bounded FIFO of :class:`OutMessage`; overflow drops the oldest partial, else the oldest reply.
+
+    Args:
+        max_messages: capacity.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be >= 1, not {max_messages}")
+        self.max_messages = max_messages
+        self._items: deque[OutMessage] = deque()
+        self._event = asyncio.Event()
+        self.dropped = 0
+        self.published = 0
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        """Replies handed to the broker whose PUBACK has not arrived (maintained by :func:`drain`)."""
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        self._inflight = value
+        self._update_idle()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued and nothing is awaiting its PUBACK."""
+        await self._idle.wait()
+
+    def put(self, msg: OutMessage) -> None:
+        """Append a reply (never blocks)."""
+        self._items.append(msg)
+        self._trim()
+        self._event.set()
+        self._update_idle()
+
+    def requeue_front(self, msgs: list[OutMessage]) -> None:
+        """Put unacknowledged replies back at the front, keeping their order."""
+        if not msgs:
+            return
+        self._items.extendleft(reversed(msgs))
+        self._trim()
+        self._event.set()
+        self._update_idle()
+
+    def popleft(self) -> OutMessage:
+        """Take the oldest reply (the outbox must not be empty)."""
+        msg = self._items.popleft()
+        if not self._items:
+            self._event.clear()
+        self._update_idle()
+        return msg
+
+    async def wait(self) -> None:
+        """Return once the outbox is not empty."""
+        while not self._items:
+            self._event.clear()
+            await self._event.wait()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _update_idle(self) -> None:
+        if self._items or self._inflight:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    def _trim(self) -> None:
+        while len(self._items) > self.max_messages:
+            victim = next((m for m in self._items if m.partial), None)
+            if victim is not None:
+                self._items.remove(victim)
+            else:
+                victim = self._items.popleft()
+            self.dropped += 1
+            logger.warning("reply outbox full (%d): dropped a reply to %s", self.max_messages, victim.topic)
+
+
+def publish_properties(msg: OutMessage) -> Any:
+    """MQTT 5 PUBLISH properties of a reply: JSON content type and the echoed CorrelationData."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    if msg.correlation is not None:
+        props.CorrelationData = msg.correlation
+    return props
+
+
+async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight: int = 16) -> None:
+    """Publish the outbox forever over one connection, up to ``max_inflight`` unacknowledged at once.
+
+    Publishes are issued in outbox order (so partials of one answer arrive in order). Returns only
+    by raising: the publish error, or ``CancelledError`` when the connection is torn down; in both
+    cases every reply not yet acknowledged goes back to the front of the outbox.
+
+    Args:
+        client: a connected ``aiomqtt.Client``.
+        outbox: the shared outbox.
+        qos: publish QoS.
+        v5: whether the connection is MQTT 5 (properties are only sent then).
+        max_inflight: publishes awaiting their PUBACK at the same time.
+    """
+    inflight: list[tuple[OutMessage, asyncio.Task[None]]] = []
+    getter: asyncio.Future[None] | None = None
+    try:
+        while True:
+            while len(inflight) < max_inflight and len(outbox):
+                msg = outbox.popleft()
+                coro = client.publish(
+                    msg.topic, msg.payload, qos=qos, properties=publish_properties(msg) if v5 else None,
+                    timeout=math.inf,
+                )
+                inflight.append((msg, asyncio.ensure_future(coro)))
+            outbox.inflight = len(inflight)
+            waiters: set[asyncio.Future[Any]] = {t for _, t in inflight}
+            if len(inflight) < max_inflight:
+                getter = asyncio.ensure_future(outbox.wait())
+                waiters.add(getter)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if getter is not None:
+                getter.cancel()
+                getter = None
+            remaining = []
+            error: BaseException | None = None
+            for msg, task in inflight:
+                if not task.done():
+                    remaining.append((msg, task))
+                elif task.exception() is not None:
+                    remaining.append((msg, task))  # requeued in `finally`
+                    error = error or task.exception()
+                else:
+                    outbox.published += 1
+            inflight = remaining
+            outbox.inflight = len(inflight)
+            if error is not None:
+                raise error
+    finally:
+        if getter is not None:
+            getter.cancel()
+        unacked = []
+        for msg, task in inflight:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                outbox.published += 1
+            else:
+                unacked.append(msg)
+                task.cancel()
+        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+        outbox.inflight = 0
+        outbox.requeue_front(unacked)

@@ -1,0 +1,300 @@
+"""JSON wire format of MQTT queries: request validation and the partial / final / status messages.
+
+Request (UTF-8 JSON object on ``<prefix>/<stream_id>/query``)::
+
+    {"question": str,              required, 1..max_question_chars after stripping
+     "max_new_tokens": int,        optional, 1..max_new_tokens_limit
+     "stream": bool,               optional, partial answers before the final one
+     "id": str | int,              optional, echoed in every reply (3.1.1 correlation)
+     "reply_to": str,              3.1.1 clients: topic for the replies (ignored when the
+                                   MQTT 5 ResponseTopic property is set)
+     "client_id": str}             optional, rate-limit identity (see ``client_key``)
+
+Replies (JSON objects on the reply topic, CorrelationData echoed under MQTT 5)::
+
+    {"type": "partial", "id": ..., "seq": 0, "delta": "text"}
+    {"type": "final", "ok": true, "id": ..., "stream_id": ..., "answer": ..., "ttft_ms": ...,
+     "total_ms": ..., "server_ms": ..., "window_range": [i, j] | null,
+     "time_range_s": [t0, t1] | null, "tokens_generated": n}
+    {"type": "final", "ok": false, "id": ..., "stream_id": ..., "error": {"code": ..., "message": ...}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from omnizip_stream.query.base import Answer
+
+REQUEST_FIELDS = frozenset({"question", "max_new_tokens", "stream", "id", "reply_to", "client_id"})
+MAX_ID_CHARS = 128
+MAX_TOPIC_BYTES = 512
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
+
+ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "internal")
+
+
+class RequestError(Exception):
+    """A request that is refused before it reaches the session (code as in ``QueryError``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the replies to one request go.
+
+    Attributes:
+        topic: reply topic (MQTT 5 ResponseTopic or the payload's ``reply_to``).
+        correlation: MQTT 5 CorrelationData to echo, or None.
+    """
+
+    topic: str
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """A validated question.
+
+    Attributes:
+        question: the stripped question text.
+        max_new_tokens: generation budget, already bounded.
+        stream: whether partial answers were asked for.
+        request_id: the client's ``id`` (str or int), echoed back; None if not given.
+        client_id: the client's declared identity, or None.
+    """
+
+    question: str
+    max_new_tokens: int
+    stream: bool = False
+    request_id: str | int | None = None
+    client_id: str | None = None
+
+
+def check_reply_topic(topic: Any, forbidden: tuple[str, ...]) -> str:
+    """Validate a reply topic (from the payload or the ResponseTopic property).
+
+    Args:
+        topic: candidate topic.
+        forbidden: topics the server must never publish replies to (its own query/status topics).
+
+    Returns:
+        The topic.
+
+    Raises:
+        RequestError: ``bad_request`` if it is not a publishable topic name.
+    """
+    if not isinstance(topic, str) or not topic:
+        raise RequestError("bad_request", "'reply_to' must be a non-empty topic string")
+    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise RequestError("bad_request", f"reply topic is longer than {MAX_TOPIC_BYTES} bytes")
+    if "+" in topic or "#" in topic or "\x00" in topic or topic.startswith("$"):
+        raise RequestError("bad_request", "reply topic must not contain wildcards, NUL or start with '$'")
+    if topic in forbidden:
+        raise RequestError("bad_request", f"replies cannot go to the service's own topic {topic!r}")
+    return topic
+
+
+def decode_payload(payload: bytes) -> Any:
+    """Decode a UTF-8 JSON payload.
+
+    Raises:
+        RequestError: ``bad_request`` for invalid UTF-8 or JSON (including NaN/Infinity).
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("bad_request", "payload is not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError("bad_request", f"payload is not valid JSON ({_short(exc)})") from None
+
+
+def payload_route(obj: Any, forbidden: tuple[str, ...]) -> tuple[str | None, str | int | None]:
+    """Best-effort ``(reply_to, id)`` from a decoded payload, for replying to an invalid request.
+
+    Invalid values are dropped rather than raised, so the error about the rest of the request can
+    still reach a 3.1.1 client whose ``reply_to`` is fine.
+    """
+    if not isinstance(obj, dict):
+        return None, None
+    reply_to = obj.get("reply_to")
+    try:
+        reply_to = check_reply_topic(reply_to, forbidden) if reply_to is not None else None
+    except RequestError:
+        reply_to = None
+    rid = obj.get("id")
+    if not _valid_id(rid):
+        rid = None
+    return reply_to, rid
+
+
+def parse_request(
+    obj: Any,
+    *,
+    max_question_chars: int,
+    default_max_new_tokens: int,
+    max_new_tokens_limit: int,
+    forbidden_topics: tuple[str, ...] = (),
+) -> QueryRequest:
+    """Validate a decoded request object.
+
+    Args:
+        obj: the decoded JSON value.
+        max_question_chars: longer questions are refused with ``too_long``.
+        default_max_new_tokens: budget when the request gives none.
+        max_new_tokens_limit: largest budget a request may ask for.
+        forbidden_topics: topics ``reply_to`` may not name.
+
+    Returns:
+        The validated request (``reply_to`` is checked here but routed by the caller).
+
+    Raises:
+        RequestError: ``bad_request`` (wrong shape, type, range or unknown field) or ``too_long``.
+    """
+    if not isinstance(obj, dict):
+        raise RequestError("bad_request", f"request must be a JSON object, not {_json_type(obj)}")
+    unknown = sorted(set(obj) - REQUEST_FIELDS)
+    if unknown:
+        raise RequestError(
+            "bad_request",
+            f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: {', '.join(sorted(REQUEST_FIELDS))}",
+        )
+    if "question" not in obj:
+        raise RequestError("bad_request", "missing required field 'question'")
+    question = obj["question"]
+    if not isinstance(question, str):
+        raise RequestError("bad_request", f"'question' must be a string, not {_json_type(question)}")
+    question = question.strip()
+    if not question:
+        raise RequestError("bad_request", "'question' is empty")
+    if len(question) > max_question_chars:
+        raise RequestError("too_long", f"question has {len(question)} characters, limit {max_question_chars}")
+    max_new = obj.get("max_new_tokens", default_max_new_tokens)
+    if not isinstance(max_new, int) or isinstance(max_new, bool):
+        raise RequestError("bad_request", f"'max_new_tokens' must be an integer, not {_json_type(max_new)}")
+    if not 1 <= max_new <= max_new_tokens_limit:
+        raise RequestError("bad_request", f"'max_new_tokens' must be in 1..{max_new_tokens_limit}, not {max_new}")
+    stream = obj.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("bad_request", f"'stream' must be true or false, not {_json_type(stream)}")
+    rid = obj.get("id")
+    if rid is not None and not _valid_id(rid):
+        raise RequestError("bad_request", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
+    if "reply_to" in obj:
+        check_reply_topic(obj["reply_to"], forbidden_topics)
+    client_id = obj.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not _CLIENT_ID_RE.match(client_id)):
+        raise RequestError("bad_request", "'client_id' must be 1-64 characters of letters, digits or '_.:@-'")
+    return QueryRequest(question, max_new, stream, rid, client_id)
+
+
+def client_key(client_id: str | None, route: Route | None) -> str | None:
+    """Identity used for per-client rate limiting.
+
+    The broker does not tell subscribers who published a message, so the identity comes from the
+    message: the declared ``client_id`` if any, otherwise the reply topic. A device that cannot
+    be trusted to keep either stable must be pinned by the broker ACL (e.g. allow it to read only
+    ``omnizip/+/reply/%u/#``); the bounded queue (``busy``) protects the service in any case.
+    """
+    if client_id is not None:
+        return f"id:{client_id}"
+    if route is not None:
+        return f"topic:{route.topic}"
+    return None
+
+
+def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: float) -> dict[str, Any]:
+    """Build the ``type: final, ok: true`` reply for an answer."""
+    return {
+        "type": "final",
+        "ok": True,
+        "id": request_id,
+        "stream_id": stream_id,
+        "answer": answer.text,
+        "ttft_ms": _num(answer.ttft_ms),
+        "total_ms": _num(answer.total_ms),
+        "server_ms": round(server_ms, 3),
+        "window_range": list(answer.window_range) if answer.window_range is not None else None,
+        "time_range_s": list(answer.time_range_s) if answer.time_range_s is not None else None,
+        "tokens_generated": answer.tokens_generated,
+    }
+
+
+def final_error(stream_id: str, request_id: Any, code: str, message: str) -> dict[str, Any]:
+    """Build the ``type: final, ok: false`` reply for a refused or failed request."""
+    return {
+        "type": "final",
+        "ok": False,
+        "id": request_id,
+        "stream_id": stream_id,
+        "error": {"code": code, "message": message},
+    }
+
+
+def partial(request_id: Any, seq: int, delta: str) -> dict[str, Any]:
+    """Build a ``type: partial`` reply carrying the next piece of a streamed answer."""
+    return {"type": "partial", "id": request_id, "seq": seq, "delta": delta}
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; values JSON cannot carry (numpy scalars, tuples ...) are converted."""
+    return json.dumps(obj, separators=(",", ":"), default=_json_default, allow_nan=False).encode("utf-8")
+
+
+def json_safe(value: Any) -> Any:
+    """Turn ``value`` (e.g. a ``stats()`` dict) into plain JSON types; NaN/inf become None."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    return json_safe(_json_default(value))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def _num(x: float) -> float | None:
+    return round(float(x), 3) if math.isfinite(x) else None
+
+
+def _valid_id(rid: Any) -> bool:
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return abs(rid) < 2**63
+    return isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,164 @@
+"""Test helpers for the MQTT transport: a mosquitto process, a fake QueryService, a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.query.broker import find_mosquitto, free_port
+from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Mosquitto:
+    """A mosquitto process on loopback, restartable on the same port(s)."""
+
+    def __init__(self, workdir: Path, *, persistence: bool = False, extra_listeners: str = "",
+                 auth: str = "", port: int | None = None) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError("mosquitto not installed")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.extra_listeners = extra_listeners
+        self.auth = auth
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        lines = ["per_listener_settings false", "set_tcp_nodelay true", "log_dest stderr",
+                 "log_type error", "log_type warning", "log_type notice", "log_type information"]
+        if os.geteuid() == 0:
+            lines.insert(0, "user root")
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 0"]
+        else:
+            lines.append("persistence false")
+        lines.append(f"listener {self.port} 127.0.0.1")
+        text = "\n".join(lines) + "\n" + self.extra_listeners + "\n"
+        text += self.auth if self.auth else "allow_anonymous true\n"
+        return text
+
+    def start(self, ports: tuple[int, ...] = ()) -> None:
+        self.conf.write_text(self.config_text())
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        for port in (self.port, *ports):
+            while not port_open(port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto failed to start: {self.log.read_text()[-2000:]}")
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class FakeService:
+    """Deterministic QueryService: answers ``"answer: <question>"``.
+
+    ``latency_s`` delays every answer; ``gates`` maps a question to an Event the answer waits for;
+    ``fail`` maps a question to the exception to raise. ``calls`` records every (question, max_new_tokens).
+    """
+
+    latency_s: float = 0.0
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _record(self, question: str, max_new_tokens: int) -> None:
+        self.calls.append((question, max_new_tokens))
+        self.started.set()
+
+    async def _wait(self, question: str) -> None:
+        if question in self.gates:
+            await self.gates[question].wait()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if question in self.fail:
+            raise self.fail[question]
+
+    async def ask(self, question: str, max_new_tokens: int = 64) -> Answer:
+        self._record(question, max_new_tokens)
+        await self._wait(question)
+        return Answer(f"answer: {question}", 1.5, 2.5, (3, 7), (6.0, 16.0), tokens_generated=3)
+
+    async def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str]:
+        self._record(question, max_new_tokens)
+        await self._wait(question)
+        words = f"answer: {question}".split(" ")
+        for i, word in enumerate(words):
+            yield word if i == 0 else " " + word
+            await asyncio.sleep(0)
+
+    def stats(self) -> dict[str, Any]:
+        return {"windows_ingested": 9, "window_lag_s": 0.25, "retention": 0.3, "kv_tokens": 1234,
+                "kv_bytes": 56789, "calls": len(self.calls)}
+
+    def wait_for_call(self, question: str, timeout_s: float = 10.0) -> Any:
+        async def _wait() -> None:
+            while not any(q == question for q, _ in self.calls):
+                self.started.clear()
+                await self.started.wait()
+
+        return asyncio.wait_for(_wait(), timeout_s)
+
+
+def fast_config(url: str, stream_id: str, **overrides: Any) -> MqttConfig:
+    """A config with test-friendly timings (fast reconnect, no rate limit unless asked)."""
+    base: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "rate_limit_per_s": 0.0,
+                            "keepalive_s": 5, "max_queued_queries": 64, "status_interval_s": 60.0}
+    base.update(overrides)
+    return MqttConfig.from_url(url, stream_id=stream_id, **base)
+
+
+@contextlib.asynccontextmanager
+async def serve(service: Any, config: MqttConfig) -> AsyncIterator[MqttQueryServer]:
+    """Run an MqttQueryServer in the background while the block runs; cancel it afterwards."""
+    server = MqttQueryServer(service, config)
+    task = asyncio.ensure_future(server.run())
+    try:
+        waiter = asyncio.ensure_future(server.wait_connected())
+        done, _ = await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()
+        if waiter not in done:
+            waiter.cancel()
+            raise TimeoutError("server did not connect")
+        yield server
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
