@@ -38,7 +38,7 @@ def find_mosquitto() -> str | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
+    """Return a TCP port that was free on ``host`` a moment ago."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -129,8 +129,7 @@ class EmbeddedBroker:
         conf = Path(self._tmp.name) / "mosquitto.conf"
         conf.write_text(mosquitto_config(self.port, host=self.host))
         log_path = Path(self._tmp.name) / "mosquitto.log"
-        with open(log_path, "wb") as log:
-            self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        self._proc = await asyncio.to_thread(_spawn, [binary, "-c", str(conf)], log_path)
         self.kind = "mosquitto"
         deadline = time.monotonic() + 10.0
         while not await asyncio.to_thread(_port_open, self.host, self.port):
@@ -176,6 +175,11 @@ class EmbeddedBroker:
     async def __aexit__(self, *exc: object) -> None:
         """Stop."""
         await self.stop()
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _port_open(host: str, port: int) -> bool:

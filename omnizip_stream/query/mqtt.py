@@ -85,7 +85,8 @@ class MqttQueryServer:
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.connected = asyncio.Event()
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max(1, config.max_queued_queries))
+        # Bounded by the check in _on_message: running + waiting <= max_concurrent + max_queued.
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._outbox = Outbox(config.max_outbox)
         self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self._forbidden = (config.query_topic, config.status_topic)
@@ -313,12 +314,11 @@ class MqttQueryServer:
         if route is None:
             self._reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
             return
-        try:
-            self._queue.put_nowait(_Job(request, route, time.monotonic()))
-        except asyncio.QueueFull:
+        if self._in_flight + self._queue.qsize() >= cfg.max_concurrent_queries + cfg.max_queued_queries:
             self._reject(route, request_id, "busy",
-                         f"{self._queue.qsize()} queries already waiting; try again later")
+                         f"{self._in_flight} queries running and {self._queue.qsize()} waiting; try again later")
             return
+        self._queue.put_nowait(_Job(request, route, time.monotonic()))
         self.counters["accepted"] += 1
 
     def _reject(self, route: Route | None, request_id: Any, code: str, message: str) -> None:

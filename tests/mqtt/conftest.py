@@ -64,13 +64,6 @@ def service() -> FakeService:
     return FakeService()
 
 
-def need_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (apt-get install mosquitto-clients)")
-    return path
-
-
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 (IP SAN), made with openssl."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,9 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.query.base import Answer
 from omnizip_stream.query.broker import find_mosquitto, free_port
 from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
+
+
+def need_binary(name: str) -> str:
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (apt-get install mosquitto-clients)")
+    return path
 
 
 def port_open(port: int) -> bool:
@@ -133,6 +143,13 @@ class FakeService:
                 await self.started.wait()
 
         return asyncio.wait_for(_wait(), timeout_s)
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    """Poll ``predicate()`` until true (for counters that have no event to wait on)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 def fast_config(url: str, stream_id: str, **overrides: Any) -> MqttConfig:

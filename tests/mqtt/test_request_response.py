@@ -7,7 +7,7 @@ import json
 
 import aiomqtt
 import pytest
-from mqtt_helpers import FakeService, fast_config, serve
+from mqtt_helpers import FakeService, fast_config, serve, wait_until
 
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.query.mqtt_client import MqttQueryClient
@@ -122,8 +122,7 @@ async def test_busy_when_queue_full_then_recovers(broker, stream_id):
         first = asyncio.ensure_future(client.ask("slow", timeout_s=20))
         await service.wait_for_call("slow")
         queued = [asyncio.ensure_future(client.ask(f"queued{i}", timeout_s=20)) for i in range(2)]
-        while server.counters["accepted"] < 3:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: server.counters["accepted"] == 3)
         with pytest.raises(QueryError) as err:
             await client.ask("one too many", timeout_s=10)
         assert err.value.code == "busy"
