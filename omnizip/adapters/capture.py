@@ -1,0 +1,70 @@
+"""Capture an audio-encoder attention layer's queries and keys with forward hooks (no model change).
+
+OmniZip's audio saliency (Stage A) needs ``Q`` and ``K`` of the last audio-encoder layer. The stock
+attention modules throw their weights away, so instead of replacing a ``forward`` we hook the
+``q_proj`` / ``k_proj`` linear layers (their outputs are ``Q`` and ``K`` before the head split) and
+read ``cu_seqlens`` (the 2-s / 8-s attention blocks) from the attention module's call. The model's
+outputs are unchanged: hooks only read.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class QKCapture:
+    """Context manager recording ``Q``/``K`` ``[T, d_model]`` and ``cu_seqlens`` of one attention module.
+
+    Example::
+
+        with QKCapture(audio_tower.layers[-1].self_attn) as cap:
+            audio_tower(...)
+        q = cap.q.view(T, heads, head_dim)
+    """
+
+    def __init__(self, attention: nn.Module) -> None:
+        for name in ("q_proj", "k_proj"):
+            if not hasattr(attention, name):
+                raise TypeError(f"{type(attention).__name__} has no {name}; cannot capture audio saliency")
+        self.attention = attention
+        self.q: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None
+        self.cu_seqlens: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def _on_q(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.q = output.detach()
+
+    def _on_k(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.k = output.detach()
+
+    def _on_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cu = kwargs.get("cu_seqlens")
+        if cu is None and len(args) > 1:
+            cu = args[1]
+        self.cu_seqlens = None if cu is None else cu.detach().to("cpu", torch.long)
+
+    def __enter__(self) -> QKCapture:
+        self._handles = [
+            self.attention.q_proj.register_forward_hook(self._on_q),
+            self.attention.k_proj.register_forward_hook(self._on_k),
+            self.attention.register_forward_pre_hook(self._on_call, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def block_lengths(self) -> list[int] | None:
+        """Lengths of the encoder's attention blocks, from ``cu_seqlens`` (None if not seen)."""
+        if self.cu_seqlens is None:
+            return None
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()

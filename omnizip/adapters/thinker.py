@@ -1,0 +1,342 @@
+"""What the Qwen2.5-Omni and Qwen3-Omni thinker adapters share.
+
+The family modules supply the model-specific pieces (special tokens and how their positions are
+shared, audio/video encoding with saliency capture, the order of A/V tokens, extra LM inputs such as
+Qwen3's deepstack features); this base class turns them into the :class:`~omnizip.adapters.base.OmniAdapter`
+surface: prompts, ``encode_av``, a text-model ``forward`` that projects only the last position, an
+empty cache, and exact re-rotation of cached keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec, PromptParts
+from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
+from omnizip.preprocess import log_mel, log_mel_window
+from omnizip.types import Modality, TokenLayout
+
+logger = logging.getLogger(__name__)
+
+_AV_MARKER = "\x00OMNIZIP_AV\x00"
+_AUDIO_CONTEXT_SAMPLES = 400  # left context kept for the next window's log-mel (needs n_fft / 2 = 200)
+
+
+class ThinkerAdapter:
+    """Shared implementation of the adapter surface for omni thinkers (see ``base.OmniAdapter``).
+
+    Subclasses set ``spec`` and implement ``_special``, ``_encode_audio``, ``_encode_video``,
+    ``_av_tokens`` and may override ``_lm_kwargs``.
+    """
+
+    spec: ModelSpec
+    #: Whether the two opening (and the two closing) special tokens share one position id.
+    shared_special_positions: bool = True
+    #: dtype of position ids (Qwen2.5-Omni: int64; Qwen3-Omni: float32).
+    position_dtype: torch.dtype = torch.long
+
+    def __init__(
+        self,
+        thinker: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        model_name: str,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.thinker = thinker.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.system_prompt = system_prompt
+        self.text_config = thinker.config.get_text_config()
+
+    # ------------------------------------------------------------------ special tokens / prompts
+    def _special(self, name: str) -> int:
+        """Token id of a special token by role: audio, video, audio_bos, audio_eos, vision_bos, vision_eos."""
+        raise NotImplementedError
+
+    def open_ids(self, has_audio: bool, has_video: bool) -> list[int]:
+        """A/V opening special tokens: ``<vision_bos><audio_bos>``, or the one that applies."""
+        ids = []
+        if has_video:
+            ids.append(self._special("vision_bos"))
+        if has_audio:
+            ids.append(self._special("audio_bos"))
+        if not ids:
+            raise ValueError("an A/V block needs audio or video")
+        return ids
+
+    def close_ids(self, has_audio: bool, has_video: bool) -> list[int]:
+        """A/V closing special tokens: ``<audio_eos><vision_eos>``, or the one that applies."""
+        ids = []
+        if has_audio:
+            ids.append(self._special("audio_eos"))
+        if has_video:
+            ids.append(self._special("vision_eos"))
+        if not ids:
+            raise ValueError("an A/V block needs audio or video")
+        return ids
+
+    def special_positions(self, n: int, start: int) -> list[int]:
+        """Positions of ``n`` consecutive special tokens starting at ``start`` (shared or consecutive)."""
+        return [start] * n if self.shared_special_positions else list(range(start, start + n))
+
+    def prompt_parts(self, question: str, system_prompt: str | None = None) -> PromptParts:
+        """Token ids of the chat prompt around the A/V block, rendered with the tokenizer's template.
+
+        Args:
+            question: the user's question ("" for the prefix of a stream).
+            system_prompt: overrides the adapter's default system prompt.
+        """
+        system = system_prompt if system_prompt is not None else self.system_prompt
+        messages = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": _AV_MARKER + question})
+        text = None
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # a template that rejects plain-string content
+                logger.warning("chat template failed (%s); using the Qwen chat format", exc)
+        if not text or _AV_MARKER not in text:
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            text += "<|im_start|>assistant\n"
+        prefix, suffix = text.split(_AV_MARKER, 1)
+        return PromptParts(prefix=self.text_ids(prefix), suffix=self.text_ids(suffix))
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special-token strings in it are recognised, no BOS added)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def eos_token_ids(self) -> set[int]:
+        """Ids that end an answer: the tokenizer's eos, ``<|im_end|>`` and ``<|endoftext|>`` when present."""
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        for tok in ("<|im_end|>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return ids
+
+    # ------------------------------------------------------------------ encoding
+    def _encode_audio(
+        self, audio: np.ndarray, saliency: str | None, cursor: AVCursor, stream: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        """``audio [n]`` float32 16 kHz -> features ``[N_a, D]``, saliency ``[N_a]`` or None, mel max."""
+        raise NotImplementedError
+
+    def _log_mel(self, audio: np.ndarray, cursor: AVCursor, stream: bool) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Log-mel ``[1, 128, T]`` + mask ``[1, T]``: whole clip, or one stream window with left context."""
+        if not stream:
+            feats, mask = log_mel(audio, self.audio_cfg)
+            return feats, mask, None
+        mel = log_mel_window(audio, cursor.audio_tail, running_max_log10=cursor.mel_max_log10, cfg=self.audio_cfg)
+        return mel.input_features, mel.feature_attention_mask, mel.max_log10
+
+    def _encode_video(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int], dict[str, Any]]:
+        """``frames [F, H, W, 3]`` uint8 -> (features ``[N_v, D]``, grid ``(t, h, w)``, extras)."""
+        raise NotImplementedError
+
+    def _av_tokens(
+        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool
+    ) -> AVTokens:
+        raise NotImplementedError
+
+    def _merged_tokens_per_grid(self, grid_thw: tuple[int, int, int]) -> int:
+        merge = self.thinker.config.vision_config.spatial_merge_size
+        return (grid_thw[1] // merge) * (grid_thw[2] // merge)
+
+    @torch.no_grad()
+    def encode_av(
+        self,
+        audio: np.ndarray | None,
+        frames: np.ndarray | None,
+        cursor: AVCursor,
+        *,
+        saliency: str | None = "block",
+        interleave: bool = True,
+        stream: bool = False,
+    ) -> EncodedAV:
+        """Encode one window (or a whole clip) into the full, uncompressed token layout.
+
+        Args:
+            audio: ``[n]`` float32 mono 16 kHz, or None / empty for no audio.
+            frames: ``[F, H, W, 3]`` uint8 RGB frames sampled at ``spec.fps``, or None / empty.
+            cursor: where this block starts in the stream (``AVCursor(base)`` for a clip).
+            saliency: ``global`` / ``block`` audio saliency variant, or None to skip it.
+            interleave: ``use_audio_in_video`` layout (ignored when one modality is missing).
+            stream: compute the log-mel of a stream window (left context and running floor from the
+                cursor) instead of a whole clip.
+
+        Returns:
+            The :class:`EncodedAV`; ``layout.embeds`` is ``[N, D]`` in the model dtype.
+        """
+        has_audio = audio is not None and len(audio) > 0
+        has_video = frames is not None and len(frames) > 0
+        if not (has_audio or has_video):
+            raise ValueError("encode_av needs audio or video")
+        d = self.spec.hidden_size
+        a_feat = torch.zeros(0, d, dtype=self.dtype, device=self.device)
+        a_sal: torch.Tensor | None = None
+        v_feat = torch.zeros(0, d, dtype=self.dtype, device=self.device)
+        grid: tuple[int, int, int] | None = None
+        v_extras: dict[str, Any] = {}
+        mel_max = cursor.mel_max_log10
+        timings = {"audio_encode_ms": 0.0, "video_encode_ms": 0.0}
+        if has_audio:
+            audio = np.asarray(audio, dtype=np.float32)
+            t0 = time.perf_counter()
+            a_feat, a_sal, mel_max = self._encode_audio(audio, saliency, cursor, stream)
+            timings["audio_encode_ms"] = self._elapsed_ms(t0)
+        if has_video:
+            t0 = time.perf_counter()
+            v_feat, grid, v_extras = self._encode_video(np.asarray(frames))
+            timings["video_encode_ms"] = self._elapsed_ms(t0)
+        toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave)
+        is_audio = toks.kind == AUDIO_KIND
+        is_video = toks.kind == VIDEO_KIND
+        embeds = torch.empty(toks.kind.shape[0], d, dtype=self.dtype, device=self.device)
+        embeds[is_audio.to(self.device)] = a_feat[toks.feature_index[is_audio].to(self.device)].to(self.dtype)
+        embeds[is_video.to(self.device)] = v_feat[toks.feature_index[is_video].to(self.device)].to(self.dtype)
+        modality = torch.where(is_audio, int(Modality.AUDIO), int(Modality.VIDEO)).long()
+        chunk_id = _chunk_ids(toks.kind)
+        frame_id = torch.full_like(modality, -1)
+        if grid is not None:
+            per = self._merged_tokens_per_grid(grid)
+            frame_id[is_video] = toks.feature_index[is_video] // per
+        saliency_in_order = None
+        if a_sal is not None:
+            # Saliency is per audio feature; the layout lists audio tokens in feature order already.
+            saliency_in_order = a_sal[toks.feature_index[is_audio]].float().cpu()
+        layout = TokenLayout(
+            embeds=embeds,
+            modality=modality,
+            chunk_id=chunk_id,
+            frame_id=frame_id,
+            audio_saliency=saliency_in_order,
+            positions=toks.positions,
+        )
+        token_ids = torch.where(is_audio, self._special("audio"), self._special("video")).long()
+        extras = {}
+        if "deepstack" in v_extras:
+            extras["deepstack"] = v_extras["deepstack"]  # per level, video tokens in feature order
+            extras["video_feature_index"] = toks.feature_index[is_video]
+        n_grids = grid[0] if grid is not None else 0
+        tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if has_audio else None
+        next_cursor = AVCursor(
+            cursor.base, cursor.audio_tokens + int(a_feat.shape[0]), cursor.grids + n_grids, tail, mel_max
+        )
+        return EncodedAV(
+            layout=layout,
+            token_ids=token_ids,
+            next_cursor=next_cursor,
+            close_position=toks.close_position,
+            extras=extras,
+            audio_s=(len(audio) / 16000.0) if has_audio else 0.0,
+            video_frames=len(frames) if has_video else 0,
+            timings=timings,
+        )
+
+    def _elapsed_ms(self, t0: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - t0) * 1e3
+
+    # ------------------------------------------------------------------ language model
+    def embed_ids(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """``[S, D]`` input embeddings of token ids (model dtype, on the model device)."""
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)
+        emb = self.thinker.get_input_embeddings()(t)
+        return emb.to(self.dtype)
+
+    def new_cache(self) -> Any:
+        """An empty ``DynamicCache`` for the text model."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.text_config)
+
+    def av_extras(
+        self, encoded: EncodedAV, kept_index: torch.Tensor, *, offset: int, total: int
+    ) -> dict[str, Any] | None:
+        """Text-model extras for kept A/V tokens ``kept_index`` (into ``encoded.layout``) placed at
+        ``offset`` inside a forward chunk of ``total`` tokens; None when the family needs none."""
+        return None
+
+    def _lm_kwargs(self, embeds: torch.Tensor, extras: dict[str, Any] | None) -> dict[str, Any]:
+        """Extra keyword arguments of the text model for this chunk (Qwen3: deepstack)."""
+        return {}
+
+    @torch.no_grad()
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        *,
+        extras: dict[str, Any] | None = None,
+        logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Append ``embeds [S, D]`` at ``positions [3, S]`` to ``cache``; logits ``[V]`` of the last one.
+
+        Only the last position goes through ``lm_head`` (full-length logits cost ~0.9 GB at 7B).
+        """
+        lm = self.thinker.model.language_model
+        pos = positions.to(self.device).reshape(3, 1, -1)
+        out = lm(
+            inputs_embeds=embeds.to(self.device, self.dtype).unsqueeze(0),
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            **self._lm_kwargs(embeds, extras),
+        )
+        if not logits:
+            return None
+        last = out.last_hidden_state[:, -1]
+        return self.thinker.lm_head(last).float()[0]
+
+    @torch.no_grad()
+    def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Re-rotate cached keys by position deltas: exact because RoPE is a rotation.
+
+        Args:
+            keys: ``[B, H_kv, S, Dh]`` cached keys (already rotated to their old positions).
+            delta: ``[3, S]`` new minus old position ids per token (t, h, w rows).
+
+        Returns:
+            ``[B, H_kv, S, Dh]`` keys rotated to the new positions (same dtype).
+        """
+        rotary = self.thinker.model.language_model.rotary_emb
+        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
+            raise ValueError("key re-rotation needs a RoPE without attention scaling")
+        pos = delta.to(keys.device).reshape(3, 1, -1)
+        cos, sin = rotary(keys.float(), pos)  # [1, S, Dh] each
+        cos = cos.float().unsqueeze(1)
+        sin = sin.float().unsqueeze(1)
+        k = keys.float()
+        half = k.shape[-1] // 2
+        rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
+        return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
+def _chunk_ids(kind: torch.Tensor) -> torch.Tensor:
+    """``[N]`` interleave-chunk index per A/V token: run ``i`` of video pairs with run ``i`` of audio.
+
+    A chunk starts at every video run and at every audio run that does not directly follow a video
+    run, which is how the reference pairs runs (a missing modality yields one-modality chunks).
+    """
+    if kind.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    prev = torch.cat([kind.new_zeros(1), kind[:-1]])
+    run_start = kind != prev
+    opens_chunk = run_start & ((kind == VIDEO_KIND) | (prev != VIDEO_KIND))
+    return torch.cumsum(opens_chunk.long(), 0) - 1

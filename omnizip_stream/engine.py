@@ -1,0 +1,287 @@
+"""StreamEngine: per window encode -> compress -> prefill; answer questions from a cache checkpoint.
+
+Synchronous and single-threaded on purpose: :class:`~omnizip_stream.session.StreamSession` runs it on
+one dedicated model thread. The engine holds no compression math (that is the compressor's) and no
+position math beyond placing windows on the stream's timeline (that is the adapter's and the cache's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnizip import make_compressor
+from omnizip.adapters.base import AVCursor
+from omnizip.adapters.generation import greedy_decode
+from omnizip.plan import gather_kept
+from omnizip.types import Modality, count_kept
+from omnizip_stream.config import StreamConfig
+from omnizip_stream.kv import RollingKVCache, Segment
+from omnizip_stream.query.base import QueryError
+from omnizip_stream.window import SAMPLE_RATE_HZ, Window
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowReport:
+    """What happened to one window (timings in ms, token counts)."""
+
+    index: int
+    t0_s: float
+    t1_s: float
+    audio_tokens: int
+    audio_kept: int
+    video_tokens: int
+    video_kept: int
+    evicted: list[int]
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class QueryResult:
+    """A generated answer with its latency measured on the model thread."""
+
+    text: str
+    tokens: list[int]
+    ttft_ms: float
+    total_ms: float
+    window_range: tuple[int, int] | None
+    time_range_s: tuple[float, float] | None
+    prompt_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_frames(window: Window, fps: float, window_s: float) -> np.ndarray:
+    """Exactly ``window_s * fps`` frames at ``t0 + k / fps``: the nearest frame for each slot.
+
+    A window whose frames arrive with jitter, a dropped frame or a higher rate is mapped onto the
+    model's fixed frame grid, so the video's temporal positions stay aligned with the stream clock.
+
+    Returns:
+        ``[window_s * fps, H, W, 3]`` uint8, or an empty array when the window has no frames.
+    """
+    if window.num_frames == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    n = int(round(window_s * fps))
+    slots = window.t0_s + np.arange(n) / fps
+    nearest = np.abs(window.frame_pts_s[None, :] - slots[:, None]).argmin(axis=1)
+    return np.asarray(window.frames)[nearest]
+
+
+def normalise_audio(window: Window, window_s: float) -> np.ndarray:
+    """Exactly ``window_s * 16000`` samples (zero-padded or trimmed); empty when there is no audio."""
+    if window.audio.size == 0:
+        return window.audio
+    n = int(round(window_s * SAMPLE_RATE_HZ))
+    if window.audio.size >= n:
+        return window.audio[:n]
+    return np.concatenate([window.audio, np.zeros(n - window.audio.size, np.float32)])
+
+
+class StreamEngine:
+    """Owns the adapter, the compressor and the rolling cache of one stream.
+
+    Args:
+        adapter: a loaded model adapter.
+        config: the stream configuration.
+    """
+
+    def __init__(self, adapter: Any, config: StreamConfig) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.compressor = make_compressor(config.method, config.omnizip_config())
+        self.cache = RollingKVCache(
+            adapter,
+            max_tokens=config.cache_max_tokens,
+            max_bytes=int(config.cache_max_mb * 2**20),
+            reserve_tokens=config.query_reserve_tokens,
+            reanchor=config.reanchor,
+            reanchor_at=config.reanchor_at,
+        )
+        self.has_audio = True
+        self.has_video = True
+        self.windows_ingested = 0
+        self.totals = {"audio_total": 0, "audio_kept": 0, "video_total": 0, "video_kept": 0}
+        self._base = 0
+        self._prev_window: Window | None = None
+        self._prev_cursor: AVCursor | None = None
+        self._started = False
+
+    # ------------------------------------------------------------------ stream start
+    def start(self) -> None:
+        """Prefill the sink prefix: system prompt, start of the user turn, A/V opening tokens."""
+        parts = self.adapter.prompt_parts("", self.config.system_prompt)
+        open_ids = self.adapter.open_ids(self.has_audio, self.has_video)
+        p_open = len(parts.prefix)
+        open_pos = self.adapter.special_positions(len(open_ids), p_open)
+        ids = parts.prefix + open_ids
+        positions = torch.as_tensor(list(range(p_open)) + open_pos, dtype=self.adapter.position_dtype)
+        positions = positions.view(1, -1).expand(3, -1).contiguous()
+        self._base = open_pos[-1] + 1
+        self.cache.append(Segment(
+            kind="prefix", window_index=-1, t0_s=0.0, t1_s=0.0, positions=positions,
+            modality=torch.full((len(ids),), int(Modality.TEXT)), embeds=self.adapter.embed_ids(ids),
+            extras=None, close_position=float(self._base),
+        ))
+        self._started = True
+
+    # ------------------------------------------------------------------ windows
+    def _cursor(self, window: Window, audio: np.ndarray) -> AVCursor:
+        spec = self.adapter.spec
+        audio_tokens = int(round(window.t0_s * spec.audio_tokens_per_s))
+        grids = int(round(window.t0_s / spec.second_per_grid))
+        tail, mel_max = None, None
+        prev, prev_cursor = self._prev_window, self._prev_cursor
+        if prev is not None and prev_cursor is not None and abs(prev.t1_s - window.t0_s) < 1e-6 and audio.size:
+            tail, mel_max = prev_cursor.audio_tail, prev_cursor.mel_max_log10
+        return AVCursor(self._base, audio_tokens, grids, tail, mel_max)
+
+    def ingest(self, window: Window) -> WindowReport:
+        """Encode, compress and prefill one window (evicting and re-anchoring as needed)."""
+        if not self._started:
+            self.start()
+        spec = self.adapter.spec
+        window_s = self.config.window_s
+        t_start = time.perf_counter()
+        audio = normalise_audio(window, window_s)
+        frames = normalise_frames(window, spec.fps, window_s)
+        cursor = self._cursor(window, audio)
+        encoded = self.adapter.encode_av(
+            audio if audio.size else None, frames if len(frames) else None, cursor,
+            saliency=self.config.saliency, stream=True,
+        )
+        t_encoded = time.perf_counter()
+        layout = encoded.layout
+        plan = self.compressor.plan(layout)
+        kept_embeds, kept_pos, kept_index = gather_kept(layout, plan)
+        t_planned = time.perf_counter()
+        assert kept_pos is not None
+        logical_start = float(self._base + window.t0_s * spec.position_id_per_seconds)
+        span = float(encoded.close_position) - logical_start + 2
+        evicted = self.cache.evict_for(int(kept_embeds.shape[0]), span)
+        shift = self.cache.placement_shift(logical_start, span)
+        positions = kept_pos.clone()
+        modality = layout.modality[kept_index]
+        if shift:
+            positions[0] -= shift
+            audio_rows = modality == int(Modality.AUDIO)
+            positions[1:, audio_rows] -= shift
+        extras = self.adapter.av_extras(encoded, kept_index, offset=0, total=int(kept_embeds.shape[0]))
+        index = self.windows_ingested
+        kind = "sink" if index < self.config.sink_windows else "window"
+        self.cache.append(Segment(
+            kind=kind, window_index=index, t0_s=window.t0_s, t1_s=window.t0_s + window_s,
+            positions=positions, modality=modality, embeds=kept_embeds, extras=extras,
+            close_position=float(encoded.close_position) - shift,
+        ))
+        t_done = time.perf_counter()
+        self.windows_ingested += 1
+        self._prev_window, self._prev_cursor = window, encoded.next_cursor
+        counts = count_kept(layout, plan.keep)
+        for key in self.totals:
+            self.totals[key] += counts[key]
+        timings = dict(encoded.timings) if getattr(encoded, "timings", None) else {}
+        timings.update({
+            "encode_ms": (t_encoded - t_start) * 1e3,
+            "compress_ms": (t_planned - t_encoded) * 1e3,
+            "prefill_ms": (t_done - t_planned) * 1e3,
+            "total_ms": (t_done - t_start) * 1e3,
+        })
+        return WindowReport(index, window.t0_s, window.t0_s + window_s, counts["audio_total"], counts["audio_kept"],
+                            counts["video_total"], counts["video_kept"], evicted, timings)
+
+    # ------------------------------------------------------------------ queries
+    def question_ids(self, question: str) -> list[int]:
+        """Token ids of the question's user-turn tail; raises ``QueryError(too_long)`` past the limit."""
+        if not question.strip():
+            raise QueryError("bad_request", "the question is empty")
+        ids = self.adapter.prompt_parts(question, self.config.system_prompt).suffix
+        if len(ids) > self.config.max_question_tokens:
+            raise QueryError(
+                "too_long",
+                f"the question is {len(ids)} tokens; at most {self.config.max_question_tokens} fit the context",
+            )
+        return ids
+
+    def answer(
+        self,
+        question: str,
+        max_new_tokens: int,
+        *,
+        submitted_at: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> QueryResult:
+        """Answer from the current stream state; the cache is restored afterwards.
+
+        Args:
+            question: the user's question.
+            max_new_tokens: answer budget (capped by the config's ``max_new_tokens``).
+            submitted_at: ``time.perf_counter()`` of the submission, for TTFT/total latency.
+            on_text: receives each new piece of the answer.
+        """
+        if not self._started:
+            self.start()
+        t0 = submitted_at if submitted_at is not None else time.perf_counter()
+        max_new = max(1, min(int(max_new_tokens), self.config.max_new_tokens))
+        suffix = self.question_ids(question)
+        close_ids = self.adapter.close_ids(self.has_audio, self.has_video)
+        close_at = self.cache.close_position()
+        close_pos = self.adapter.special_positions(len(close_ids), close_at)
+        start = close_pos[-1] + 1
+        positions = torch.as_tensor(close_pos + [start + i for i in range(len(suffix))], dtype=self.adapter.position_dtype)
+        positions = positions.view(1, -1).expand(3, -1)
+        checkpoint = self.cache.checkpoint()
+        first_token_at: list[float] = []
+
+        def _on_text(piece: str) -> None:
+            if not first_token_at:
+                first_token_at.append(time.perf_counter())
+            if on_text is not None:
+                on_text(piece)
+
+        try:
+            logits = self.adapter.forward(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache)
+            t_prefill = time.perf_counter()
+            gen = greedy_decode(
+                self.adapter, self.cache.cache, logits, float(start + len(suffix)),
+                max_new_tokens=max_new, on_text=_on_text,
+            )
+        finally:
+            self.cache.restore(checkpoint)
+        t_end = time.perf_counter()
+        windows = self.cache.windows()
+        window_range = (windows[0].window_index, windows[-1].window_index) if windows else None
+        time_range = (windows[0].t0_s, windows[-1].t1_s) if windows else None
+        ttft = (first_token_at[0] if first_token_at else t_prefill) - t0
+        return QueryResult(
+            text=gen.text.strip(), tokens=gen.token_ids, ttft_ms=ttft * 1e3, total_ms=(t_end - t0) * 1e3,
+            window_range=window_range, time_range_s=time_range, prompt_tokens=len(close_ids) + len(suffix),
+            extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
+        )
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        """Counters of the stream (tokens, cache, retention)."""
+        t = self.totals
+        return {
+            "windows_ingested": self.windows_ingested,
+            "windows_evicted": self.cache.events.windows_evicted,
+            "reanchors": self.cache.events.reanchors,
+            "kv_tokens": self.cache.stored_tokens,
+            "kv_bytes": self.cache.kv_bytes(),
+            "store_bytes": self.cache.store_bytes(),
+            "kv_max_tokens": self.cache.max_tokens,
+            "max_position": self.cache.max_position(),
+            "model_max_positions": self.adapter.spec.max_positions,
+            "retention_audio": t["audio_kept"] / t["audio_total"] if t["audio_total"] else None,
+            "retention_video": t["video_kept"] / t["video_total"] if t["video_total"] else None,
+            "tokens_seen": t["audio_total"] + t["video_total"],
+            "tokens_kept": t["audio_kept"] + t["video_kept"],
+        }
