@@ -355,7 +355,7 @@ def log_mel(audio: np.ndarray | torch.Tensor,
 
     Only the valid frames are returned (the processor's padded tail is dropped: the model gathers
     valid frames through ``feature_attention_mask`` anyway), so the result equals the processor's
-    output on those frames. Long audio is not truncated.
+    output on those frames. Long audio is never truncated (the extractor's 300-s limit is ignored).
 
     Args:
         audio: ``float32 [n]`` mono samples at ``cfg.sample_rate_hz`` (16 kHz), ``n > n_fft / 2``.
@@ -409,7 +409,10 @@ def log_mel_window(audio_window: np.ndarray | torch.Tensor, left_context: np.nda
     :func:`log_mel` pads a clip end. Whisper clamps every value to ``max - 8`` (log10 units) of the
     whole clip, which a stream cannot know; here the floor uses the running maximum over the stream
     so far, so a window differs from the whole clip only at bins below ``global_max - 8`` while the
-    loudest part is still to come, by at most ``(global_max - running_max) / 4``.
+    loudest part is still to come, by at most ``(global_max - running_max) / 4``. A stream with no
+    look-ahead may omit ``right_context`` on every window: then each window's last frame also differs
+    (measured on 10 s of speech-like noise in 2-s windows: 4 of 1000 frames, max |diff| 0.04-0.09;
+    with the 40-sample look-ahead and the running max: identical).
 
     Args:
         audio_window: ``float32 [n]`` samples of the window; ``n`` a multiple of ``hop_length`` unless
