@@ -7,6 +7,7 @@ from typing import Literal
 
 Mode = Literal["offline", "streaming"]
 SaliencyVariant = Literal["global", "block"]
+StreamAudioScope = Literal["trailing", "window"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class OmniZipConfig:
         controller_horizon: number of windows over which the streaming controller keeps the achieved
             video retention on target.
         seed: seed of the randomised baselines.
+        controller_tolerance: largest allowed gap (as a fraction, 0.02 = 2 points) between the achieved
+            video retention over any ``controller_horizon`` consecutive windows and ``1 - rho_video``
+            (streaming mode, see :mod:`omnizip.budget`).
+        stream_audio_scope: how streaming OmniZip sizes each window's salient audio set: ``trailing``
+            (top ``1 - rho_audio`` of the saliencies of this window and the previous
+            ``controller_horizon - 1`` windows, so the retention score varies with content) or
+            ``window`` (top ``1 - rho_audio`` of the window alone, a constant retention score).
     """
 
     rho_audio: float = 0.3
@@ -45,6 +53,8 @@ class OmniZipConfig:
     saliency: SaliencyVariant = "global"
     controller_horizon: int = 30
     seed: int = 0
+    controller_tolerance: float = 0.02
+    stream_audio_scope: StreamAudioScope = "trailing"
 
     def __post_init__(self) -> None:
         for name in ("rho_audio", "rho_video", "anchor_ratio", "rho_min", "rho_max"):
@@ -63,6 +73,12 @@ class OmniZipConfig:
             raise ValueError(f"saliency must be 'global' or 'block', got {self.saliency!r}")
         if self.controller_horizon < 1:
             raise ValueError(f"controller_horizon must be >= 1, got {self.controller_horizon}")
+        if not 0.0 < self.controller_tolerance < 1.0:
+            raise ValueError(f"controller_tolerance must be in (0, 1), got {self.controller_tolerance}")
+        if self.stream_audio_scope not in ("trailing", "window"):
+            raise ValueError(
+                f"stream_audio_scope must be 'trailing' or 'window', got {self.stream_audio_scope!r}"
+            )
 
     @property
     def nominal_retention(self) -> float:

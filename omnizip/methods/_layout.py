@@ -1,0 +1,215 @@
+"""Shared bookkeeping of the built-in methods: index a layout once, assemble a plan at the end.
+
+Every method needs the same view of a :class:`~omnizip.types.TokenLayout`: where the audio and
+video tokens are, which chunk each belongs to, and the video frames as a ``[F, P]`` index grid.
+:func:`index_layout` computes it with a handful of vectorised ops and validates the layout's
+promises (frames contiguous, of equal size, inside one chunk; chunks in time order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from omnizip.types import KeepPlan, Modality, TokenLayout, count_kept
+
+
+@dataclass(frozen=True)
+class LayoutIndex:
+    """Index view of a layout.
+
+    Attributes:
+        audio_idx: ``[Na]`` int64 layout indices of the audio tokens, in order.
+        video_idx: ``[Nv]`` int64 layout indices of the video tokens, in order.
+        audio_chunk: ``[Na]`` int64 chunk id of each audio token (non-decreasing).
+        video_chunk: ``[Nv]`` int64 chunk id of each video token (non-decreasing).
+        num_chunks: ``C``, one more than the largest chunk id of an audio or video token.
+        tokens_per_frame: ``P`` (0 when there is no video).
+        frame_chunk: ``[F]`` int64 chunk id of each frame.
+        frame_pos: ``[F]`` int64 position of each frame inside its chunk (0, 1, ...).
+        audio_counts: audio tokens per chunk (``C`` ints).
+        video_counts: video tokens per chunk (``C`` ints).
+        frame_counts: frames per chunk (``C`` ints).
+        audio_starts: offset of each chunk's first audio token in audio order (``C`` ints).
+        frame_starts: index of each chunk's first frame (``C`` ints).
+    """
+
+    audio_idx: torch.Tensor
+    video_idx: torch.Tensor
+    audio_chunk: torch.Tensor
+    video_chunk: torch.Tensor
+    num_chunks: int
+    tokens_per_frame: int
+    frame_chunk: torch.Tensor
+    frame_pos: torch.Tensor
+    audio_counts: list[int]
+    video_counts: list[int]
+    frame_counts: list[int]
+    audio_starts: list[int]
+    frame_starts: list[int]
+
+    @property
+    def num_frames(self) -> int:
+        """``F``, the number of video frames."""
+        return int(self.frame_chunk.shape[0])
+
+
+def _starts(counts: list[int]) -> list[int]:
+    out, acc = [], 0
+    for c in counts:
+        out.append(acc)
+        acc += c
+    return out
+
+
+def index_layout(layout: TokenLayout) -> LayoutIndex:
+    """Build the :class:`LayoutIndex` of ``layout``.
+
+    Raises:
+        ValueError: if an audio/video token has a negative chunk id, chunk ids decrease along a
+            modality, a video token has no frame id, a frame is split, spans two chunks or frames
+            differ in size.
+    """
+    mod = layout.modality
+    audio_idx = torch.nonzero(mod == Modality.AUDIO, as_tuple=True)[0]
+    video_idx = torch.nonzero(mod == Modality.VIDEO, as_tuple=True)[0]
+    audio_chunk = layout.chunk_id[audio_idx].to(torch.int64)
+    video_chunk = layout.chunk_id[video_idx].to(torch.int64)
+    for name, ch in (("audio", audio_chunk), ("video", video_chunk)):
+        if ch.numel():
+            if bool((ch < 0).any()):
+                raise ValueError(f"every {name} token needs a chunk_id >= 0")
+            if bool((ch[1:] < ch[:-1]).any()):
+                raise ValueError(f"chunk_id must not decrease along the {name} tokens (time order)")
+    num_chunks = 0
+    if audio_chunk.numel():
+        num_chunks = int(audio_chunk[-1]) + 1
+    if video_chunk.numel():
+        num_chunks = max(num_chunks, int(video_chunk[-1]) + 1)
+
+    p = 0
+    frame_chunk = torch.zeros(0, dtype=torch.int64)
+    if video_idx.numel():
+        fid = layout.frame_id[video_idx]
+        if bool((fid < 0).any()):
+            raise ValueError("every video token needs a frame_id >= 0")
+        values, counts = torch.unique_consecutive(fid, return_counts=True)
+        if values.numel() > 1 and bool((values[1:] <= values[:-1]).any()):
+            raise ValueError("the tokens of a video frame must be contiguous and frames in order")
+        p = int(counts[0])
+        if bool((counts != p).any()):
+            raise ValueError(f"all video frames must have the same token count, got {sorted(set(counts.tolist()))}")
+        grid = video_chunk.view(-1, p)
+        if bool((grid != grid[:, :1]).any()):
+            raise ValueError("a video frame must not span two chunks")
+        frame_chunk = grid[:, 0].contiguous()
+
+    audio_counts = torch.bincount(audio_chunk, minlength=num_chunks).tolist() if num_chunks else []
+    video_counts = torch.bincount(video_chunk, minlength=num_chunks).tolist() if num_chunks else []
+    frame_counts = torch.bincount(frame_chunk, minlength=num_chunks).tolist() if num_chunks else []
+    frame_starts = _starts(frame_counts)
+    if frame_chunk.numel():
+        first = torch.tensor(frame_starts, dtype=torch.int64)[frame_chunk]
+        frame_pos = torch.arange(frame_chunk.numel(), dtype=torch.int64) - first
+    else:
+        frame_pos = torch.zeros(0, dtype=torch.int64)
+    return LayoutIndex(
+        audio_idx=audio_idx,
+        video_idx=video_idx,
+        audio_chunk=audio_chunk,
+        video_chunk=video_chunk,
+        num_chunks=num_chunks,
+        tokens_per_frame=p,
+        frame_chunk=frame_chunk,
+        frame_pos=frame_pos,
+        audio_counts=audio_counts,
+        video_counts=video_counts,
+        frame_counts=frame_counts,
+        audio_starts=_starts(audio_counts),
+        frame_starts=frame_starts,
+    )
+
+
+def empty_merges() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(merge_dst, merge_src, merge_weight)`` with no merge."""
+    e = torch.zeros(0, dtype=torch.int64)
+    return e, e.clone(), torch.zeros(0, dtype=torch.float32)
+
+
+def build_plan(
+    layout: TokenLayout,
+    index: LayoutIndex,
+    *,
+    audio_keep: torch.Tensor | None,
+    video_keep: torch.Tensor | None,
+    merges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    chunk_video_ratio: list[float] | None = None,
+    chunk_audio_retention: list[float] | None = None,
+    stats: dict[str, float] | None = None,
+) -> KeepPlan:
+    """Assemble a :class:`KeepPlan` from per-modality decisions.
+
+    Args:
+        layout: the layout the plan is for.
+        index: its :class:`LayoutIndex`.
+        audio_keep: ``[Na]`` bool keep-mask in audio order (``None`` keeps every audio token).
+        video_keep: ``[Nv]`` bool keep-mask in video order (``None`` keeps every video token).
+        merges: ``(dst, src, weight)`` with ``dst``/``src`` as *audio-order* indices, or ``None``.
+        chunk_video_ratio: ``C`` video pruning ratios (NaN for chunks without video); defaults to
+            the achieved ratios.
+        chunk_audio_retention: ``C`` audio retention scores; defaults to the achieved ones.
+        stats: extra counters merged into ``plan.stats``.
+
+    Returns:
+        The plan; text tokens are always kept.
+    """
+    keep = torch.ones(layout.num_tokens, dtype=torch.bool)
+    if audio_keep is not None and index.audio_idx.numel():
+        keep[index.audio_idx] = audio_keep
+    if video_keep is not None and index.video_idx.numel():
+        keep[index.video_idx] = video_keep
+    c = index.num_chunks
+    if chunk_audio_retention is None:
+        chunk_audio_retention = per_chunk_fraction(keep[index.audio_idx], index.audio_chunk, index.audio_counts)
+    if chunk_video_ratio is None:
+        kept = per_chunk_fraction(keep[index.video_idx], index.video_chunk, index.video_counts)
+        chunk_video_ratio = [1.0 - x if not math.isnan(x) else math.nan for x in kept]
+    if merges is None:
+        dst, src, w = empty_merges()
+    else:
+        dst_rel, src_rel, w = merges
+        dst, src = index.audio_idx[dst_rel], index.audio_idx[src_rel]
+    counters: dict[str, float] = {k: float(v) for k, v in count_kept(layout, keep).items()}
+    counters["merged"] = float(src.numel())
+    if stats:
+        counters.update(stats)
+    return KeepPlan(
+        keep=keep,
+        merge_dst=dst,
+        merge_src=src,
+        merge_weight=w.to(torch.float32),
+        chunk_video_ratio=torch.tensor(chunk_video_ratio[:c], dtype=torch.float32).reshape(c),
+        chunk_audio_retention=torch.tensor(chunk_audio_retention[:c], dtype=torch.float32).reshape(c),
+        stats=counters,
+    )
+
+
+def per_chunk_fraction(mask: torch.Tensor, chunk: torch.Tensor, counts: list[int]) -> list[float]:
+    """Fraction of True per chunk, computed in float32 like the reference (``NaN`` for empty chunks).
+
+    Args:
+        mask: ``[n]`` bool, one entry per token of one modality.
+        chunk: ``[n]`` int64 chunk id of each token.
+        counts: tokens per chunk (``C`` ints).
+
+    Returns:
+        ``C`` Python floats (float32 values ``kept / total``).
+    """
+    if not counts:
+        return []
+    kept = torch.bincount(chunk[mask], minlength=len(counts)).to(torch.float32)
+    total = torch.tensor(counts, dtype=torch.float32)
+    frac = kept / total
+    return [math.nan if n == 0 else float(x) for x, n in zip(frac.tolist(), counts, strict=True)]

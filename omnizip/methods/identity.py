@@ -1,0 +1,46 @@
+"""``identity``: keeps every token (the full-token reference point of every comparison)."""
+
+from __future__ import annotations
+
+import math
+
+from omnizip.compressor import Compressor
+from omnizip.config import OmniZipConfig
+from omnizip.methods._layout import build_plan, index_layout
+from omnizip.registry import register
+from omnizip.types import KeepPlan, TokenLayout
+
+
+class IdentityCompressor:
+    """Keeps everything, merges nothing (stateless).
+
+    Args:
+        config: accepted for a uniform factory signature; ``streaming`` mirrors ``config.mode``.
+    """
+
+    name = "identity"
+
+    def __init__(self, config: OmniZipConfig) -> None:
+        self.config = config
+        self.streaming = config.mode == "streaming"
+
+    def reset(self) -> None:
+        """Nothing to forget (stateless)."""
+
+    def plan(self, layout: TokenLayout) -> KeepPlan:
+        """Keep all ``N`` tokens of ``layout``."""
+        index = index_layout(layout)
+        return build_plan(
+            layout,
+            index,
+            audio_keep=None,
+            video_keep=None,
+            chunk_video_ratio=[0.0 if n else math.nan for n in index.video_counts],
+            chunk_audio_retention=[1.0 if n else math.nan for n in index.audio_counts],
+        )
+
+
+@register("identity")
+def make_identity(config: OmniZipConfig) -> Compressor:
+    """Build the identity compressor."""
+    return IdentityCompressor(config)

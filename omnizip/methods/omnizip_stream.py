@@ -1,0 +1,122 @@
+"""Streaming OmniZip: one chunk at a time, each seeing only itself and the past.
+
+Per chunk (2-s window), in stream order:
+
+1. **Salient audio.** ``stream_audio_scope="trailing"`` (default): the chunk's salient tokens are
+   its members of the top ``round((1 - rho_audio) * n)`` saliencies over the chunk and the previous
+   ``controller_horizon - 1`` chunks with audio (ties go to the older token), i.e. the reference's
+   global top-k restricted to what a stream has seen. The count therefore varies with content and so
+   does the retention score ``S_w``, which is what lets audio steer the video budget.
+   ``"window"``: top ``round((1 - rho_audio) * n_w)`` of the chunk alone, a constant ``S_w`` for
+   equal chunks (the video budget then degenerates to a fixed ratio).
+2. **Anchors and merge** inside the chunk: ``round(anchor_ratio * n_w)`` anchors, cross-modal scores
+   against the chunk's own video (against its anchors when it has none), top-``G`` softmax merge.
+3. **Video budget**: :class:`~omnizip.budget.StreamingBudgetController` maps ``S_w`` to an exact keep
+   count (same linear map, online re-normalisation, error feedback, sliding-window guarantee).
+4. **ISTC** on the chunk's frames with the count spread evenly over them.
+
+The audio history and the controller persist across :meth:`plan` calls until :meth:`reset`.
+``rho_video = 0`` disables video pruning.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from omnizip.audio import salient_count, salient_mask, top_indices
+from omnizip.budget import StreamingBudgetController, spread_over_frames
+from omnizip.config import OmniZipConfig
+from omnizip.methods._layout import build_plan, index_layout
+from omnizip.methods._stages import (
+    cat_merges,
+    checked_saliency,
+    offset_selection,
+    run_istc,
+    windowed_audio_stage,
+)
+from omnizip.types import KeepPlan, TokenLayout
+
+
+class OmniZipStreamingCompressor:
+    """Streaming OmniZip with the online budget controller (stateful until :meth:`reset`).
+
+    Args:
+        config: hyper-parameters (``controller_horizon``, ``controller_tolerance``,
+            ``stream_audio_scope`` are used here).
+    """
+
+    name = "omnizip"
+    streaming = True
+
+    def __init__(self, config: OmniZipConfig) -> None:
+        self.config = config
+        self.controller = StreamingBudgetController(
+            config.rho_video, config.rho_min, config.rho_max, config.controller_horizon, config.controller_tolerance
+        )
+        self._history: deque[torch.Tensor] = deque(maxlen=max(0, config.controller_horizon - 1))
+
+    def reset(self) -> None:
+        """Forget the stream: audio history and controller state."""
+        self.controller.reset()
+        self._history.clear()
+
+    def _salient_count(self, saliency: torch.Tensor | None, n: int) -> int:
+        """Salient tokens of a chunk of ``n`` audio tokens (trailing or window top-k)."""
+        if saliency is None or self.config.stream_audio_scope == "window" or not self._history:
+            return salient_count(n, self.config.rho_audio)
+        pool = torch.cat([*self._history, saliency])
+        top = top_indices(pool, salient_count(int(pool.numel()), self.config.rho_audio))
+        return int((top >= pool.numel() - n).sum())
+
+    def plan(self, layout: TokenLayout) -> KeepPlan:
+        """Plan the layout's chunks in order, updating the stream state.
+
+        Args:
+            layout: one or more whole interleave chunks of the stream (chunk ids from 0).
+
+        Returns:
+            The plan; ``chunk_video_ratio`` holds each chunk's achieved video ratio.
+        """
+        cfg = self.config
+        index = index_layout(layout)
+        saliency = checked_saliency(layout)
+        audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool)
+        merges = []
+        retention: list[float] = []
+        ratios: list[float] = []
+        frame_counts: list[int] = []
+        for c in range(index.num_chunks):
+            a0, na = index.audio_starts[c], index.audio_counts[c]
+            s_w: float | None = None
+            if na:
+                sal = None if saliency is None else saliency[a0 : a0 + na]
+                k = self._salient_count(sal, na)
+                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, k))
+                if sal is not None and self._history.maxlen:
+                    self._history.append(sal.clone())
+                audio_keep[a0 : a0 + na] = sel.keep
+                merges.append(offset_selection(sel, a0))
+                s_w = float(torch.tensor(float(sel.keep.sum()), dtype=torch.float32) / na)
+            retention.append(float("nan") if s_w is None else s_w)
+            nv = index.video_counts[c]
+            if nv == 0:
+                ratios.append(float("nan"))
+                continue
+            kept = nv if cfg.rho_video == 0.0 else self.controller.step(s_w, nv)
+            ratios.append(1.0 - kept / nv)
+            frame_counts.extend(spread_over_frames(kept, index.frame_counts[c]))
+        video_keep = None
+        if index.video_idx.numel():
+            video_keep = run_istc(layout, index, torch.tensor(frame_counts, dtype=torch.int64), cfg)
+        return build_plan(
+            layout,
+            index,
+            audio_keep=audio_keep,
+            video_keep=video_keep,
+            merges=cat_merges(merges),
+            chunk_video_ratio=ratios,
+            chunk_audio_retention=retention,
+            stats={"controller_error_tokens": self.controller.cumulative_error},
+        )
