@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnizip_stream.query.base import Answer, QueryError, QueryService
-from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
+from omnizip_stream.query.mqtt_config import NODELAY, MqttConfig, parse_broker_url
 from omnizip_stream.query.outbox import Outbox, OutMessage, drain
 from omnizip_stream.query.ratelimit import RateLimiter
 from omnizip_stream.query.schema import (
@@ -177,7 +177,7 @@ class MqttQueryServer:
             cfg.host, cfg.port, username=cfg.username, password=cfg.password,
             identifier=cfg.server_client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=will, keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), **kwargs,
+            will=will, keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), socket_options=NODELAY, **kwargs,
         )
         client.pending_calls_threshold = 10_000  # many replies in flight is normal here
         return client
@@ -365,20 +365,21 @@ class MqttQueryServer:
             else:
                 answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
                                                 self.config.query_timeout_s)
-        except QueryError as exc:
-            self._fail(job, exc.code, exc.message)
-        except asyncio.TimeoutError:
-            self._fail(job, "internal", f"no answer after {self.config.query_timeout_s:g} s")
-        except Exception as exc:
-            logger.exception("query %r failed", req.question[:80])
-            self._fail(job, "internal", f"internal error ({type(exc).__name__})")
-        else:
             reply = final_answer(self.config.stream_id, req.request_id, answer,
                                  (time.monotonic() - job.received_s) * 1e3)
             if req.stream:
                 reply["partials"] = answer.extra.get("partials", 0)
+            payload = encode(reply)
+        except QueryError as exc:
+            self._fail(job, exc.code, exc.message)
+        except asyncio.TimeoutError:
+            self._fail(job, "internal", f"no answer after {self.config.query_timeout_s:g} s")
+        except Exception as exc:  # a session bug must cost one answer, never the service
+            logger.exception("query %r failed", req.question[:80])
+            self._fail(job, "internal", f"internal error ({type(exc).__name__})")
+        else:
             self.counters["answered"] += 1
-            self._send(job.route, reply)
+            self._outbox.put(OutMessage(job.route.topic, payload, job.route.correlation))
 
     async def _ask_streaming(self, job: _Job) -> Answer:
         req = job.request

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omnizip_stream.query.base import QueryError
-from omnizip_stream.query.mqtt_config import MqttConfig
+from omnizip_stream.query.mqtt_config import NODELAY, MqttConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class MqttQueryClient:
         self._client = aiomqtt.Client(
             cfg.host, cfg.port, username=cfg.username, password=cfg.password, identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
-            keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), **kwargs,
+            keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), socket_options=NODELAY, **kwargs,
         )
         self._client.pending_calls_threshold = 10_000
         try:

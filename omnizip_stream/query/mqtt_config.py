@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# paho does not disable Nagle; without this every reply waits for the peer's delayed ACK (~40 ms).
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 PROTOCOLS = ("5", "3.1.1")
 
 # Stream ids and client ids become topic levels: no separators, wildcards or system prefixes.
@@ -121,7 +124,7 @@ class MqttConfig:
     client_id: str | None = None
     protocol: str = "5"
     qos: int = 1
-    max_payload_bytes: int = 4096
+    max_payload_bytes: int = 16384
     max_question_chars: int = 2000
     default_max_new_tokens: int = 64
     max_new_tokens_limit: int = 512

@@ -223,8 +223,8 @@ def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: flo
         "ttft_ms": _num(answer.ttft_ms),
         "total_ms": _num(answer.total_ms),
         "server_ms": round(server_ms, 3),
-        "window_range": list(answer.window_range) if answer.window_range is not None else None,
-        "time_range_s": list(answer.time_range_s) if answer.time_range_s is not None else None,
+        "window_range": json_safe(answer.window_range),
+        "time_range_s": json_safe(answer.time_range_s),
         "tokens_generated": answer.tokens_generated,
     }
 

@@ -157,3 +157,35 @@ async def test_query_timeout_gives_internal_error(broker, stream_id):
             await client.ask("stuck", timeout_s=10)
         assert err.value.code == "internal"
         assert (await client.ask("next", timeout_s=10))["answer"] == "answer: next"
+
+
+async def test_a_broken_session_result_costs_one_answer_not_the_service(broker, stream_id, service):
+    class Broken(FakeService):
+        async def ask(self, question, max_new_tokens=64):
+            if question == "bad":
+                return "not an Answer"
+            return await super().ask(question, max_new_tokens)
+
+    broken = Broken()
+    async with serve(broken, fast_config(broker.url, stream_id)), MqttQueryClient(
+        fast_config(broker.url, stream_id)
+    ) as client:
+        with pytest.raises(QueryError) as err:
+            await client.ask("bad", timeout_s=10)
+        assert err.value.code == "internal"
+        assert (await client.ask("good", timeout_s=10))["answer"] == "answer: good"
+
+
+async def test_shutdown_answers_running_and_queued_questions_with_not_ready(broker, stream_id):
+    service = FakeService(gates={"slow": asyncio.Event()})
+    cfg = fast_config(broker.url, stream_id, max_concurrent_queries=1)
+    async with MqttQueryClient(cfg) as client:
+        async with serve(service, cfg) as server:
+            running = asyncio.ensure_future(client.ask("slow", timeout_s=10))
+            await service.wait_for_call("slow")
+            queued = asyncio.ensure_future(client.ask("waiting", timeout_s=10))
+            await wait_until(lambda: server.counters["accepted"] == 2)
+        for fut in (running, queued):
+            with pytest.raises(QueryError) as err:
+                await fut
+            assert err.value.code == "not_ready" and "shutting down" in err.value.message
