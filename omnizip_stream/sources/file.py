@@ -1,0 +1,114 @@
+"""Replay any file PyAV can decode as a source: in real time (default) or as fast as possible, optionally looping.
+
+Decoding runs in a worker thread (the aiortc ``MediaPlayer`` pattern); with ``realtime=True`` each item
+is released when the session clock reaches its time (video at its pts, audio at the end of the block,
+as a device would deliver it), so a file behaves like a live camera + microphone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from omnizip_stream.clock import Clock
+from omnizip_stream.sources._av import Decoder, open_file
+from omnizip_stream.sources._buffer import ThreadedSource
+from omnizip_stream.sources.base import AudioChunk, MediaError, StreamCounters
+from omnizip_stream.windowing import FrameSampler
+
+logger = logging.getLogger(__name__)
+
+
+class FileSource(ThreadedSource):
+    """A media file as a source.
+
+    Args:
+        path: the file.
+        realtime: pace to the session clock (live behaviour, drop policy) or decode as fast as possible
+            (blocking backpressure, nothing dropped).
+        loop: start again at the end, with times continuing (forever unless the consumer stops).
+        fps: video frames kept per second (sampled by timestamp before RGB conversion); None keeps all.
+        max_side: scale frames at decode so the longer side is at most this (None: native size).
+        clock / session_t0 / counters: shared session objects.
+        maxsize: buffer capacity in items.
+
+    Raises (from :meth:`start`):
+        MediaError: missing file, not media, corrupt/truncated header, unsupported codec, no streams.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        realtime: bool = True,
+        loop: bool = False,
+        fps: float | None = 2.0,
+        max_side: int | None = None,
+        clock: Clock | None = None,
+        session_t0: float | None = None,
+        counters: StreamCounters | None = None,
+        maxsize: int = 64,
+    ) -> None:
+        self.path = os.fspath(path)
+        super().__init__(self.path, live=realtime, counters=counters, clock=clock, session_t0=session_t0,
+                         maxsize=maxsize)
+        self.realtime = realtime
+        self.loop = loop
+        self.fps = fps
+        self.max_side = max_side
+        self._container: Any = None
+        self._decoder: Decoder | None = None
+        self._sampler = FrameSampler(fps)
+
+    def _make_decoder(self, container: Any, offset_s: float) -> Decoder:
+        return Decoder(container, name=self.path, max_side=self.max_side, time_offset_s=offset_s,
+                       strict=True, sampler=self._sampler, counters=self.counters)
+
+    def _open(self) -> None:
+        container = open_file(self.path)
+        try:
+            self._decoder = self._make_decoder(container, 0.0)
+        except MediaError:
+            container.close()
+            raise
+        self._container = container
+        self.kinds = frozenset(k for k, on in (("audio", self._decoder.has_audio),
+                                                ("video", self._decoder.has_video)) if on)
+
+    def _run(self) -> None:
+        decoder, container = self._decoder, self._container
+        assert decoder is not None
+        try:
+            while True:
+                start_s = decoder.time_offset_s
+                for item in decoder:
+                    if self.realtime:
+                        due = item.end_s if isinstance(item, AudioChunk) else item.pts_s
+                        if not self._sleep_until_session(due):
+                            return
+                    if not self._emit(item):
+                        return
+                if not self.loop or self._stop.is_set():
+                    return
+                if decoder.end_s <= start_s + 1e-3:
+                    raise MediaError(f"{self.path}: nothing decodable to loop over")
+                container.close()
+                container = self._container = open_file(self.path)
+                decoder = self._decoder = self._make_decoder(container, start_s + _loop_period(decoder))
+                logger.debug("%s: looping at %.3f s", self.path, decoder.time_offset_s)
+        finally:
+            container.close()
+
+
+def _loop_period(decoder: Decoder) -> float:
+    """Return the length of one pass in seconds.
+
+    The header duration when it agrees with what was decoded (exact loops despite codec padding), else
+    the decoded length.
+    """
+    decoded = decoder.end_s - decoder.time_offset_s
+    declared = decoder.duration_s
+    if declared is not None and abs(declared - decoded) < 0.1:
+        return declared
+    return decoded

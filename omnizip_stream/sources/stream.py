@@ -1,0 +1,204 @@
+"""The async driver: pull sources into a :class:`~omnizip_stream.windowing.Windower`, queue the windows.
+
+One reader task per source feeds the windower; for live media a ticker forces windows out at the
+deadline (``max_latency_s`` after their end) so a lost camera or microphone never stalls the stream.
+Finished windows wait in a bounded queue for the consumer. Backpressure policy:
+
+* ``"block"`` (recorded media replayed as fast as possible): the readers wait, which stops the decoders.
+* ``"drop-video"`` (live media): the queue never blocks; only the newest ``max_queue_windows`` keep
+  their frames, older queued windows lose their video (oldest first, counted in ``Window.video_dropped``
+  and the counters); audio is kept. Only beyond ``max_backlog_s`` of queued audio are whole windows
+  dropped, counted and logged as warnings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from omnizip_stream.clock import Clock, MonotonicClock
+from omnizip_stream.sources.base import Source, SourceEnded, SourceError, StreamCounters
+from omnizip_stream.window import Window
+from omnizip_stream.windowing import Windower
+
+logger = logging.getLogger(__name__)
+
+BACKPRESSURE = ("block", "drop-video")
+
+
+class WindowStream:
+    """An async iterator of :class:`Window` fed by started sources.
+
+    Args:
+        sources: started sources (``kinds`` known).
+        windower: the windowing core (its ``counters`` are shared with the sources).
+        live: live media (enables the deadline ticker).
+        backpressure: ``"block"`` or ``"drop-video"`` (see the module docstring).
+        clock: the session clock; ``session_t0`` is session time 0 on it.
+        max_latency_s: how long after its end a live window waits for late media.
+        max_queue_windows: windows kept with video in the queue.
+        max_backlog_s: queued audio beyond which whole windows are dropped (live only).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        windower: Windower,
+        *,
+        live: bool,
+        backpressure: str,
+        clock: Clock | None = None,
+        session_t0: float = 0.0,
+        max_latency_s: float = 0.75,
+        max_queue_windows: int = 4,
+        max_backlog_s: float = 120.0,
+    ) -> None:
+        if backpressure not in BACKPRESSURE:
+            raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
+        if max_queue_windows < 1:
+            raise ValueError(f"max_queue_windows must be >= 1, got {max_queue_windows}")
+        self.sources = list(sources)
+        self.windower = windower
+        self.counters: StreamCounters = windower.counters
+        self.live = live
+        self.backpressure = backpressure
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.session_t0 = session_t0
+        self.max_latency_s = max_latency_s
+        self.max_queue_windows = max_queue_windows
+        self.max_backlog_s = max_backlog_s
+        self._pending: deque[Window] = deque()
+        self._changed = asyncio.Event()
+        self._space = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ended_sources = 0
+        self._error: BaseException | None = None
+        self._finished = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the reader tasks (and the deadline ticker for live media)."""
+        for src in self.sources:
+            self._tasks.append(asyncio.create_task(self._read(src), name=f"read:{src.name}"))
+        if self.live:
+            self._tasks.append(asyncio.create_task(self._tick(), name="window-deadline"))
+
+    async def aclose(self) -> None:
+        """Stop reading and close every source (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finished = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for src in self.sources:
+            try:
+                await src.aclose()
+            except Exception:  # closing must not mask the real outcome
+                logger.exception("%s: error while closing", src.name)
+        self._changed.set()
+        self._space.set()
+
+    def session_time(self) -> float:
+        """Seconds since session time 0."""
+        return self.clock.now() - self.session_t0
+
+    @property
+    def queued(self) -> int:
+        """Windows waiting for the consumer."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ iteration
+    def __aiter__(self) -> WindowStream:
+        return self
+
+    async def __anext__(self) -> Window:
+        while True:
+            if self._pending:
+                w = self._pending.popleft()
+                self._space.set()
+                self.counters.add(windows_out=1, video_frames_out=w.num_frames,
+                                  audio_samples_out=w.audio.shape[0])
+                return w
+            if self._error is not None:
+                raise self._error
+            if self._finished:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ producers
+    async def _read(self, src: Source) -> None:
+        try:
+            while not self._finished:
+                item = await src.recv()
+                await self._put(self.windower.add(item))
+        except SourceEnded:
+            self._ended_sources += 1
+            await self._put(self.windower.end(src.kinds))
+        except SourceError as exc:
+            self._fail(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("%s: reader failed", src.name)
+            self._fail(SourceError(f"{src.name}: unexpected error: {exc}"))
+
+    async def _tick(self) -> None:
+        period = min(0.1, self.windower.window_s / 4)
+        while not self._finished:
+            await self.clock.asleep(period)
+            await self._put(self.windower.close_until(self.session_time() - self.max_latency_s))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._finished = True
+        self._changed.set()
+        self._space.set()
+
+    async def _put(self, windows: list[Window]) -> None:
+        for w in windows:
+            if self.backpressure == "block":
+                while len(self._pending) >= self.max_queue_windows and not self._closed:
+                    self._space.clear()
+                    await self._space.wait()
+            self._pending.append(w)
+            if self.backpressure == "drop-video":
+                self._apply_drop_policy()
+        if self.windower.done:
+            self._finished = True
+        self._changed.set()
+
+    def _apply_drop_policy(self) -> None:
+        """Strip video from all but the newest ``max_queue_windows`` queued windows; cap the audio backlog."""
+        keep_from = len(self._pending) - self.max_queue_windows
+        if keep_from > 0:
+            rebuilt: deque[Window] = deque()
+            for i, w in enumerate(self._pending):
+                if i < keep_from and w.num_frames:
+                    n = w.num_frames
+                    self.counters.add(video_dropped=n)
+                    if w.audio.shape[0] == 0:
+                        continue  # video-only window with its video gone: nothing left to deliver
+                    w = dataclasses.replace(w, frames=np.zeros((0, 0, 0, 3), np.uint8),
+                                            frame_pts_s=np.zeros(0), video_dropped=w.video_dropped + n)
+                rebuilt.append(w)
+            self._pending = rebuilt
+        backlog_s = sum(float(w.duration_s or 0.0) for w in self._pending)
+        while len(self._pending) > 1 and backlog_s > self.max_backlog_s:
+            w = self._pending.popleft()
+            backlog_s -= float(w.duration_s or 0.0)
+            self.counters.add(audio_dropped_samples=w.audio.shape[0], video_dropped=w.num_frames)
+            logger.warning("consumer is %.0f s behind the live stream: dropped the window at %.1f s (audio included)",
+                           backlog_s, w.t0_s)
