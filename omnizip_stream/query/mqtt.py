@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnizip_stream.query.base import Answer, QueryError, QueryService
-from omnizip_stream.query.mqtt_config import NODELAY, MqttConfig, parse_broker_url
+from omnizip_stream.query.connection import BrokerRefusedError, make_client, permanent_reason
+from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
 from omnizip_stream.query.outbox import Outbox, OutMessage, drain
 from omnizip_stream.query.ratelimit import RateLimiter
 from omnizip_stream.query.schema import (
@@ -48,15 +49,6 @@ from omnizip_stream.query.schema import (
 __all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "parse_broker_url"]
 
 logger = logging.getLogger(__name__)
-
-# Connection refusals that retrying cannot fix (3.1.1 return codes and MQTT 5 reason codes).
-_PERMANENT_CONNACK = {1: "unsupported protocol version", 2: "client id rejected", 4: "bad username or password",
-                      5: "not authorised", 0x84: "unsupported protocol version", 0x85: "client id rejected",
-                      0x86: "bad username or password", 0x87: "not authorised", 0x8C: "bad authentication method"}
-
-
-class BrokerRefusedError(RuntimeError):
-    """The broker refused us in a way retrying cannot fix (credentials, ACL, TLS, protocol)."""
 
 
 @dataclass
@@ -138,49 +130,37 @@ class MqttQueryServer:
         backoff_s = cfg.reconnect_min_s
         ever_connected = False
         while True:
+            connected_at = None
             try:
                 async with self._make_client() as client:
                     ever_connected = True
-                    backoff_s = cfg.reconnect_min_s
+                    connected_at = time.monotonic()
                     await self._serve_connection(client)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
-                reason = _permanent_reason(exc, cfg)
+                reason = permanent_reason(exc, cfg)
                 if reason is not None and not ever_connected:
                     raise BrokerRefusedError(f"broker {cfg.url} refused the connection: {reason}") from None
+                # A connection that held for a while resets the backoff; one dropped at once keeps backing
+                # off (e.g. two servers for the same stream id share a client id and keep kicking each other).
+                if connected_at is not None and time.monotonic() - connected_at >= cfg.reconnect_max_s:
+                    backoff_s = cfg.reconnect_min_s
                 delay_s = backoff_s * random.uniform(0.5, 1.0)
-                logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s",
-                               cfg.url, "connection lost" if ever_connected else "unreachable", exc, delay_s)
+                detail = f"{exc} ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
+                logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s (client id %s)", cfg.url,
+                               "connection lost" if connected_at is not None else "unreachable", detail, delay_s,
+                               cfg.server_client_id)
                 self.counters["connect_failures"] += 1
                 await asyncio.sleep(delay_s)
                 backoff_s = min(cfg.reconnect_max_s, backoff_s * 2)
 
     def _make_client(self) -> Any:
         import aiomqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
         cfg = self.config
-        v5 = cfg.protocol == "5"
         will = aiomqtt.Will(cfg.status_topic, encode(self._status("offline", "connection lost", stats=False)),
                             qos=cfg.qos, retain=True)
-        kwargs: dict[str, Any] = {}
-        if v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = cfg.session_expiry_s
-            kwargs.update(clean_start=False, properties=props)
-        else:
-            kwargs.update(clean_session=False)
-        if cfg.tls and cfg.tls_insecure:
-            kwargs["tls_insecure"] = True
-        client = aiomqtt.Client(
-            cfg.host, cfg.port, username=cfg.username, password=cfg.password,
-            identifier=cfg.server_client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=will, keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), socket_options=NODELAY, **kwargs,
-        )
-        client.pending_calls_threshold = 10_000  # many replies in flight is normal here
-        return client
+        return make_client(cfg, cfg.server_client_id, persistent=True, will=will)
 
     async def _serve_connection(self, client: Any) -> None:
         cfg = self.config
@@ -414,20 +394,3 @@ class MqttQueryServer:
         self.errors[code] += 1
         self.counters["failed"] += 1
         self._send(job.route, final_error(self.config.stream_id, job.request.request_id, code, message))
-
-
-def _permanent_reason(exc: Exception, cfg: MqttConfig) -> str | None:
-    """Why a connection error cannot be fixed by retrying, or None if it may be transient."""
-    rc = getattr(exc, "rc", None)
-    code = int(getattr(rc, "value", rc)) if rc is not None else None
-    if type(exc).__name__ == "MqttConnectError" and code in _PERMANENT_CONNACK:
-        reason = _PERMANENT_CONNACK[code]
-        if "protocol" in reason and cfg.protocol == "5":
-            reason += " (the broker may speak only MQTT 3.1.1: use protocol 3.1.1)"
-        return reason
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return f"TLS certificate not trusted ({text}); pass the broker's CA file"
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-        return "TLS handshake failed: is this port really mqtts:// (TLS)?"
-    return None

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omnizip_stream.query.base import QueryError
-from omnizip_stream.query.mqtt_config import NODELAY, MqttConfig
+from omnizip_stream.query.connection import make_client, permanent_reason
+from omnizip_stream.query.mqtt_config import MqttConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +68,11 @@ class MqttQueryClient:
         import aiomqtt
 
         cfg = self.config
-        kwargs: dict[str, Any] = {"tls_insecure": True} if cfg.tls and cfg.tls_insecure else {}
-        self._client = aiomqtt.Client(
-            cfg.host, cfg.port, username=cfg.username, password=cfg.password, identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
-            keepalive=cfg.keepalive_s, tls_context=cfg.ssl_context(), socket_options=NODELAY, **kwargs,
-        )
-        self._client.pending_calls_threshold = 10_000
+        self._client = make_client(cfg, self.client_id, persistent=False)
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
-            from omnizip_stream.query.mqtt import _permanent_reason
-
-            raise ConnectionError(f"cannot connect to {cfg.url}: {_permanent_reason(exc, cfg) or exc}") from None
+            raise ConnectionError(f"cannot connect to {cfg.url}: {permanent_reason(exc, cfg) or exc}") from None
         try:
             await self._client.subscribe(self.reply_topic, qos=cfg.qos)
         except BaseException:
