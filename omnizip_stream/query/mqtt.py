@@ -50,6 +50,10 @@ __all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "parse_broker_
 
 logger = logging.getLogger(__name__)
 
+# Always present in stats() / the status message, so consumers can rely on the keys.
+_COUNTERS = ("received", "accepted", "answered", "failed", "rejected", "unroutable", "partials",
+             "ignored_retained", "connects", "connect_failures")
+
 
 @dataclass
 class _Job:
@@ -110,8 +114,10 @@ class MqttQueryServer:
 
     def stats(self) -> dict[str, Any]:
         """Transport counters: requests received/answered, errors by code, queue and outbox depths."""
+        counters = {name: self.counters[name] for name in _COUNTERS}
+        counters.update(self.counters)
         return {
-            **dict(self.counters),
+            **counters,
             "errors": dict(self.errors),
             "queue_depth": self._queue.qsize(),
             "in_flight": self._in_flight,
@@ -168,8 +174,8 @@ class MqttQueryServer:
         codes = [int(getattr(g, "value", g)) for g in granted]
         if any(c >= 0x80 for c in codes):
             raise BrokerRefusedError(f"broker {cfg.url} refused the subscription to {cfg.query_topic} (check its ACL)")
-        await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
         self.counters["connects"] += 1
+        await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
         self.connected.set()
         logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
                     cfg.stream_id, cfg.url, cfg.server_client_id, cfg.protocol, cfg.query_topic)
