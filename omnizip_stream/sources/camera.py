@@ -28,14 +28,14 @@ def parse_size(size: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, str):
-        w, sep, h = size.lower().partition("x")
-        if not sep or not w.isdigit() or not h.isdigit():
+        ws, sep, hs = size.lower().partition("x")
+        if not sep or not ws.isdigit() or not hs.isdigit():
             raise ValueError(f"camera size must look like 640x480, got {size!r}")
-        size = (int(w), int(h))
-    w, h = size
-    if w <= 0 or h <= 0:
-        raise ValueError(f"camera size must be positive, got {w}x{h}")
-    return int(w), int(h)
+        size = (int(ws), int(hs))
+    width, height = int(size[0]), int(size[1])
+    if width <= 0 or height <= 0:
+        raise ValueError(f"camera size must be positive, got {width}x{height}")
+    return width, height
 
 
 class CameraSource(ThreadedSource):

@@ -96,7 +96,8 @@ def _ffmpeg_listing(fmt: str, url: str) -> list[str]:
 def _list_cameras() -> tuple[list[DeviceInfo], list[str]]:
     fmt, _ = camera_backend()
     if sys.platform == "darwin" or fmt == "avfoundation":
-        out, video_section = [], False
+        out: list[DeviceInfo] = []
+        video_section = False
         for line in _ffmpeg_listing("avfoundation", ""):
             if "video devices" in line.lower():
                 video_section = True

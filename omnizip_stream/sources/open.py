@@ -115,27 +115,29 @@ def build_sources(
     counters: StreamCounters,
 ) -> list[Source]:
     """Construct (not start) the sources for ``spec``."""
-    common = {"clock": clock, "session_t0": session_t0, "counters": counters}
     sources: list[Source] = []
     if spec.kind in ("camera", "camera+mic"):
         from omnizip_stream.sources.camera import CameraSource
 
         sources.append(CameraSource(camera_device or spec.target, size=camera_size, fps=fps, max_side=max_side,
-                                    **common))
+                                    clock=clock, session_t0=session_t0, counters=counters))
     if spec.kind in ("mic", "camera+mic"):
         from omnizip_stream.sources.mic import MicSource
 
-        sources.append(MicSource(mic_device, strict=strict_devices, **common))
+        sources.append(MicSource(mic_device, strict=strict_devices, clock=clock, session_t0=session_t0,
+                                 counters=counters))
     if spec.kind == "file":
         from omnizip_stream.sources.file import FileSource
 
         assert spec.target is not None
-        sources.append(FileSource(spec.target, realtime=realtime, loop=loop, fps=fps, max_side=max_side, **common))
+        sources.append(FileSource(spec.target, realtime=realtime, loop=loop, fps=fps, max_side=max_side,
+                                  clock=clock, session_t0=session_t0, counters=counters))
     if spec.kind == "url":
         from omnizip_stream.sources.url import UrlSource
 
         assert spec.target is not None
-        sources.append(UrlSource(spec.target, fps=fps, max_side=max_side, attempts=url_attempts, **common))
+        sources.append(UrlSource(spec.target, fps=fps, max_side=max_side, attempts=url_attempts, clock=clock,
+                                 session_t0=session_t0, counters=counters))
     if spec.kind == "synthetic":
         from omnizip_stream.sources.synthetic import SyntheticParams, SyntheticSource
 
@@ -144,7 +146,8 @@ def build_sources(
             scale = max_side / max(params.width, params.height)
             params = dataclasses.replace(params, width=max(8, round(params.width * scale)),
                                          height=max(8, round(params.height * scale)))
-        sources.append(SyntheticSource(params, realtime=realtime, fps=fps, **common))
+        sources.append(SyntheticSource(params, realtime=realtime, fps=fps, clock=clock, session_t0=session_t0,
+                                       counters=counters))
     return sources
 
 

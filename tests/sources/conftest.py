@@ -40,7 +40,7 @@ def make_media(
 ) -> Path:
     """Encode a test clip: a bright bar moving right (its x position encodes the frame index) + a tone.
 
-    Video frame i has columns [0, 2*i) bright, so a decoded frame tells which source frame it was.
+    Video frame i has columns [0, i) bright, so a decoded frame tells which source frame it was.
     """
     out = av.open(str(path), "w", format=fmt, options=container_options or {})
     vs = aus = None
@@ -60,7 +60,7 @@ def make_media(
     while (video and i < n_video) or (audio and done_audio < n_samples):
         if video and i < n_video:
             img = np.full((height, width, 3), 30, np.uint8)
-            img[:, : min(width, 2 * i)] = 220
+            img[:, : min(width, i)] = 220
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, rate)
             for p in vs.encode(frame):
