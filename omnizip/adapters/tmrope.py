@@ -103,6 +103,10 @@ def qwen2_5_av_tokens(
         base: position id of the first A/V token of the whole stream/clip.
         first_audio: audio tokens that came before this block in the stream.
         first_grid: temporal grid steps that came before this block in the stream.
+        spatial_merge_size: side of the ViT's patch merge (2).
+        second_per_grid: seconds per temporal grid step (``temporal_patch_size / fps``).
+        position_id_per_seconds: temporal ids per second (25 for Qwen2.5-Omni, 13 for Qwen3-Omni).
+        seconds_per_chunk: interleave chunk length in seconds (Qwen2.5-Omni only).
         interleave: ``use_audio_in_video`` layout; False puts all video, then all audio.
 
     Returns:
@@ -167,7 +171,19 @@ def qwen3_av_tokens(
 ) -> AVTokens:
     """Order and ids of a Qwen3-Omni A/V block: tokens merged by temporal id, video first on ties.
 
-    Args mirror :func:`qwen2_5_av_tokens`; positions are float32 as in the stock code.
+    Reproduces the stock ``get_rope_index`` (``use_audio_in_video``): video grid ``g`` has temporal id
+    ``base + g * second_per_grid * pps`` computed in float32 (not truncated, so it may be fractional
+    when ``second_per_grid * pps`` is not an integer), audio token ``a`` has ``base + a``; the two
+    sorted runs are merged like the stock two-pointer loop, which takes the video token whenever its
+    temporal id is ``<=`` the next audio token's. Within a stream, windows cut at a grid boundary
+    produce the same tokens as the whole clip, because every audio token with a temporal id below a
+    grid's precedes that grid.
+
+    Args mirror :func:`qwen2_5_av_tokens` (``base`` is the id of the first A/V token, i.e. the last
+    opening token's id + 1: Qwen3 gives the two opening tokens consecutive ids).
+
+    Returns:
+        The block's :class:`AVTokens` with float32 positions, as the stock code.
     """
     if grid_thw is not None:
         gt, gh, gw = grid_thw
@@ -180,14 +196,19 @@ def qwen3_av_tokens(
         video_pos = torch.zeros(3, 0, dtype=torch.float32)
     audio_pos = torch.arange(first_audio, first_audio + n_audio, dtype=torch.float32).view(1, -1).expand(3, -1) + base
     n_video = video_pos.shape[1]
+    kinds = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)]).long()
+    feats = torch.cat([torch.arange(n_video), torch.arange(n_audio)]).long()
+    pos = torch.cat([video_pos, audio_pos], dim=1).float()
     if not interleave or n_video == 0 or n_audio == 0:
-        kind = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)])
-        feat = torch.cat([torch.arange(n_video), torch.arange(n_audio)])
-        return AVTokens(kind.long(), feat.long(), torch.cat([video_pos, audio_pos], dim=1).float())
-    # Stable merge by temporal id; video wins ties (the stock loop tests `video <= audio`).
-    key = torch.cat([video_pos[0].double() * 2, audio_pos[0].double() * 2 + 1])
-    order = torch.argsort(key, stable=True)
-    kind = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)]).long()[order]
-    feat = torch.cat([torch.arange(n_video), torch.arange(n_audio)]).long()[order]
-    pos = torch.cat([video_pos, audio_pos], dim=1)[:, order].float()
-    return AVTokens(kind, feat, pos)
+        return AVTokens(kinds, feats, pos)
+    # Two-pointer merge of two sorted runs (video first when its id is <= the audio id), as index
+    # arithmetic: video i lands after the audio tokens with a strictly smaller id, audio j after the
+    # video tokens with an id <= its own. Ids compared exactly (float32 values, float64 compare).
+    v_t = video_pos[0].double().contiguous()
+    a_t = audio_pos[0].double().contiguous()
+    slot = torch.empty(n_video + n_audio, dtype=torch.long)
+    slot[:n_video] = torch.arange(n_video) + torch.searchsorted(a_t, v_t, right=False)
+    slot[n_video:] = torch.arange(n_audio) + torch.searchsorted(v_t, a_t, right=True)
+    order = torch.empty_like(slot)
+    order[slot] = torch.arange(n_video + n_audio)
+    return AVTokens(kinds[order], feats[order], pos[:, order])
