@@ -76,7 +76,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         super().__init__(
             thinker, tokenizer, model_name=model_name, device=device, dtype=dtype, system_prompt=system_prompt
         )
-        cfg = thinker.config
+        cfg: Any = thinker.config
         vcfg = cfg.vision_config
         acfg = cfg.audio_config
         pixels = {} if video_max_pixels is None else {"min_pixels": video_max_pixels, "max_pixels": video_max_pixels}
@@ -109,7 +109,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         )
 
     def _special(self, name: str) -> int:
-        cfg = self.thinker.config
+        cfg: Any = self.thinker.config
         ids = {
             "audio": cfg.audio_token_id,
             "video": cfg.video_token_id,
@@ -131,7 +131,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         8-s attention windows (``cu_seqlens``).
         """
         features, mask, mel_max = self._log_mel(audio, cursor, stream)
-        core = self.thinker.model
+        core: Any = self.thinker.model
         attn = core.audio_tower.layers[-1].self_attn
         with QKCapture(attn) as cap:
             out = core.get_audio_features(
@@ -149,7 +149,8 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         q = cap.q.view(t, n_heads, -1)
         k = cap.k.view(t, n_heads, -1)
         blocks = cap.block_lengths() if saliency == "block" else None
-        return feats, audio_saliency(q, k, block_lengths=blocks, variant=saliency), mel_max
+        variant: Any = saliency
+        return feats, audio_saliency(q, k, block_lengths=blocks, variant=variant), mel_max
 
     def _encode_video(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int], dict[str, Any]]:
         """``[F, H, W, 3]`` uint8 -> features ``[N_v, D]`` (t, row, col order), grid and deepstack.
@@ -157,7 +158,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         The extras are ``{"deepstack": [levels] of [N_v, D]}``, rows in the same token order.
         """
         pixels, grid_thw = patchify_video(resize_frames(frames, self.vision_cfg), self.vision_cfg)
-        core = self.thinker.model
+        core: Any = self.thinker.model
         out = core.get_video_features(pixels.to(self.device, self.dtype), grid_thw.to(self.device))
         feats = torch.cat(list(out.pooler_output), dim=0)
         deepstack = [torch.cat(list(level), dim=0) for level in out.deepstack_features]
@@ -174,7 +175,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
             base=cursor.base,
             first_audio=cursor.audio_tokens,
             first_grid=cursor.grids,
-            spatial_merge_size=self.thinker.config.vision_config.spatial_merge_size,
+            spatial_merge_size=int(self.vision_cfg.merge_size),
             second_per_grid=second_per_grid,
             position_id_per_seconds=self.spec.position_id_per_seconds,
             interleave=interleave,
