@@ -86,6 +86,7 @@ def prepare_clip_prompt(
     saliency: str = "global",
     max_new_tokens: int = 64,
     system_prompt: str | None = None,
+    video_fps: float | None = None,
 ) -> PreparedPrompt:
     """Build the compressed prompt of a clip + question.
 
@@ -98,6 +99,7 @@ def prepare_clip_prompt(
         saliency: audio saliency variant (``global`` as the reference, or ``block``).
         max_new_tokens: decoding budget, counted against the context.
         system_prompt: overrides the adapter's system prompt.
+        video_fps: rate the frames were sampled at (default: the model's 2 fps).
 
     Raises:
         ContextTooLongError: the full prompt plus ``max_new_tokens`` exceeds the model's positions.
@@ -109,7 +111,9 @@ def prepare_clip_prompt(
     p_open = len(parts.prefix)
     open_pos = adapter.special_positions(len(open_ids), p_open)  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    encoded = adapter.encode_av(audio, frames, AVCursor(base=open_pos[-1] + 1), saliency=saliency)
+    encoded = adapter.encode_av(
+        audio, frames, AVCursor(base=open_pos[-1] + 1), saliency=saliency, video_fps=video_fps
+    )
     t1 = time.perf_counter()
     layout = encoded.layout
     plan = compressor.plan(layout)
@@ -138,7 +142,7 @@ def prepare_clip_prompt(
     positions = torch.cat([
         _pos(list(range(p_open)) + open_pos),
         kept_pos.to(dtype),
-        _pos(close_pos + list(range(suffix_start, suffix_start + n_suffix))),
+        _pos(close_pos + [suffix_start + i for i in range(n_suffix)]),
     ], dim=1)
     extras = adapter.av_extras(  # type: ignore[attr-defined]
         encoded, kept_index, offset=p_open + len(open_ids), total=int(embeds.shape[0])
@@ -168,6 +172,7 @@ def answer_clip(
     saliency: str = "global",
     max_new_tokens: int = 64,
     system_prompt: str | None = None,
+    video_fps: float | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> ClipAnswer:
     """Answer ``question`` about a clip (see :func:`prepare_clip_prompt` for the arguments).
@@ -178,7 +183,7 @@ def answer_clip(
     """
     prompt = prepare_clip_prompt(
         adapter, audio, frames, question, compressor,
-        saliency=saliency, max_new_tokens=max_new_tokens, system_prompt=system_prompt,
+        saliency=saliency, max_new_tokens=max_new_tokens, system_prompt=system_prompt, video_fps=video_fps,
     )
     cache = adapter.new_cache()
     _sync(adapter)

@@ -170,9 +170,10 @@ class StreamEngine:
         positions = kept_pos.clone()
         modality = layout.modality[kept_index]
         if shift:
-            positions[0] -= shift
+            delta = torch.tensor(shift).to(positions.dtype)
+            positions[0] -= delta
             audio_rows = modality == int(Modality.AUDIO)
-            positions[1:, audio_rows] -= shift
+            positions[1:, audio_rows] -= delta
         extras = self.adapter.av_extras(encoded, kept_index, offset=0, total=int(kept_embeds.shape[0]))
         index = self.windows_ingested
         kind = "sink" if index < self.config.sink_windows else "window"
@@ -210,6 +211,30 @@ class StreamEngine:
             )
         return ids
 
+    def _append_question(self, question: str) -> tuple[torch.Tensor, float, int]:
+        """Append the A/V closing tokens and the question; return (last logits ``[V]``, next position, tokens)."""
+        suffix = self.question_ids(question)
+        close_ids = self.adapter.close_ids(self.has_audio, self.has_video)
+        close_pos = self.adapter.special_positions(len(close_ids), self.cache.close_position())
+        start = close_pos[-1] + 1
+        values = close_pos + [start + i for i in range(len(suffix))]
+        positions = torch.as_tensor(values, dtype=self.adapter.position_dtype).view(1, -1).expand(3, -1)
+        logits = self.adapter.forward(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache)
+        assert logits is not None
+        return logits, float(start + len(suffix)), len(close_ids) + len(suffix)
+
+    def question_logits(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[V]`` of the question's last position and the appended positions; cache restored.
+
+        For tests and diagnostics: the same computation as the start of :meth:`answer`.
+        """
+        checkpoint = self.cache.checkpoint()
+        try:
+            logits, next_position, _ = self._append_question(question)
+        finally:
+            self.cache.restore(checkpoint)
+        return logits, torch.tensor(next_position)
+
     def answer(
         self,
         question: str,
@@ -230,28 +255,12 @@ class StreamEngine:
             self.start()
         t0 = submitted_at if submitted_at is not None else time.perf_counter()
         max_new = max(1, min(int(max_new_tokens), self.config.max_new_tokens))
-        suffix = self.question_ids(question)
-        close_ids = self.adapter.close_ids(self.has_audio, self.has_video)
-        close_at = self.cache.close_position()
-        close_pos = self.adapter.special_positions(len(close_ids), close_at)
-        start = close_pos[-1] + 1
-        positions = torch.as_tensor(close_pos + [start + i for i in range(len(suffix))], dtype=self.adapter.position_dtype)
-        positions = positions.view(1, -1).expand(3, -1)
         checkpoint = self.cache.checkpoint()
-        first_token_at: list[float] = []
-
-        def _on_text(piece: str) -> None:
-            if not first_token_at:
-                first_token_at.append(time.perf_counter())
-            if on_text is not None:
-                on_text(piece)
-
         try:
-            logits = self.adapter.forward(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache)
+            logits, next_position, prompt_tokens = self._append_question(question)
             t_prefill = time.perf_counter()
             gen = greedy_decode(
-                self.adapter, self.cache.cache, logits, float(start + len(suffix)),
-                max_new_tokens=max_new, on_text=_on_text,
+                self.adapter, self.cache.cache, logits, next_position, max_new_tokens=max_new, on_text=on_text,
             )
         finally:
             self.cache.restore(checkpoint)
@@ -259,10 +268,10 @@ class StreamEngine:
         windows = self.cache.windows()
         window_range = (windows[0].window_index, windows[-1].window_index) if windows else None
         time_range = (windows[0].t0_s, windows[-1].t1_s) if windows else None
-        ttft = (first_token_at[0] if first_token_at else t_prefill) - t0
+        ttft = t_prefill - t0  # the first token is the argmax of the question's prefill logits
         return QueryResult(
             text=gen.text.strip(), tokens=gen.token_ids, ttft_ms=ttft * 1e3, total_ms=(t_end - t0) * 1e3,
-            window_range=window_range, time_range_s=time_range, prompt_tokens=len(close_ids) + len(suffix),
+            window_range=window_range, time_range_s=time_range, prompt_tokens=prompt_tokens,
             extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
         )
 

@@ -146,7 +146,7 @@ class RollingKVCache:
 
     def store_bytes(self) -> int:
         """Bytes of kept embeddings stored for re-prefilling."""
-        return sum(int(s.embeds.nbytes) for s in self.segments if s.embeds is not None and s.kind == "window")
+        return sum(int(s.embeds.nbytes) for s in self.segments if s.embeds is not None)
 
     def max_position(self) -> float:
         """Largest position id stored."""
@@ -170,8 +170,8 @@ class RollingKVCache:
         if segment.embeds is None:
             raise ValueError("a segment needs its embeddings to be prefilled")
         out = self.adapter.forward(segment.embeds, segment.positions, self.cache, extras=segment.extras, logits=logits)
-        if segment.kind != "window" or self.reanchor_policy != "reprefill":
-            segment.embeds = None  # sink/prefix are never re-prefilled; rerotate never needs them
+        if segment.kind == "prefix" or self.reanchor_policy != "reprefill":
+            segment.embeds = None  # the prefix is never re-prefilled; rerotate never needs embeddings
             segment.extras = None
         self.segments.append(segment)
         return out

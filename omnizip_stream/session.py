@@ -267,8 +267,8 @@ class StreamSession:
             extra={"prompt_tokens": result.prompt_tokens, **result.extra},
         )
 
-    async def ask_stream(self, question: str, max_new_tokens: int | None = None) -> AsyncIterator[str]:
-        """Yield the answer piece by piece as the model generates it."""
+    async def ask_stream(self, question: str, max_new_tokens: int | None = None) -> AsyncIterator[str | Answer]:
+        """Yield the answer piece by piece (``str``) as the model generates it, then the :class:`Answer`."""
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self.ask(question, max_new_tokens, on_text=pieces.put_nowait))
         task.add_done_callback(lambda _t: pieces.put_nowait(_STOP))
@@ -278,7 +278,7 @@ class StreamSession:
                 if piece is _STOP:
                     break
                 yield piece
-            task.result()  # re-raise a QueryError
+            yield task.result()  # the complete Answer (re-raises a QueryError)
         finally:
             if not task.done():
                 task.cancel()

@@ -88,8 +88,8 @@ class EncodedAV:
 
     Attributes:
         layout: the tokens (embeds ``[N, D]`` in the model dtype, modality, chunk/frame ids, audio
-            saliency ``[N_audio]`` or None, positions ``[3, N]`` int64 (float-valued ids are stored
-            as float64 for Qwen3)).
+            saliency ``[N_audio]`` or None, positions ``[3, N]`` (int64 for Qwen2.5-Omni, float32
+            for Qwen3-Omni, as the stock code)).
         token_ids: ``[N]`` int64 placeholder ids (audio / video token id per position).
         next_cursor: the cursor for the window that follows.
         close_position: ``p_close`` if the stream ended after this window.
@@ -102,7 +102,7 @@ class EncodedAV:
     layout: TokenLayout
     token_ids: torch.Tensor
     next_cursor: AVCursor
-    close_position: int
+    close_position: float
     extras: dict[str, Any] = field(default_factory=dict)
     audio_s: float = 0.0
     video_frames: int = 0
@@ -163,6 +163,7 @@ class OmniAdapter(Protocol):
         saliency: str | None = "block",
         interleave: bool = True,
         stream: bool = False,
+        video_fps: float | None = None,
     ) -> EncodedAV:
         """Encode a window of audio ``[n]`` float32 16 kHz and frames ``[F, H, W, 3]`` uint8."""
         ...

@@ -126,7 +126,8 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
         return feats, (t, h, w), {}
 
     def _av_tokens(
-        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool
+        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool,
+        second_per_grid: float,
     ) -> AVTokens:
         cfg = self.thinker.config
         return qwen2_5_av_tokens(
@@ -136,7 +137,7 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
             first_audio=cursor.audio_tokens,
             first_grid=cursor.grids,
             spatial_merge_size=cfg.vision_config.spatial_merge_size,
-            second_per_grid=self.spec.second_per_grid,
+            second_per_grid=second_per_grid,
             position_id_per_seconds=cfg.position_id_per_seconds,
             seconds_per_chunk=cfg.seconds_per_chunk,
             interleave=interleave,

@@ -50,7 +50,7 @@ class ThinkerAdapter:
         dtype: torch.dtype = torch.float32,
         system_prompt: str | None = None,
     ) -> None:
-        self.thinker = thinker.eval()
+        self.thinker: Any = thinker.eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.device = torch.device(device)
@@ -85,9 +85,9 @@ class ThinkerAdapter:
             raise ValueError("an A/V block needs audio or video")
         return ids
 
-    def special_positions(self, n: int, start: int) -> list[int]:
+    def special_positions(self, n: int, start: float) -> list[float]:
         """Positions of ``n`` consecutive special tokens starting at ``start`` (shared or consecutive)."""
-        return [start] * n if self.shared_special_positions else list(range(start, start + n))
+        return [start] * n if self.shared_special_positions else [start + i for i in range(n)]
 
     def prompt_parts(self, question: str, system_prompt: str | None = None) -> PromptParts:
         """Token ids of the chat prompt around the A/V block, rendered with the tokenizer's template.
@@ -148,7 +148,8 @@ class ThinkerAdapter:
         raise NotImplementedError
 
     def _av_tokens(
-        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool
+        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool,
+        second_per_grid: float,
     ) -> AVTokens:
         raise NotImplementedError
 
@@ -166,6 +167,7 @@ class ThinkerAdapter:
         saliency: str | None = "block",
         interleave: bool = True,
         stream: bool = False,
+        video_fps: float | None = None,
     ) -> EncodedAV:
         """Encode one window (or a whole clip) into the full, uncompressed token layout.
 
@@ -177,6 +179,8 @@ class ThinkerAdapter:
             interleave: ``use_audio_in_video`` layout (ignored when one modality is missing).
             stream: compute the log-mel of a stream window (left context and running floor from the
                 cursor) instead of a whole clip.
+            video_fps: the rate the frames were sampled at (default ``spec.fps``); a clip whose frames
+                were capped is sampled more sparsely, which stretches each grid step's time.
 
         Returns:
             The :class:`EncodedAV`; ``layout.embeds`` is ``[N, D]`` in the model dtype.
@@ -202,7 +206,8 @@ class ThinkerAdapter:
             t0 = time.perf_counter()
             v_feat, grid, v_extras = self._encode_video(np.asarray(frames))
             timings["video_encode_ms"] = self._elapsed_ms(t0)
-        toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave)
+        fps = video_fps or self.spec.fps
+        toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave, self.spec.temporal_patch_size / fps)
         is_audio = toks.kind == AUDIO_KIND
         is_video = toks.kind == VIDEO_KIND
         embeds = torch.empty(toks.kind.shape[0], d, dtype=self.dtype, device=self.device)

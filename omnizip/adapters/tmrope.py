@@ -40,7 +40,7 @@ class AVTokens:
     positions: torch.Tensor
 
     @property
-    def close_position(self) -> int:
+    def close_position(self) -> float:
         """``max`` of the trailing same-modality run + 1: where the closing special tokens go."""
         n = int(self.kind.shape[0])
         if n == 0:
@@ -48,7 +48,8 @@ class AVTokens:
         last_kind = self.kind[-1]
         differs = (self.kind != last_kind).nonzero()
         start = int(differs[-1]) + 1 if differs.numel() else 0
-        return int(self.positions[:, start:].max().item()) + 1
+        value = self.positions[:, start:].max().item() + 1
+        return float(value) if self.positions.is_floating_point() else int(value)
 
 
 def _video_positions(

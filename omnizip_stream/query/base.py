@@ -61,8 +61,9 @@ class QueryService(Protocol):
         """
         ...
 
-    def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str]:
-        """Yield the answer piece by piece (text deltas) as it is generated."""
+    def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str | Answer]:
+        """Yield the answer piece by piece (``str`` text deltas) as it is generated, then, as the
+        last item, the complete :class:`Answer` (with its latencies and window range)."""
         ...
 
     def stats(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def test_answer_clip_reports_token_accounting(adapter25):
     zipped = answer_clip(adapter25, wav, frames, QUESTION,
                          make_compressor("omnizip", OmniZipConfig(rho_audio=0.4, rho_video=0.7)), max_new_tokens=4)
     assert full.tokens_kept == full.tokens_total
-    assert full.audio_tokens_total == 150 and full.video_tokens_total == 3 * 121  # 3 grids of 11x11
+    assert full.audio_tokens_total == 150 and full.video_tokens_total == 6 * 144  # 6 grids of 12x12 (112 px upscaled to the pixel budget)
     assert zipped.tokens_total == full.tokens_total
     assert zipped.video_tokens_kept < zipped.video_tokens_total
     assert zipped.audio_tokens_kept < zipped.audio_tokens_total

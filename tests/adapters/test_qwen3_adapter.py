@@ -286,8 +286,7 @@ def test_qwen3_av_tokens_equal_stock_rope_index(tiny3, n_mel, grid, second_per_g
     )
     assert torch.equal(toks.positions, pos[:, 0, base:base + len(block)])
     stock_close = pos[0, 0, base + len(block)].item()
-    if float(stock_close).is_integer():  # a fractional close is the known gap marked xfail below
-        assert toks.close_position == stock_close
+    assert toks.close_position == stock_close
     # The processor's own placement of the placeholders agrees with that order.
     stand_in = SimpleNamespace(audio_bos_token="<", audio_eos_token=">", audio_token="a", video_token="v",
                                video_processor=SimpleNamespace(merge_size=2))
@@ -298,8 +297,6 @@ def test_qwen3_av_tokens_equal_stock_rope_index(tiny3, n_mel, grid, second_per_g
     assert placeholder == "<" + "".join("a" if k == audio_id else "v" for k in block) + ">"
 
 
-@pytest.mark.xfail(strict=True, reason="fractional close position truncated to int: EncodedAV.close_position / "
-                   "qa.prepare_clip_prompt work in ints (see the Qwen3 adapter report)")
 def test_video_only_at_fractional_fps_continues_at_stock_positions(adapter3, tiny3):
     _, frames = synthetic_clip(4.0, audio=False)
     fps = 1.37  # frames capped: grid steps at 2 / 1.37 s, temporal ids 18.98 apart
