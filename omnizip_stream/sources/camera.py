@@ -1,9 +1,10 @@
 """Camera capture through PyAV's libavdevice: v4l2 on Linux, avfoundation on macOS, dshow on Windows.
 
 The camera is opened in :meth:`CameraSource.start`; if it cannot be opened there the error lists the
-cameras that exist. Once running, a lost camera (unplugged, driver error, no frames for
-``stall_timeout_s``) is reopened with exponential backoff forever; meanwhile the windower produces
-audio-only windows from the microphone.
+cameras that exist. Once running, a lost camera (unplugged, driver error, no frame for 5 s) is
+reopened with exponential backoff for as long as the session runs; meanwhile the windower produces
+audio-only windows from the microphone. Frame times are the device's timestamps, anchored to the
+session clock at each (re)open.
 """
 
 from __future__ import annotations

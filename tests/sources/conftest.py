@@ -165,13 +165,21 @@ def free_port() -> int:
 # ------------------------------------------------------------------------ TCP MPEG-TS "IP camera"
 @pytest.fixture
 def ts_server():
-    """Start ``ts_server.py PORT SECONDS SESSIONS`` as a child process; returns the port."""
+    """Start ``ts_server.py PORT SECONDS SESSIONS PAUSE`` as a child process; returns the port.
+
+    With ``wait=True`` it returns once the server is about to listen (plus a margin), for clients that
+    do not retry the first connection.
+    """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(seconds: float, sessions: int = 1) -> int:
+    def start(seconds: float, sessions: int = 1, pause_s: float = 0.0, wait: bool = False) -> int:
         port = free_port()
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "ts_server.py"), str(port), str(seconds),
-                                       str(sessions)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        p = subprocess.Popen([sys.executable, str(HERE / "ts_server.py"), str(port), str(seconds), str(sessions),
+                              str(pause_s)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        if wait:
+            assert p.stdout is not None and p.stdout.readline().strip() == b"listening"
+            time.sleep(0.3)
         return port
 
     yield start

@@ -133,6 +133,23 @@ async def test_lost_mic_gives_video_only_windows_then_audio_again():
     assert counters.source_restarts == 1
 
 
+async def test_non_strict_mic_missing_at_start_is_retried(caplog):
+    made: list[FakeInputStream] = []
+    counters = StreamCounters()
+    mic = MicSource(stream_factory=fake_factory([("fail",), ("paced", 10_000)], made), strict=False,
+                    backoff_s=0.05, counters=counters)
+    with caplog.at_level(logging.WARNING):
+        await mic.start()  # does not raise: warns and keeps retrying
+        chunk = await asyncio.wait_for(mic.recv(), 5)
+        await mic.aclose()
+    assert "unavailable" in caplog.text and counters.source_restarts == 1
+    assert chunk.samples.shape == (1600,)
+    strict = MicSource(stream_factory=fake_factory([("fail",)], []))
+    with pytest.raises(SourceError, match="cannot open microphone .*device unavailable"):
+        await strict.start()
+    await strict.aclose()
+
+
 def test_missing_portaudio_is_a_clear_error(monkeypatch):
     class NoPortAudio(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         def find_spec(self, name, path, target=None):

@@ -153,3 +153,46 @@ async def test_open_windows_argument_validation():
         with pytest.raises(ValueError, match=words):
             async with open_windows("synthetic", **kw):
                 pass
+
+
+@pytest.mark.timeout(60)
+async def test_camera_lost_and_back_gives_audio_only_windows_meanwhile(ts_server, caplog):
+    """The camera code path with a real PyAV input (MPEG-TS over TCP stands in for /dev/video0, which
+    this machine cannot have): the camera drops out, audio-only windows keep coming, it is reopened."""
+    import logging
+
+    from omnizip_stream.clock import MonotonicClock
+    from omnizip_stream.sources.base import StreamCounters
+    from omnizip_stream.sources.mic import MicSource
+    from omnizip_stream.sources.stream import WindowStream
+    from omnizip_stream.windowing import Windower
+
+    from .test_mic import FakeInputStream, fake_factory
+
+    # session 1 streams 0..2 s, the "camera" is gone until ~5.5 s, session 2 streams ~5.5..7.5 s
+    port = ts_server(seconds=2.0, sessions=2, pause_s=3.5, wait=True)
+    clock = MonotonicClock()
+    t0 = clock.now()
+    counters = StreamCounters()
+    cam = CameraSource(f"tcp://127.0.0.1:{port}", backoff_s=0.2, backoff_max_s=0.4, fps=2.0, clock=clock,
+                       session_t0=t0, counters=counters)
+    cam.format = "mpegts"  # the capture loop is format-agnostic; v4l2 itself cannot exist here
+    made: list[FakeInputStream] = []
+    mic = MicSource(stream_factory=fake_factory([("paced", 10_000)], made), clock=clock, session_t0=t0,
+                    counters=counters)
+    with caplog.at_level(logging.WARNING):
+        for s in (cam, mic):
+            await s.start()
+        stream = WindowStream([cam, mic], Windower(duration_s=8.0, counters=counters), live=True,
+                              backpressure="drop-video", clock=clock, session_t0=t0, max_latency_s=0.5)
+        stream.start()
+        try:
+            wins = [w async for w in stream]
+        finally:
+            await stream.aclose()
+    assert [w.t0_s for w in wins] == [0.0, 2.0, 4.0, 6.0]
+    assert all(w.audio.shape == (32000,) for w in wins)  # the microphone never stopped
+    frames = [w.num_frames for w in wins]
+    assert frames[0] > 0 and frames[2] == 0 and frames[3] > 0  # video, an audio-only window, video again
+    assert counters.source_restarts == 1
+    assert "camera lost" in caplog.text and "camera is back" in caplog.text

@@ -1,8 +1,9 @@
 """A simulated IP camera: serves live MPEG-TS (h264 + aac) over TCP, one client per session.
 
-Usage: python ts_server.py PORT SECONDS_PER_SESSION SESSIONS
+Usage: python ts_server.py PORT SECONDS_PER_SESSION SESSIONS [PAUSE_S]
 Each session listens on 127.0.0.1:PORT, waits for a client, streams SECONDS of a moving square and a
-440 Hz tone paced in real time, then closes the connection. Run as a child process by the tests.
+440 Hz tone paced in real time, then closes the connection; PAUSE_S seconds pass before the next
+session listens. "listening" is printed (flushed) just before each session starts listening.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ W, H = 160, 120
 
 
 def serve_once(port: int, seconds: float) -> None:
+    print("listening", flush=True)
     out = av.open(f"tcp://127.0.0.1:{port}?listen=1", "w", format="mpegts")
     vs = out.add_stream("libx264", rate=RATE)
     vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
@@ -63,7 +65,10 @@ def serve_once(port: int, seconds: float) -> None:
 
 def main() -> None:
     port, seconds, sessions = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-    for _ in range(sessions):
+    pause_s = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    for k in range(sessions):
+        if k:
+            time.sleep(pause_s)
         serve_once(port, seconds)
 
 
