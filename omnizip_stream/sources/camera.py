@@ -50,6 +50,8 @@ class CameraSource(ThreadedSource):
         input_format: v4l2 pixel/compressed format to request (e.g. ``"mjpeg"``).
         fps / max_side: frames kept per second and decode-time scaling.
         backoff_s / backoff_max_s: reopen delays after the camera is lost.
+        strict: a camera that cannot be opened at start raises :class:`SourceError` (listing the
+            cameras); with False it is treated as lost: warn and keep retrying.
         clock / session_t0 / counters: shared session objects.
 
     Raises (from :meth:`start`):
@@ -67,12 +69,16 @@ class CameraSource(ThreadedSource):
         max_side: int | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 10.0,
+        strict: bool = True,
         clock: Clock | None = None,
         session_t0: float | None = None,
         counters: StreamCounters | None = None,
     ) -> None:
         self.format, default = camera_backend()
+        if device is not None and self.format == "v4l2" and device.isdigit():
+            device = f"/dev/video{device}"  # camera:1 means /dev/video1 on Linux
         self.device = device or default
+        self.strict = strict
         super().__init__(f"camera {self.device or '(default)'}", live=True, counters=counters, clock=clock,
                          session_t0=session_t0, maxsize=32)
         self.kinds = frozenset({"video"})
@@ -127,12 +133,17 @@ class CameraSource(ThreadedSource):
             raise
 
     def _open(self) -> None:
-        self._decoder = self._open_once()
+        try:
+            self._decoder = self._open_once()
+        except SourceError as exc:
+            if self.strict:
+                raise
+            logger.warning("%s (audio-only windows until it appears, retrying)", exc.message)
 
     def _run(self) -> None:
         decoder: Decoder | None = self._decoder
         delay = self.backoff_s
-        warned = False
+        warned = decoder is None  # not strict and missing at start: already warned
         while not self._stop.is_set():
             if decoder is None:
                 try:

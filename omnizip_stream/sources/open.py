@@ -120,6 +120,7 @@ def build_sources(
         from omnizip_stream.sources.camera import CameraSource
 
         sources.append(CameraSource(camera_device or spec.target, size=camera_size, fps=fps, max_side=max_side,
+                                    strict=strict_devices,
                                     clock=clock, session_t0=session_t0, counters=counters))
     if spec.kind in ("mic", "camera+mic"):
         from omnizip_stream.sources.mic import MicSource

@@ -196,3 +196,16 @@ async def test_camera_lost_and_back_gives_audio_only_windows_meanwhile(ts_server
     assert frames[0] > 0 and frames[2] == 0 and frames[3] > 0  # video, an audio-only window, video again
     assert counters.source_restarts == 1
     assert "camera lost" in caplog.text and "camera is back" in caplog.text
+
+
+@pytest.mark.skipif(os.path.exists("/dev/video99"), reason="this machine has /dev/video99")
+async def test_non_strict_camera_missing_at_start_keeps_retrying(caplog):
+    import logging
+
+    cam = CameraSource("/dev/video99", strict=False, backoff_s=0.05, backoff_max_s=0.1)
+    with caplog.at_level(logging.WARNING):
+        await cam.start()  # does not raise
+        assert cam.kinds == frozenset({"video"})
+        await cam.aclose()
+    assert "camera /dev/video99 not found" in caplog.text and "retrying" in caplog.text
+    assert CameraSource("2").device == "/dev/video2"  # camera:2 is /dev/video2 on Linux
