@@ -1,0 +1,244 @@
+"""Wiring of a live run: sources -> windows -> session, plus status, questions and MQTT, in one TaskGroup.
+
+Used by ``omnizip stream``, ``omnizip demo``, ``omnizip serve-mqtt`` and the webcam assistant. The run
+ends when the source ends (file, ``--duration``) and every scripted question is answered, or when the
+user quits the interactive prompt; Ctrl-C cancels it. Nothing here does model or compression work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from omnizip_stream.config import StreamConfig
+from omnizip_stream.console import Console, status_line
+from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.session import StreamSession
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MqttOptions:
+    """MQTT serving of a run: ``broker`` None starts an embedded broker."""
+
+    stream_id: str = "demo"
+    broker: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    demo_question: str | None = None  # asked once through a real MQTT client (the demo)
+
+
+@dataclass
+class RunOptions:
+    """What to run besides the session itself."""
+
+    source: str = "synthetic"
+    mic: str | None = None
+    camera_size: str | None = None
+    duration_s: float | None = None
+    realtime: bool = True
+    loop: bool = False
+    max_side: int | None = 640
+    questions: list[str] = field(default_factory=list)
+    ask_every_s: float = 5.0
+    interactive: bool = False
+    status_interval_s: float = 2.0
+    mqtt: MqttOptions | None = None
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    answers: list[tuple[str, Answer]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    source_counters: dict[str, int] = field(default_factory=dict)
+    mqtt_answer: dict[str, Any] | None = None
+
+
+async def ask_and_print(session: StreamSession, console: Console, question: str, via: str = "") -> Answer | None:
+    """Ask with the answer streamed to the console; errors are printed, not raised."""
+    console.question(question, via)
+    first = True
+    answer: Answer | None = None
+    try:
+        async for item in session.ask_stream(question):
+            if isinstance(item, Answer):
+                answer = item
+            else:
+                console.answer_piece(item, first)
+                first = False
+    except QueryError as exc:
+        console.note(f"   [{exc.code}] {exc.message}")
+        return None
+    assert answer is not None
+    console.answer_done(answer, streamed=not first)
+    return answer
+
+
+async def run_stream(config: StreamConfig, options: RunOptions, console: Console | None = None) -> RunResult:
+    """Run the live pipeline until the source ends and the questions are answered (or the user quits).
+
+    Raises:
+        SourceError: the source cannot be opened (missing device, bad file, URL not answering).
+        ModelLoadError: the model cannot be loaded.
+        BrokerUnavailableError / BrokerRefusedError / ValueError: MQTT cannot be served as asked.
+    """
+    import os
+
+    from omnizip_stream.sources import MediaError, open_windows, parse_spec
+
+    spec = parse_spec(options.source)  # a bad spec or a missing file fails before the model loads
+    if spec.kind == "file" and spec.target is not None and not os.path.exists(spec.target):
+        raise MediaError(f"{spec.target}: no such file")
+    console = console or Console()
+    result = RunResult()
+    source_done = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(StreamSession.from_config(config))
+        adapter = session._adapter
+        windows = await stack.enter_async_context(open_windows(
+            options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
+            camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
+            max_side=options.max_side, duration_s=options.duration_s,
+        ))
+        mqtt_config = None
+        if options.mqtt is not None:
+            mqtt_config = await _start_mqtt(stack, options.mqtt, session, console)
+
+        async def pump() -> None:
+            try:
+                async for window in windows:
+                    await session.push_window(window)
+            finally:
+                source_done.set()
+
+        async def status() -> None:
+            last = ""
+            while True:
+                await asyncio.sleep(options.status_interval_s)
+                line = status_line(session.stats(), windows.counters.snapshot())
+                if line != last:
+                    console.status(line)
+                    last = line
+
+        async def scripted() -> None:
+            for i, question in enumerate(options.questions):
+                due = (i + 1) * options.ask_every_s
+                while not source_done.is_set() and (session.stats().get("last_window_t1_s") or 0.0) < due:
+                    await asyncio.sleep(0.1)
+                if source_done.is_set():
+                    await session.drain()
+                answer = await ask_and_print(session, console, question)
+                if answer is not None:
+                    result.answers.append((question, answer))
+
+        async def interactive() -> None:
+            console.note("type a question and press Enter (quit, exit or Ctrl-D to stop)")
+            while True:
+                line = await asyncio.to_thread(sys.stdin.readline)
+                if not line or line.strip().lower() in ("quit", "exit", "q"):
+                    return
+                if line.strip():
+                    answer = await ask_and_print(session, console, line.strip())
+                    if answer is not None:
+                        result.answers.append((line.strip(), answer))
+
+        async def mqtt_demo() -> None:
+            assert options.mqtt is not None and mqtt_config is not None
+            await _wait_for_windows(session, source_done, 2)
+            result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
+
+        background = [asyncio.ensure_future(status())]
+        finite: list[Awaitable[Any]] = [pump(), scripted()]
+        if options.mqtt is not None and options.mqtt.demo_question:
+            finite.append(mqtt_demo())
+        try:
+            await asyncio.gather(*finite)
+            await session.drain()
+            if options.interactive:
+                await interactive()
+            elif options.mqtt is not None and options.duration_s is None and not options.questions:
+                await asyncio.Event().wait()  # serve-mqtt on a source that ended: keep answering
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            result.stats = session.stats()
+            result.source_counters = windows.counters.snapshot()
+    console.summary(result.stats, result.source_counters)
+    return result
+
+
+async def _wait_for_windows(session: StreamSession, done: asyncio.Event, n: int) -> None:
+    while not done.is_set() and session.stats().get("windows_ingested", 0) < n:
+        await asyncio.sleep(0.1)
+
+
+async def _start_mqtt(
+    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console
+) -> Any:
+    """Start (an embedded broker and) the MQTT query server as a background task of ``stack``."""
+    from omnizip_stream.query.broker import EmbeddedBroker
+    from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
+
+    url, protocol = opts.broker, None
+    if url is None:
+        broker = await stack.enter_async_context(EmbeddedBroker())  # logs that it is embedded, and where
+        url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
+    config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
+                                 ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
+                                 protocol=protocol)
+    server = MqttQueryServer(session, config)
+    task = asyncio.ensure_future(server.run())
+    stack.push_async_callback(_cancel, task)
+    waiter = asyncio.ensure_future(server.wait_connected(timeout_s=15))
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()  # raises the refusal (bad credentials, TLS ...)
+    else:
+        await waiter
+    console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
+    return config
+
+
+async def _ask_over_mqtt(config: Any, opts: MqttOptions, console: Console) -> dict[str, Any] | None:
+    """Ask the demo question through a real MQTT client, as an IoT device would."""
+    import dataclasses
+
+    from omnizip_stream.query.mqtt_client import MqttQueryClient
+
+    client_config = dataclasses.replace(config, client_id=f"demo-device-{opts.stream_id}")
+    assert opts.demo_question is not None
+    console.question(opts.demo_question, via=f"MQTT {config.query_topic}")
+    try:
+        async with MqttQueryClient(client_config) as client:
+            reply = await client.ask(opts.demo_question, timeout_s=120)
+    except (QueryError, TimeoutError, ConnectionError) as exc:
+        console.note(f"   MQTT query failed: {exc}")
+        return None
+    console.answer_done(Answer(reply.get("answer", ""), reply.get("ttft_ms", 0.0), reply.get("total_ms", 0.0),
+                               _tuple(reply.get("window_range")), _tuple(reply.get("time_range_s")),
+                               reply.get("tokens_generated", 0)), streamed=False)
+    return reply
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+

@@ -1,0 +1,93 @@
+"""``omnizip stream``: the live pipeline (camera, microphone, file, URL or synthetic source)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from omnizip_stream.cli import UserError
+from omnizip_stream.cli._common import tiny_notice
+
+HELP = "watch and listen to a live source and answer questions about it"
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Source, config and run flags shared by ``stream`` and ``serve-mqtt``."""
+    parser.add_argument("--source", default="synthetic",
+                        help="camera | camera+mic | mic | file:PATH | URL (rtsp://, http://, udp://, tcp://) | "
+                             "synthetic[:seed=N,...] (default %(default)s)")
+    parser.add_argument("--mic", default=None, help="microphone device (index or name) for camera+mic / mic")
+    parser.add_argument("--camera-size", default=None, help="camera capture size, e.g. 640x480")
+    parser.add_argument("--model", default=None, help="tiny | tiny-qwen3 | hub id | checkpoint folder "
+                                                      "(overrides the config's model)")
+    parser.add_argument("--config", default=None, help="YAML preset from configs/ (keys of StreamConfig)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rho_video=0.7")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds of stream")
+    parser.add_argument("--no-realtime", action="store_true", help="replay files/synthetic as fast as possible")
+    parser.add_argument("--loop", action="store_true", help="replay a file forever")
+    parser.add_argument("--max-side", type=int, default=640, help="scale frames at decode to this longer side")
+    parser.add_argument("--status-interval", type=float, default=2.0, help="seconds between status lines")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``omnizip stream``."""
+    add_source_arguments(parser)
+    parser.add_argument("--ask", action="append", default=[], metavar="QUESTION",
+                        help="a scripted question (repeatable), asked every --ask-every seconds of stream")
+    parser.add_argument("--ask-every", type=float, default=5.0, help="stream seconds between scripted questions")
+    parser.add_argument("--interactive", dest="interactive", action="store_true", default=None,
+                        help="answer questions typed on stdin (default when stdin is a terminal)")
+    parser.add_argument("--no-interactive", dest="interactive", action="store_false")
+
+
+def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """StreamConfig from --config, key=value overrides and --model; bad input is a UserError."""
+    from omnizip_stream.config import load_config
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    try:
+        return load_config(args.config, overrides)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
+    """Run the app; turn the user-facing failures into UserError (exit 2)."""
+    from omnizip.adapters.base import ModelLoadError
+    from omnizip_stream.app import run_stream
+    from omnizip_stream.kv import CacheFullError
+    from omnizip_stream.sources import SourceError
+
+    try:
+        from omnizip_stream.query.broker import BrokerUnavailableError
+        from omnizip_stream.query.connection import BrokerRefusedError
+        mqtt_errors: tuple[type[BaseException], ...] = (BrokerUnavailableError, BrokerRefusedError)
+    except ImportError:  # the [mqtt] extra is not installed
+        mqtt_errors = ()
+    try:
+        return asyncio.run(run_stream(config, options))
+    except (SourceError, ModelLoadError, CacheFullError, *mqtt_errors) as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the live pipeline; exit 0 at the end of the stream, 2 for bad input."""
+    from omnizip_stream.app import RunOptions
+
+    config = build_config(args)
+    interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
+    if args.duration is not None and args.duration <= 0:
+        raise UserError("--duration must be positive")
+    options = RunOptions(
+        source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
+        realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side, questions=list(args.ask),
+        ask_every_s=args.ask_every, interactive=interactive, status_interval_s=args.status_interval,
+    )
+    notice = tiny_notice(config.model)
+    if notice:
+        print(notice, file=sys.stderr)
+    run_with_errors(config, options)
+    return 0
