@@ -118,6 +118,15 @@ def salient_mask(saliency: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
     return mask
 
 
+def contiguous_start(rows: torch.Tensor) -> int | None:
+    """First index when the increasing ``rows`` are one contiguous range (slice instead of gather), else None."""
+    n = int(rows.numel())
+    if n == 0:
+        return None
+    first, last = int(rows[0]), int(rows[-1])
+    return first if last - first + 1 == n else None
+
+
 def max_cosine(
     queries_normed: torch.Tensor,
     video: torch.Tensor,
@@ -138,11 +147,19 @@ def max_cosine(
         ``[M]`` float32 (``-inf`` when there is no video row).
     """
     best = torch.full((queries_normed.shape[0],), -torch.inf, dtype=torch.float32)
+    offset = None if rows is None else contiguous_start(rows)
     n = int(video.shape[0]) if rows is None else int(rows.numel())
     for start in range(0, n, block_rows):
-        block = video[start : start + block_rows] if rows is None else video[rows[start : start + block_rows]]
-        v_norm = normalise_rows(block)
-        torch.maximum(best, (queries_normed @ v_norm.T).amax(dim=1), out=best)
+        if rows is None or offset is not None:
+            base = start if offset is None else offset + start
+            block = video[base : base + min(block_rows, n - start)]
+        else:
+            block = video[rows[start : start + block_rows]]
+        block = block.to(torch.float32)
+        # cos = (q . v) / (||v|| + eps): the normalisation is applied to the [M, B] scores instead of
+        # writing a normalised copy of the block (same value up to float rounding).
+        scores = (queries_normed @ block.T).div_(block.norm(dim=-1) + EPS)
+        torch.maximum(best, scores.amax(dim=1), out=best)
     return best
 
 

@@ -34,16 +34,21 @@ def apply_plan(embeds: torch.Tensor, plan: KeepPlan) -> torch.Tensor:
     if plan.keep.shape[0] != embeds.shape[0]:
         raise ValueError(f"plan is for {plan.keep.shape[0]} tokens, embeds has {embeds.shape[0]}")
     out = embeds.clone()
-    if plan.merge_dst.numel() == 0:
-        return out
+    if plan.merge_dst.numel():
+        anchors, rows = _merged_anchors(embeds, plan)
+        out[anchors] = rows
+    return out
+
+
+def _merged_anchors(embeds: torch.Tensor, plan: KeepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(anchors [A] int64 ascending, merged rows [A, D] in embeds' dtype)`` of the plan's merges."""
     anchors, slot = torch.unique(plan.merge_dst, return_inverse=True)
     w = plan.merge_weight.to(torch.float32)
     src = embeds[plan.merge_src].to(torch.float32) * w.unsqueeze(-1)
     merged = torch.zeros(int(anchors.numel()), embeds.shape[1], dtype=torch.float32).index_add_(0, slot, src)
     wsum = torch.zeros(int(anchors.numel()), dtype=torch.float32).index_add_(0, slot, w)
     new = (embeds[anchors].to(torch.float32) + merged) / (1.0 + wsum).unsqueeze(-1)
-    out[anchors] = new.to(embeds.dtype)
-    return out
+    return anchors, new.to(embeds.dtype)
 
 
 def gather_kept(
@@ -60,7 +65,12 @@ def gather_kept(
         is increasing (an order-preserving subsequence of ``range(N)``) and kept tokens keep their
         original TMRoPE ids.
     """
+    if plan.keep.shape[0] != layout.num_tokens:
+        raise ValueError(f"plan is for {plan.keep.shape[0]} tokens, the layout has {layout.num_tokens}")
     kept_index = torch.nonzero(plan.keep, as_tuple=True)[0]
-    embeds = apply_plan(layout.embeds, plan)[kept_index]
+    embeds = layout.embeds[kept_index]  # only the kept rows are copied
+    if plan.merge_dst.numel():
+        anchors, rows = _merged_anchors(layout.embeds, plan)
+        embeds[torch.searchsorted(kept_index, anchors)] = rows
     positions = None if layout.positions is None else layout.positions[:, kept_index]
     return embeds, positions, kept_index

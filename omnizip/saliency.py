@@ -67,17 +67,19 @@ def _block_column_sums(q: torch.Tensor, k: torch.Tensor, max_chunk_bytes: int) -
     scale = 1.0 / math.sqrt(dh)
     hc, rc = _chunk_sizes(h, t, dh, max_chunk_bytes)
     col = torch.zeros(t, dtype=torch.float64)
+    # One logits buffer for the whole block, reused by every chunk (so the allocator never holds two).
+    buf = torch.empty(hc * rc * t, dtype=torch.float32)
     for h0 in range(0, h, hc):
         h1 = min(h, h0 + hc)
-        keys = k[:, h0:h1, :].to(torch.float32).permute(1, 2, 0).contiguous()  # [hc, dh, Tb]
+        keys = k[:, h0:h1, :].permute(1, 2, 0).to(torch.float32, memory_format=torch.contiguous_format)
         for r0 in range(0, t, rc):
             r1 = min(t, r0 + rc)
-            queries = q[r0:r1, h0:h1, :].to(torch.float32).permute(1, 0, 2) * scale  # [hc, rc, dh]
-            logits = torch.bmm(queries, keys)  # [hc, rc, Tb]
+            queries = q[r0:r1, h0:h1, :].permute(1, 0, 2).to(torch.float32) * scale  # [hc, rc, dh]
+            logits = buf[: (h1 - h0) * (r1 - r0) * t].view(h1 - h0, r1 - r0, t)
+            torch.bmm(queries, keys, out=logits)  # [hc, rc, Tb]
             logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
             inv_z = logits.sum(dim=-1).reciprocal_().unsqueeze(1)  # [hc, 1, rc]
             col += torch.bmm(inv_z, logits).sum(dim=(0, 1)).to(torch.float64)
-            del logits
     return col
 
 

@@ -36,8 +36,12 @@ def dpc_knn_scores(frames: torch.Tensor, knn_k: int = 5) -> torch.Tensor:
     Returns:
         ``[B, P]`` float32 ``rho * delta``.
     """
-    b, p, _ = frames.shape
-    normed = F.normalize(frames.to(torch.float32), dim=-1)
+    return _dpc_from_normed(F.normalize(frames.to(torch.float32), dim=-1), knn_k)
+
+
+def _dpc_from_normed(normed: torch.Tensor, knn_k: int) -> torch.Tensor:
+    """DPC-kNN scores of ``[B, P, D]`` float32 frames already passed through ``F.normalize``."""
+    b, p, _ = normed.shape
     dist = 1 - torch.bmm(normed, normed.transpose(1, 2))
     diag = torch.eye(p, dtype=torch.bool).expand(b, p, p)
     dist_inf = dist.masked_fill(diag, float("inf"))
@@ -64,6 +68,18 @@ def temporal_similarity(curr: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     c = F.normalize(curr.to(torch.float32), p=2, dim=-1)
     q = F.normalize(prev.to(torch.float32), p=2, dim=-1)
     return F.cosine_similarity(c, q, dim=-1)
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` along dim 0; a strided view (no copy) when ``idx`` is an increasing arithmetic progression."""
+    n = int(idx.numel())
+    if n == 0:
+        return t[idx]
+    first = int(idx[0])
+    step = int(idx[1]) - first if n > 1 else 1
+    if step > 0 and bool((idx == first + step * torch.arange(n)).all()):
+        return t[first : first + step * (n - 1) + 1 : step]
+    return t[idx]
 
 
 def istc_keep(
@@ -111,8 +127,14 @@ def istc_keep(
         raise ValueError(f"frame_pos and keep_counts must have shape [{f}]")
     if f and (int(keep_counts.min()) < 0 or int(keep_counts.max()) > p):
         raise ValueError(f"keep counts must lie in [0, {p}]")
-    grid = torch.arange(n, dtype=torch.int64) if rows is None else rows.to(torch.int64)
-    grid = grid.view(f, p)
+    grid = (torch.arange(n, dtype=torch.int64) if rows is None else rows.to(torch.int64)).view(f, p)
+
+    def gather(fidx: torch.Tensor) -> torch.Tensor:
+        # [B, P, D] tokens of frames ``fidx``; a view when they are one contiguous block of rows.
+        first, last = int(grid[fidx[0], 0]), int(grid[fidx[-1], -1])
+        if last - first + 1 == int(fidx.numel()) * p:
+            return video[first : last + 1].reshape(int(fidx.numel()), p, -1)
+        return video[grid[fidx]]
     keep = torch.zeros(f, p, dtype=torch.bool)
     partial = (keep_counts > 0) & (keep_counts < p)
     keep[keep_counts >= p] = True
@@ -123,15 +145,20 @@ def istc_keep(
     if bool((frame_pos[todo][temporal] < 1).any()):
         raise ValueError("a temporally pruned frame needs a previous frame in its chunk")
     priority = torch.empty(int(todo.numel()), p, dtype=torch.float32)
-    for rows, is_temporal in ((torch.nonzero(~temporal, as_tuple=True)[0], False),
-                              (torch.nonzero(temporal, as_tuple=True)[0], True)):
-        for start in range(0, int(rows.numel()), frame_batch):
-            sel = rows[start : start + frame_batch]
-            fidx = todo[sel]
-            if is_temporal:
-                priority[sel] = -temporal_similarity(video[grid[fidx]], video[grid[fidx - 1]])
-            else:
-                priority[sel] = dpc_knn_scores(video[grid[fidx]], knn_k)
+    for start in range(0, int(todo.numel()), frame_batch):
+        fidx = todo[start : start + frame_batch]
+        is_t = temporal[start : start + frame_batch]
+        # Normalise every frame this batch touches once (a temporal frame's previous frame is often a
+        # spatial frame of the same batch); F.normalize row by row, exactly like the reference.
+        need = torch.unique(torch.cat([fidx, fidx[is_t] - 1]))
+        normed = F.normalize(gather(need).to(torch.float32), p=2, dim=-1)
+        at = torch.searchsorted(need, fidx)
+        out = priority[start : start + frame_batch]
+        if not bool(is_t.all()):
+            out[~is_t] = _dpc_from_normed(_take(normed, at[~is_t]), knn_k)
+        if bool(is_t.any()):
+            prev = torch.searchsorted(need, fidx[is_t] - 1)
+            out[is_t] = -F.cosine_similarity(_take(normed, at[is_t]), _take(normed, prev), dim=-1)
     order = torch.sort(priority, dim=1, descending=True, stable=True).indices
     ranked_keep = torch.arange(p).unsqueeze(0) < keep_counts[todo].unsqueeze(1)
     keep[todo] = torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep)

@@ -84,13 +84,22 @@ def offline_audio_stage(layout: TokenLayout, index: LayoutIndex, config: OmniZip
 
 
 def windowed_audio_stage(
-    layout: TokenLayout, index: LayoutIndex, config: OmniZipConfig, chunk: int, salient: torch.Tensor
+    layout: TokenLayout,
+    index: LayoutIndex,
+    config: OmniZipConfig,
+    chunk: int,
+    salient: torch.Tensor,
+    embeds: torch.Tensor | None = None,
 ) -> AudioSelection:
-    """Run the audio stage restricted to one chunk (its audio, its video); indices are chunk-relative."""
+    """Run the audio stage restricted to one chunk (its audio, its video); indices are chunk-relative.
+
+    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window).
+    """
+    embeds = layout.embeds if embeds is None else embeds
     a0, na = index.audio_starts[chunk], index.audio_counts[chunk]
     v0, nv = video_starts(index)[chunk], index.video_counts[chunk]
-    audio = layout.embeds[index.audio_idx[a0 : a0 + na]]
-    return audio_stage(audio, salient, layout.embeds, index.video_idx[v0 : v0 + nv], config)
+    audio = embeds[index.audio_idx[a0 : a0 + na]]
+    return audio_stage(audio, salient, embeds, index.video_idx[v0 : v0 + nv], config)
 
 
 def offset_selection(sel: AudioSelection, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,8 +125,22 @@ def uniform_frame_counts(index: LayoutIndex, ratio: float) -> torch.Tensor:
     return torch.full((index.num_frames,), frame_keep_count(index.tokens_per_frame, ratio), dtype=torch.int64)
 
 
-def run_istc(layout: TokenLayout, index: LayoutIndex, counts: torch.Tensor, config: OmniZipConfig) -> torch.Tensor:
-    """ISTC keep-mask of the layout's video for per-frame keep counts ``counts`` (``[F]`` int64)."""
+def run_istc(
+    layout: TokenLayout,
+    index: LayoutIndex,
+    counts: torch.Tensor,
+    config: OmniZipConfig,
+    embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ISTC keep-mask of the layout's video for per-frame keep counts ``counts`` (``[F]`` int64).
+
+    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window).
+    """
     return istc_keep(
-        layout.embeds, index.tokens_per_frame, index.frame_pos, counts, knn_k=config.knn_k, rows=index.video_idx
+        layout.embeds if embeds is None else embeds,
+        index.tokens_per_frame,
+        index.frame_pos,
+        counts,
+        knn_k=config.knn_k,
+        rows=index.video_idx,
     )

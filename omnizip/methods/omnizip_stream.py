@@ -82,6 +82,8 @@ class OmniZipStreamingCompressor:
         cfg = self.config
         index = index_layout(layout)
         saliency = checked_saliency(layout)
+        # A stream window is small: convert it to float32 once instead of in every stage.
+        work = layout.embeds.to(torch.float32)
         audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool)
         merges = []
         retention: list[float] = []
@@ -93,7 +95,7 @@ class OmniZipStreamingCompressor:
             if na:
                 sal = None if saliency is None else saliency[a0 : a0 + na]
                 k = self._salient_count(sal, na)
-                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, k))
+                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, k), embeds=work)
                 if sal is not None and self._history.maxlen:
                     self._history.append(sal.clone())
                 audio_keep[a0 : a0 + na] = sel.keep
@@ -109,7 +111,7 @@ class OmniZipStreamingCompressor:
             frame_counts.extend(spread_over_frames(kept, index.frame_counts[c]))
         video_keep = None
         if index.video_idx.numel():
-            video_keep = run_istc(layout, index, torch.tensor(frame_counts, dtype=torch.int64), cfg)
+            video_keep = run_istc(layout, index, torch.tensor(frame_counts, dtype=torch.int64), cfg, embeds=work)
         return build_plan(
             layout,
             index,

@@ -64,6 +64,7 @@ def test_invariants(case: Case, spec: Spec, seed: int, bf16: bool) -> None:
     assert bool((kept_index[1:] > kept_index[:-1]).all())
     assert torch.equal(kept_index, torch.nonzero(plan.keep, as_tuple=True)[0])
     assert embeds.shape == (int(plan.keep.sum()), layout.embeds.shape[1]) and embeds.dtype == dtype
+    assert torch.equal(embeds, out[kept_index])
     assert positions is not None and torch.equal(positions, layout.positions[:, kept_index])
     # rows that are not anchors are copied exactly
     untouched = torch.ones(layout.num_tokens, dtype=torch.bool)

@@ -1,0 +1,288 @@
+"""Benchmark OmniZip compression at Qwen2.5-Omni-7B sizes (CPU), offline and streaming.
+
+Per 2-s window: 50 audio tokens + 2 frames x 144 video tokens (288), D = 3584; audio saliency from
+T = 100 encoder positions x 20 heads x 64 per window. Clips of 10 / 60 / 300 s.
+
+Measured:
+* offline: ``plan`` + ``gather_kept`` on the whole clip (the reference's work: the clip's tokens in,
+  kept tokens out), per clip and per window;
+* streaming: one ``plan`` + ``gather_kept`` call per window through a stream of the same length
+  (min / mean / median / p95 per window), and the 300 s / 10 s ratio of the medians (flatness);
+  offline figures are the best of the repeats. The machine may be shared: the JSON records the
+  load average before and after;
+* saliency: the global variant over the whole clip (offline) and the block variant per window
+  (streaming); peak extra memory of the 300-s global saliency measured in a fresh subprocess as
+  the growth of the process's peak RSS (``ru_maxrss``) and by sampling ``VmRSS`` every millisecond,
+  next to the chunking's theoretical working set. (``tracemalloc`` does not see torch's allocator.)
+
+Usage: ``python scripts/bench_compress.py --out bench.json [--quick] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnizip import Modality, OmniZipConfig, TokenLayout, gather_kept, make_compressor
+from omnizip.saliency import DEFAULT_MAX_CHUNK_BYTES, audio_saliency, pool_saliency
+
+logger = logging.getLogger("bench_compress")
+
+D_MODEL = 3584
+AUDIO_PER_WINDOW = 50
+TOKENS_PER_FRAME = 144
+FRAMES_PER_WINDOW = 2
+ENC_PER_WINDOW = 100
+HEADS, HEAD_DIM = 20, 64
+WINDOW_S = 2
+REFERENCE_MS_PER_WINDOW = {"10": 7.0, "60": 18.9, "300": 89.5}
+
+
+def build_layout(windows: int, dtype: torch.dtype, *, d: int = D_MODEL, seed: int = 0, text: int = 8) -> TokenLayout:
+    """A clip of ``windows`` interleave chunks (video then audio), ``text`` text tokens around it."""
+    per = FRAMES_PER_WINDOW * TOKENS_PER_FRAME + AUDIO_PER_WINDOW
+    n = windows * per + 2 * text
+    modality = torch.full((n,), int(Modality.TEXT), dtype=torch.int64)
+    chunk = torch.full((n,), -1, dtype=torch.int64)
+    frame = torch.full((n,), -1, dtype=torch.int64)
+    for w in range(windows):
+        s = text + w * per
+        nv = FRAMES_PER_WINDOW * TOKENS_PER_FRAME
+        modality[s : s + nv] = int(Modality.VIDEO)
+        modality[s + nv : s + per] = int(Modality.AUDIO)
+        chunk[s : s + per] = w
+        frame[s : s + nv] = w * FRAMES_PER_WINDOW + torch.arange(nv) // TOKENS_PER_FRAME
+    g = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(n, d, generator=g).to(dtype)
+    saliency = torch.rand(windows * AUDIO_PER_WINDOW, generator=g)
+    positions = torch.arange(n).expand(3, n).clone()
+    return TokenLayout(embeds, modality, chunk, frame, audio_saliency=saliency, positions=positions)
+
+
+def _time_ms(fn: Any, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def bench_offline(windows: int, dtype: torch.dtype, config: OmniZipConfig, repeats: int) -> dict[str, Any]:
+    layout = build_layout(windows, dtype)
+    comp = make_compressor("omnizip", dataclasses.replace(config, mode="offline"))
+
+    def run() -> None:
+        gather_kept(layout, comp.plan(layout))
+
+    runs = _time_ms(run, repeats)
+    plan_runs = _time_ms(lambda: comp.plan(layout), repeats, warmup=0)
+    best = min(runs)
+    return {
+        "windows": windows,
+        "ms_per_clip": best,
+        "ms_per_window": best / windows,
+        "plan_only_ms_per_window": min(plan_runs) / windows,
+        "runs_ms_per_clip": runs,
+    }
+
+
+def bench_streaming(windows: int, dtype: torch.dtype, config: OmniZipConfig, repeats: int) -> dict[str, Any]:
+    layouts = [build_layout(1, dtype, seed=w, text=0) for w in range(min(windows, 8))]
+    comp = make_compressor("omnizip", dataclasses.replace(config, mode="streaming"))
+    per_window: list[float] = []
+    for rep in range(repeats + 1):
+        comp.reset()
+        times = []
+        for w in range(windows):
+            layout = layouts[w % len(layouts)]
+            t0 = time.perf_counter()
+            gather_kept(layout, comp.plan(layout))
+            times.append((time.perf_counter() - t0) * 1000.0)
+        if rep:  # the first pass warms up
+            per_window.extend(times)
+    per_window.sort()
+    return {
+        "windows": windows,
+        "ms_per_window_min": per_window[0],
+        "ms_per_window_mean": statistics.fmean(per_window),
+        "ms_per_window_median": statistics.median(per_window),
+        "ms_per_window_p95": per_window[min(len(per_window) - 1, int(0.95 * len(per_window)))],
+    }
+
+
+def bench_saliency(windows: int, repeats: int) -> dict[str, Any]:
+    t = windows * ENC_PER_WINDOW
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(t, HEADS, HEAD_DIM, generator=g).to(torch.bfloat16)
+    k = torch.randn(t, HEADS, HEAD_DIM, generator=g).to(torch.bfloat16)
+    glob = _time_ms(lambda: pool_saliency(audio_saliency(q, k, variant="global")), repeats)
+    qb, kb = q[:ENC_PER_WINDOW], k[:ENC_PER_WINDOW]
+    block = _time_ms(lambda: pool_saliency(audio_saliency(qb, kb, variant="block", block_lengths=[ENC_PER_WINDOW])),
+                     max(5, repeats))
+    return {"encoder_positions": t, "global_ms_per_clip": min(glob), "global_ms_per_window": min(glob) / windows,
+            "block_ms_per_window": min(block)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_probe(windows: int, max_chunk_bytes: int) -> dict[str, Any]:
+    """Run in a fresh process: peak extra memory of the global saliency over ``windows`` windows."""
+    t = windows * ENC_PER_WINDOW
+    g = torch.Generator().manual_seed(2)
+    # created directly in bf16 so that no float32 temporary raises the peak-RSS baseline
+    q = torch.randn(t, HEADS, HEAD_DIM, generator=g, dtype=torch.bfloat16)
+    k = torch.randn(t, HEADS, HEAD_DIM, generator=g, dtype=torch.bfloat16)
+    audio_saliency(q[:50], k[:50])  # load kernels
+    base_rss = _rss_mb()
+    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_sampled = [base_rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak_sampled[0] = max(peak_sampled[0], _rss_mb())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    audio_saliency(q, k, variant="global", max_chunk_bytes=max_chunk_bytes)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from omnizip.saliency import _chunk_sizes
+
+    hc, rc = _chunk_sizes(HEADS, t, HEAD_DIM, max_chunk_bytes)
+    # logits buffer + keys (a converted and a contiguous copy) + queries + the float64 accumulator
+    theoretical = (hc * rc * t + 2 * hc * t * HEAD_DIM + 2 * hc * rc * HEAD_DIM) * 4 + t * 8
+    return {
+        "encoder_positions": t,
+        "heads_per_chunk": hc,
+        "rows_per_chunk": rc,
+        "theoretical_extra_mb": theoretical / 2**20,
+        "peak_rss_growth_mb": max(0.0, peak - base_peak),
+        "sampled_rss_growth_mb": max(0.0, peak_sampled[0] - base_rss),
+        "full_matrix_would_be_mb": HEADS * t * t * 4 / 2**20,
+        "seconds": elapsed,
+    }
+
+
+def run_memory_probe(windows: int, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", str(windows), "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run (short clips, 1 repeat)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="embedding dtypes to run (comma-separated)")
+    parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.memory_probe is not None:
+        print(json.dumps(memory_probe(args.memory_probe, DEFAULT_MAX_CHUNK_BYTES)))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    try:
+        dtypes = {name: getattr(torch, name) for name in args.dtypes.split(",")}
+    except AttributeError as exc:
+        parser.error(f"unknown dtype in --dtypes: {exc}")
+    clips_s = [2, 6] if args.quick else [10, 60, 300]
+    repeats = 1 if args.quick else 3
+    config = OmniZipConfig()
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {}
+    for name, dtype in dtypes.items():
+        off, stream = {}, {}
+        for clip in clips_s:
+            w = clip // WINDOW_S
+            reps = repeats if clip < 300 else max(1, repeats - 1)
+            logger.info("%s offline %d s", name, clip)
+            off[str(clip)] = bench_offline(w, dtype, config, reps)
+            logger.info("%s streaming %d s", name, clip)
+            stream[str(clip)] = bench_streaming(w, dtype, config, reps)
+        first, last = str(clips_s[0]), str(clips_s[-1])
+        results[name] = {
+            "offline": off,
+            "streaming": stream,
+            # medians: the machine is shared, means are dominated by other processes' bursts
+            "streaming_flatness_longest_vs_shortest": stream[last]["ms_per_window_median"]
+            / stream[first]["ms_per_window_median"],
+        }
+    saliency = {str(c): bench_saliency(c // WINDOW_S, 1 if c >= 300 or args.quick else repeats) for c in clips_s}
+    probe_windows = clips_s[-1] // WINDOW_S
+    logger.info("saliency memory probe at %d s", clips_s[-1])
+    memory = run_memory_probe(probe_windows, args.threads)
+    targets: dict[str, Any] = {}
+    for name, res in results.items():
+        targets[name] = {
+            "offline_not_slower_than_reference": {
+                c: res["offline"][c]["ms_per_window"] <= REFERENCE_MS_PER_WINDOW[c]
+                for c in res["offline"] if c in REFERENCE_MS_PER_WINDOW
+            },
+            "streaming_at_most_5_ms_per_window_median": all(
+                s["ms_per_window_median"] <= 5.0 for s in res["streaming"].values()),
+            "streaming_flat_within_1.2x": res["streaming_flatness_longest_vs_shortest"] <= 1.2,
+        }
+    targets["saliency_extra_memory_at_most_64_mb"] = max(
+        memory["peak_rss_growth_mb"], memory["sampled_rss_growth_mb"]) <= 64.0
+    report = {
+        "benchmark": "omnizip compression (scripts/bench_compress.py)",
+        "quick": args.quick,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+        },
+        "threads": args.threads,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "config": dataclasses.asdict(config),
+        "sizes": {
+            "d_model": D_MODEL, "audio_per_window": AUDIO_PER_WINDOW, "tokens_per_frame": TOKENS_PER_FRAME,
+            "frames_per_window": FRAMES_PER_WINDOW, "encoder_positions_per_window": ENC_PER_WINDOW,
+            "heads": HEADS, "head_dim": HEAD_DIM, "window_s": WINDOW_S, "clips_s": clips_s,
+        },
+        "reference_ms_per_window": REFERENCE_MS_PER_WINDOW,
+        "results": results,
+        "saliency": saliency,
+        "saliency_memory": memory,
+        "targets": targets,
+    }
+    args.out.write_text(json.dumps(report, indent=2))
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
