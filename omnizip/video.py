@@ -70,16 +70,33 @@ def temporal_similarity(curr: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(c, q, dim=-1)
 
 
-def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``t[idx]`` along dim 0; a strided view (no copy) when ``idx`` is an increasing arithmetic progression."""
-    n = int(idx.numel())
-    if n == 0:
+def _progression(idx: list[int]) -> tuple[int, int] | None:
+    """``(first, step)`` when ``idx`` is an increasing arithmetic progression, else None."""
+    if not idx:
+        return None
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:], strict=False)):
+        return idx[0], step
+    return None
+
+
+def _take(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """``t[idx]`` along dim 0; a strided view (no copy) when ``idx`` is an increasing progression."""
+    prog = _progression(idx)
+    if prog is None:
         return t[idx]
-    first = int(idx[0])
-    step = int(idx[1]) - first if n > 1 else 1
-    if step > 0 and bool((idx == first + step * torch.arange(n)).all()):
-        return t[first : first + step * (n - 1) + 1 : step]
-    return t[idx]
+    first, step = prog
+    return t[first : first + step * (len(idx) - 1) + 1 : step]
+
+
+def _put(t: torch.Tensor, idx: list[int], value: torch.Tensor) -> None:
+    """``t[idx] = value`` along dim 0 (a slice assignment when ``idx`` is an increasing progression)."""
+    prog = _progression(idx)
+    if prog is None:
+        t[idx] = value
+    else:
+        first, step = prog
+        t[first : first + step * (len(idx) - 1) + 1 : step] = value
 
 
 def istc_keep(
@@ -125,41 +142,53 @@ def istc_keep(
     f = n // p
     if frame_pos.shape != (f,) or keep_counts.shape != (f,):
         raise ValueError(f"frame_pos and keep_counts must have shape [{f}]")
-    if f and (int(keep_counts.min()) < 0 or int(keep_counts.max()) > p):
+    # Per-frame bookkeeping in Python ints (frames, never tokens): a stream window has 2 frames and
+    # tiny tensor ops would cost more than the arithmetic.
+    counts = keep_counts.tolist()
+    pos = frame_pos.tolist()
+    if any(c < 0 or c > p for c in counts):
         raise ValueError(f"keep counts must lie in [0, {p}]")
-    grid = (torch.arange(n, dtype=torch.int64) if rows is None else rows.to(torch.int64)).view(f, p)
-
-    def gather(fidx: torch.Tensor) -> torch.Tensor:
-        # [B, P, D] tokens of frames ``fidx``; a view when they are one contiguous block of rows.
-        first, last = int(grid[fidx[0], 0]), int(grid[fidx[-1], -1])
-        if last - first + 1 == int(fidx.numel()) * p:
-            return video[first : last + 1].reshape(int(fidx.numel()), p, -1)
-        return video[grid[fidx]]
+    grid = None if rows is None else rows.to(torch.int64).view(f, p)
+    first_row = list(range(0, n, p)) if grid is None else grid[:, 0].tolist()
     keep = torch.zeros(f, p, dtype=torch.bool)
-    partial = (keep_counts > 0) & (keep_counts < p)
-    keep[keep_counts >= p] = True
-    todo = torch.nonzero(partial, as_tuple=True)[0]
-    if todo.numel() == 0:
+    full = [i for i, c in enumerate(counts) if c >= p]
+    if full:
+        keep[full] = True
+    todo = [i for i, c in enumerate(counts) if 0 < c < p]
+    if not todo:
         return keep.view(-1)
-    temporal = (frame_pos[todo] % 2) == 1
-    if bool((frame_pos[todo][temporal] < 1).any()):
-        raise ValueError("a temporally pruned frame needs a previous frame in its chunk")
-    priority = torch.empty(int(todo.numel()), p, dtype=torch.float32)
-    for start in range(0, int(todo.numel()), frame_batch):
-        fidx = todo[start : start + frame_batch]
-        is_t = temporal[start : start + frame_batch]
+    for i in todo:
+        if pos[i] % 2 == 1 and (i == 0 or pos[i - 1] != pos[i] - 1):
+            raise ValueError("a temporally pruned frame needs the previous frame of its chunk")
+
+    def gather(frames: list[int]) -> torch.Tensor:
+        # [B, P, D] tokens of the (ascending) frames; a view when they are one contiguous block of rows.
+        first = first_row[frames[0]]
+        if all(first_row[fr] == first + j * p for j, fr in enumerate(frames)):
+            return video[first : first + len(frames) * p].reshape(len(frames), p, -1)
+        if grid is None:
+            return video.view(f, p, -1)[frames]
+        return video[grid[frames]]
+
+    priority = torch.empty(len(todo), p, dtype=torch.float32)
+    for start in range(0, len(todo), frame_batch):
+        batch = todo[start : start + frame_batch]
+        temporal = [pos[i] % 2 == 1 for i in batch]
         # Normalise every frame this batch touches once (a temporal frame's previous frame is often a
         # spatial frame of the same batch); F.normalize row by row, exactly like the reference.
-        need = torch.unique(torch.cat([fidx, fidx[is_t] - 1]))
+        need = sorted(set(batch) | {i - 1 for i, t in zip(batch, temporal, strict=True) if t})
+        slot = {fr: j for j, fr in enumerate(need)}
         normed = F.normalize(gather(need).to(torch.float32), p=2, dim=-1)
-        at = torch.searchsorted(need, fidx)
-        out = priority[start : start + frame_batch]
-        if not bool(is_t.all()):
-            out[~is_t] = _dpc_from_normed(_take(normed, at[~is_t]), knn_k)
-        if bool(is_t.any()):
-            prev = torch.searchsorted(need, fidx[is_t] - 1)
-            out[is_t] = -F.cosine_similarity(_take(normed, at[is_t]), _take(normed, prev), dim=-1)
+        spatial_rows = [start + j for j, t in enumerate(temporal) if not t]
+        temporal_rows = [start + j for j, t in enumerate(temporal) if t]
+        if spatial_rows:
+            frames = _take(normed, [slot[todo[r]] for r in spatial_rows])
+            _put(priority, spatial_rows, _dpc_from_normed(frames, knn_k))
+        if temporal_rows:
+            curr = _take(normed, [slot[todo[r]] for r in temporal_rows])
+            prev = _take(normed, [slot[todo[r] - 1] for r in temporal_rows])
+            _put(priority, temporal_rows, -F.cosine_similarity(curr, prev, dim=-1))
     order = torch.sort(priority, dim=1, descending=True, stable=True).indices
-    ranked_keep = torch.arange(p).unsqueeze(0) < keep_counts[todo].unsqueeze(1)
+    ranked_keep = torch.arange(p).unsqueeze(0) < torch.tensor([counts[i] for i in todo]).unsqueeze(1)
     keep[todo] = torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep)
     return keep.view(-1)

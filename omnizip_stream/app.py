@@ -96,10 +96,13 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     import os
 
     from omnizip_stream.sources import MediaError, open_windows, parse_spec
+    from omnizip_stream.sources.devices import check_devices
 
-    spec = parse_spec(options.source)  # a bad spec or a missing file fails before the model loads
-    if spec.kind == "file" and spec.target is not None and not os.path.exists(spec.target):
+    # A bad spec, a missing file or device fails before the (possibly slow) model load.
+    spec = parse_spec(options.source)
+    if spec.kind == "file" and spec.target is not None and not os.path.exists(spec.target):  # noqa: ASYNC240
         raise MediaError(f"{spec.target}: no such file")
+    check_devices(spec.kind, camera_device=spec.target, mic_device=options.mic)
     console = console or Console()
     result = RunResult()
     source_done = asyncio.Event()
@@ -133,9 +136,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
 
         async def scripted() -> None:
             for i, question in enumerate(options.questions):
-                due = (i + 1) * options.ask_every_s
-                while not source_done.is_set() and (session.stats().get("last_window_t1_s") or 0.0) < due:
-                    await asyncio.sleep(0.1)
+                await _first_of(session.wait_windows(until_s=(i + 1) * options.ask_every_s), source_done.wait())
                 if source_done.is_set():
                     await session.drain()
                 answer = await ask_and_print(session, console, question)
@@ -155,7 +156,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
 
         async def mqtt_demo() -> None:
             assert options.mqtt is not None and mqtt_config is not None
-            await _wait_for_windows(session, source_done, 2)
+            await _first_of(session.wait_windows(count=2), source_done.wait())
             result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
 
         background = [asyncio.ensure_future(status())]
@@ -179,9 +180,15 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     return result
 
 
-async def _wait_for_windows(session: StreamSession, done: asyncio.Event, n: int) -> None:
-    while not done.is_set() and session.stats().get("windows_ingested", 0) < n:
-        await asyncio.sleep(0.1)
+async def _first_of(*awaitables: Awaitable[Any]) -> None:
+    """Wait until the first of ``awaitables`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _start_mqtt(

@@ -40,8 +40,11 @@ def status_line(stats: dict[str, Any], source: dict[str, int] | None = None) -> 
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters (other than newlines) shown as escapes: random-weight models
-    emit arbitrary bytes, and a terminal must never receive raw control sequences from a model."""
+    """``text`` with control characters (other than newlines) shown as escapes.
+
+    Random-weight models emit arbitrary bytes, and a terminal must never receive raw control
+    sequences from a model.
+    """
     return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 

@@ -61,6 +61,7 @@ class StreamSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
+        self._progress = asyncio.Event()
         self._stopping = False
         self._busy = False
         self._snapshot: dict[str, Any] = {}
@@ -143,6 +144,8 @@ class StreamSession:
             else:
                 loop.call_soon_threadsafe(self._space.set)
                 self._serve_window(*job)
+                self._publish_stats()
+                loop.call_soon_threadsafe(self._progress.set)
             self._publish_stats()
             with self._cond:
                 self._busy = False
@@ -224,6 +227,18 @@ class StreamSession:
                 logger.warning("model behind real time: dropped %d frames of window t=%.1fs",
                                pending.num_frames, pending.t0_s)
                 return
+
+    async def wait_windows(self, *, count: int | None = None, until_s: float | None = None) -> None:
+        """Wait until ``count`` windows were ingested, or the stream reached ``until_s`` seconds."""
+        self._check_running()
+        while True:
+            self._progress.clear()
+            ingested = self._snapshot.get("windows_ingested", 0) + self.counters["windows_failed"]
+            last_t1 = self.reports[-1].t1_s if self.reports else 0.0
+            done = (count is None or ingested >= count) and (until_s is None or last_t1 >= until_s)
+            if done:
+                return
+            await self._progress.wait()
 
     async def drain(self) -> None:
         """Wait until every pushed window has been ingested (and no question is pending)."""

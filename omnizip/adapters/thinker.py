@@ -273,8 +273,11 @@ class ThinkerAdapter:
     def av_extras(
         self, encoded: EncodedAV, kept_index: torch.Tensor, *, offset: int, total: int
     ) -> dict[str, Any] | None:
-        """Text-model extras for kept A/V tokens ``kept_index`` (into ``encoded.layout``) placed at
-        ``offset`` inside a forward chunk of ``total`` tokens; None when the family needs none."""
+        """Text-model extras for kept A/V tokens, or None when the family needs none.
+
+        ``kept_index`` indexes ``encoded.layout``; the tokens sit at ``offset`` inside a forward chunk
+        of ``total`` tokens.
+        """
         return None
 
     def _lm_kwargs(self, embeds: torch.Tensor, extras: dict[str, Any] | None) -> dict[str, Any]:

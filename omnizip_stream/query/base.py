@@ -62,8 +62,10 @@ class QueryService(Protocol):
         ...
 
     def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str | Answer]:
-        """Yield the answer piece by piece (``str`` text deltas) as it is generated, then, as the
-        last item, the complete :class:`Answer` (with its latencies and window range)."""
+        """Yield the answer piece by piece (``str`` text deltas), then the complete :class:`Answer`.
+
+        The final :class:`Answer` carries the latencies and the window range.
+        """
         ...
 
     def stats(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from omnizip_stream.sources.base import SourceError, one_line
 
@@ -170,3 +171,35 @@ def list_devices() -> DeviceList:
     mics, mic_notes = _list_microphones()
     notes.extend(cam_notes + mic_notes)
     return DeviceList(tuple(cams), tuple(mics), tuple(notes))
+
+
+def check_devices(kind: str, *, camera_device: str | None = None, mic_device: str | int | None = None) -> None:
+    """Fail fast (before a model loads) when a requested camera or microphone does not exist.
+
+    Only cheap checks: the v4l2 device node on Linux, and PortAudio's view of the input device.
+    Other platforms are checked when the source opens.
+
+    Args:
+        kind: the parsed spec's kind (``camera``, ``mic``, ``camera+mic``; others are not checked).
+        camera_device: the camera device (``/dev/video2``, ``2``) or None for the default.
+        mic_device: the microphone (index or name) or None for the default input.
+
+    Raises:
+        SourceError: with the list of the devices that exist.
+    """
+    if kind in ("camera", "camera+mic"):
+        fmt, default = camera_backend()
+        device = camera_device or default
+        if fmt == "v4l2" and device.isdigit():
+            device = f"/dev/video{device}"
+        if fmt == "v4l2" and sys.platform.startswith("linux") and not os.path.exists(device):
+            raise SourceError(f"camera {device} not found; {list_devices().describe_cameras()}")
+    if kind in ("mic", "camera+mic"):
+        from omnizip_stream.sources.mic import portaudio
+
+        sd: Any = portaudio(refresh=True)
+        try:
+            sd.query_devices(mic_device, "input")
+        except Exception as exc:
+            what = f"microphone {mic_device!r} not found" if mic_device is not None else "no default microphone"
+            raise SourceError(f"{what} ({one_line(exc)}); {list_devices().describe_microphones()}") from None

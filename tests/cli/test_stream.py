@@ -128,3 +128,20 @@ def test_make_demo_runs_the_main_job():
     assert proc.stdout.count("[first token") >= 3
     assert "summary:" in proc.stdout
     assert "RANDOM weights" in proc.stderr and "huggingface-cli download" in proc.stderr
+
+
+def test_webcam_assistant_without_a_camera_lists_devices():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "webcam_assistant.py"), "--model", "tiny"],
+                          input="", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "camera" in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+def test_webcam_assistant_answers_typed_questions_on_a_file(media_dir):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "webcam_assistant.py"), "--source", f"file:{media_dir['av']}",
+         "--model", "tiny", "max_new_tokens=3", "video_max_pixels=12544"],
+        input="What is there?\nquit\n", capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Q: What is there?" in proc.stdout and "[first token" in proc.stdout

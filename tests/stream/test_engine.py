@@ -172,7 +172,7 @@ def test_rerotate_and_reprefill_place_retained_windows_identically(tiny25):
         engines[policy] = engine
     a, b = engines["reprefill"].cache, engines["rerotate"].cache
     assert [s.window_index for s in a.segments] == [s.window_index for s in b.segments]
-    for sa, sb in zip(a.segments, b.segments):
+    for sa, sb in zip(a.segments, b.segments, strict=True):
         assert torch.equal(sa.positions, sb.positions)
     # Same layer-0 keys (position-exact), different deeper states (rerotate keeps old contexts).
     assert (a.cache.layers[0].keys - b.cache.layers[0].keys).abs().max().item() <= 1e-4
@@ -189,7 +189,7 @@ def test_query_leaves_the_cache_unchanged(tiny25):
     result = engine.answer(Q, 8)
     assert result.tokens and result.window_range == (0, 2) and result.time_range_s == (0.0, 6.0)
     assert engine.cache.stored_tokens == length == engine.cache.cache.get_seq_length()
-    for (k, v), layer in zip(before, engine.cache.cache.layers):
+    for (k, v), layer in zip(before, engine.cache.cache.layers, strict=True):
         assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
     # Answering twice gives the same answer: nothing of the first query leaked into the stream.
     assert engine.answer(Q, 8).tokens == result.tokens
