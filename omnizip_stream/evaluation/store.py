@@ -3,7 +3,7 @@
 ``results.jsonl`` in the output folder is the run's only state. A re-run reads it and skips every key
 already there, so an interrupted sweep resumes where it stopped; the last record of a key wins (a
 ``--retry-errors`` re-run appends fresh records for failed keys). A last line cut short by a crash is
-ignored with a warning; damage anywhere else is an error naming the line.
+removed with a warning; damage anywhere else is an error naming the line.
 
 ``config.json`` records the settings that change answers (model, answer length, frame cap, pixel
 budget ...). Adding results produced with different settings to the same folder is refused.
@@ -47,30 +47,36 @@ class ResultStore:
             raise StoreError(f"--out {self.out_dir} exists and is not a folder")
         os.makedirs(self.out_dir, exist_ok=True)
         self.path = os.path.join(self.out_dir, RESULTS)
-        self._needs_newline = False
 
     def load(self) -> dict[Key, dict[str, Any]]:
         """Every stored record by key (the last one of a key wins).
+
+        A last line cut short by an interrupted run is removed from the file (with a warning), so the
+        next appended record starts on a line of its own.
 
         Raises:
             StoreError: a damaged line other than a cut-short last line.
         """
         if not os.path.isfile(self.path):
             return {}
-        with open(self.path, encoding="utf-8") as fh:
-            lines = fh.read().split("\n")
+        with open(self.path, "rb") as fh:
+            data = fh.read()
         records: dict[Key, dict[str, Any]] = {}
+        lines = data.split(b"\n")
         last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        offset = 0
         for i, line in enumerate(lines):
+            start, offset = offset, offset + len(line) + 1
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
                 key = record_key(record)
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                 if i == last:
-                    logger.warning("%s:%d: ignoring a cut-short last line (an interrupted run)", self.path, i + 1)
-                    self._needs_newline = True
+                    logger.warning("%s:%d: removing a cut-short last line (an interrupted run)", self.path, i + 1)
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(start)
                     continue
                 raise StoreError(f"{self.path}:{i + 1}: damaged result line; fix or delete it") from None
             records[key] = record
@@ -81,9 +87,6 @@ class ResultStore:
         record_key(record)  # validates the key fields
         line = json.dumps(record, ensure_ascii=False, sort_keys=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            if self._needs_newline:
-                fh.write("\n")
-                self._needs_newline = False
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
