@@ -7,8 +7,11 @@ anchor absorbs its top-``G`` members with softmax weights over those scores. Poo
 dropped whether merged or not.
 
 Numerics: scores are computed in float32 (whatever the input dtype) with the reference's
-normalisation ``x / (||x|| + 1e-6)``. Tie rule everywhere in this module: among equal scores the
-token that comes first (lower index) wins; ``argmax`` picks the first maximal anchor.
+normalisation ``x / (||x|| + 1e-6)``; for the video side of the cross-modal score the division by
+``||v|| + 1e-6`` is applied to the ``[M, block]`` products instead of to a normalised copy of the
+video (same value up to float rounding; these scores only choose and weight the merged tokens,
+never which tokens are kept). Tie rule everywhere in this module: among equal scores the token
+that comes first (lower index) wins; ``argmax`` picks the first maximal anchor.
 """
 
 from __future__ import annotations

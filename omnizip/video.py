@@ -41,8 +41,18 @@ def dpc_knn_scores(frames: torch.Tensor, knn_k: int = 5) -> torch.Tensor:
 
 def _dpc_from_normed(normed: torch.Tensor, knn_k: int) -> torch.Tensor:
     """DPC-kNN scores of ``[B, P, D]`` float32 frames already passed through ``F.normalize``."""
-    b, p, _ = normed.shape
-    dist = 1 - torch.bmm(normed, normed.transpose(1, 2))
+    return _dpc_from_dist(1 - torch.bmm(normed, normed.transpose(1, 2)), knn_k)
+
+
+def _dpc_from_raw(frames: torch.Tensor, norms: torch.Tensor, knn_k: int) -> torch.Tensor:
+    """DPC-kNN scores from raw float32 frames ``[B, P, D]`` and their row norms ``[B, P]`` (fast path)."""
+    gram = torch.bmm(frames, frames.transpose(1, 2))
+    return _dpc_from_dist(1 - gram / (norms.unsqueeze(2) * norms.unsqueeze(1)), knn_k)
+
+
+def _dpc_from_dist(dist: torch.Tensor, knn_k: int) -> torch.Tensor:
+    """DPC-kNN scores ``[B, P]`` from cosine distances ``[B, P, P]``."""
+    b, p, _ = dist.shape
     diag = torch.eye(p, dtype=torch.bool).expand(b, p, p)
     dist_inf = dist.masked_fill(diag, float("inf"))
     k = min(knn_k, p - 1)
@@ -108,6 +118,7 @@ def istc_keep(
     knn_k: int = 5,
     rows: torch.Tensor | None = None,
     frame_batch: int = DEFAULT_FRAME_BATCH,
+    exact: bool = True,
 ) -> torch.Tensor:
     """ISTC keep-mask over all frames of a layout.
 
@@ -124,6 +135,10 @@ def istc_keep(
             that frames are gathered batch by batch instead of copying the whole video.
         frame_batch: frames scored per batched matrix product (bounds the float32 working copy to
             ``frame_batch * P * D`` values).
+        exact: True follows the reference's operation order (``F.normalize`` then products, so the
+            offline keep-masks match it token for token); False computes the same cosines from raw
+            Gram matrices, dot products and row norms (no normalised copy of the frames, faster;
+            results differ only by float rounding, i.e. on exact near-ties).
 
     Returns:
         ``[F * P]`` bool keep-mask.
@@ -178,16 +193,27 @@ def istc_keep(
         # spatial frame of the same batch); F.normalize row by row, exactly like the reference.
         need = sorted(set(batch) | {i - 1 for i, t in zip(batch, temporal, strict=True) if t})
         slot = {fr: j for j, fr in enumerate(need)}
-        normed = F.normalize(gather(need).to(torch.float32), p=2, dim=-1)
+        x = gather(need).to(torch.float32)
+        if exact:
+            x = F.normalize(x, p=2, dim=-1)
+        else:
+            norms = x.norm(dim=-1).clamp_min(1e-12)
         spatial_rows = [start + j for j, t in enumerate(temporal) if not t]
         temporal_rows = [start + j for j, t in enumerate(temporal) if t]
         if spatial_rows:
-            frames = _take(normed, [slot[todo[r]] for r in spatial_rows])
-            _put(priority, spatial_rows, _dpc_from_normed(frames, knn_k))
+            at = [slot[todo[r]] for r in spatial_rows]
+            scores = _dpc_from_normed(_take(x, at), knn_k) if exact else _dpc_from_raw(
+                _take(x, at), _take(norms, at), knn_k)
+            _put(priority, spatial_rows, scores)
         if temporal_rows:
-            curr = _take(normed, [slot[todo[r]] for r in temporal_rows])
-            prev = _take(normed, [slot[todo[r] - 1] for r in temporal_rows])
-            _put(priority, temporal_rows, -F.cosine_similarity(curr, prev, dim=-1))
+            at = [slot[todo[r]] for r in temporal_rows]
+            at_prev = [slot[todo[r] - 1] for r in temporal_rows]
+            if exact:
+                sim = F.cosine_similarity(_take(x, at), _take(x, at_prev), dim=-1)
+            else:
+                dot = torch.linalg.vecdot(_take(x, at), _take(x, at_prev))
+                sim = dot / (_take(norms, at) * _take(norms, at_prev))
+            _put(priority, temporal_rows, -sim)
     order = torch.sort(priority, dim=1, descending=True, stable=True).indices
     ranked_keep = torch.arange(p).unsqueeze(0) < torch.tensor([counts[i] for i in todo]).unsqueeze(1)
     keep[todo] = torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep)

@@ -131,10 +131,12 @@ def run_istc(
     counts: torch.Tensor,
     config: OmniZipConfig,
     embeds: torch.Tensor | None = None,
+    exact: bool = True,
 ) -> torch.Tensor:
     """ISTC keep-mask of the layout's video for per-frame keep counts ``counts`` (``[F]`` int64).
 
-    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window).
+    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window); ``exact``
+    selects the reference's operation order (see :func:`omnizip.video.istc_keep`).
     """
     return istc_keep(
         layout.embeds if embeds is None else embeds,
@@ -143,4 +145,5 @@ def run_istc(
         counts,
         knn_k=config.knn_k,
         rows=index.video_idx,
+        exact=exact,
     )

@@ -13,7 +13,8 @@ Per chunk (2-s window), in stream order:
    against the chunk's own video (against its anchors when it has none), top-``G`` softmax merge.
 3. **Video budget**: :class:`~omnizip.budget.StreamingBudgetController` maps ``S_w`` to an exact keep
    count (same linear map, online re-normalisation, error feedback, sliding-window guarantee).
-4. **ISTC** on the chunk's frames with the count spread evenly over them.
+4. **ISTC** on the chunk's frames with the count spread evenly over them (cosines computed from
+   Gram matrices and row norms instead of normalised copies: same values up to float rounding).
 
 The audio history and the controller persist across :meth:`plan` calls until :meth:`reset`.
 ``rho_video = 0`` disables video pruning.
@@ -111,7 +112,8 @@ class OmniZipStreamingCompressor:
             frame_counts.extend(spread_over_frames(kept, index.frame_counts[c]))
         video_keep = None
         if index.video_idx.numel():
-            video_keep = run_istc(layout, index, torch.tensor(frame_counts, dtype=torch.int64), cfg, embeds=work)
+            counts = torch.tensor(frame_counts, dtype=torch.int64)
+            video_keep = run_istc(layout, index, counts, cfg, embeds=work, exact=False)
         return build_plan(
             layout,
             index,

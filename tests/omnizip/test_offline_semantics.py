@@ -234,3 +234,29 @@ def test_bad_layouts_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="finite"):
         make_compressor("omnizip").plan(TokenLayout(layout.embeds, layout.modality, layout.chunk_id,
                                                     layout.frame_id, audio_saliency=nan_sal))
+
+
+def test_fast_istc_matches_the_reference_order_on_random_frames() -> None:
+    # The streaming path computes the same cosines from Gram matrices and norms; away from exact
+    # near-ties the kept tokens are the same.
+    g = torch.Generator().manual_seed(0)
+    p, f = 12, 6
+    video = torch.randn(f * p, 16, generator=g) + torch.randn(1, 16, generator=g)
+    pos = torch.tensor([0, 1, 0, 1, 2, 3])
+    counts = torch.tensor([5, 4, 7, 3, 6, 2])
+    exact = istc_keep(video, p, pos, counts)
+    fast = istc_keep(video, p, pos, counts, exact=False)
+    assert torch.equal(exact, fast)
+    normed = torch.nn.functional.normalize(video.view(f, p, 16), dim=-1)
+    from omnizip.video import _dpc_from_normed, _dpc_from_raw
+
+    raw = _dpc_from_raw(video.view(f, p, 16), video.view(f, p, 16).norm(dim=-1), 5)
+    assert torch.allclose(raw, _dpc_from_normed(normed, 5), atol=1e-5)
+
+
+def test_istc_rejects_a_temporal_frame_without_predecessor() -> None:
+    video = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="previous frame"):
+        istc_keep(video, 4, torch.tensor([1, 0]), torch.tensor([2, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 4\]"):
+        istc_keep(video, 4, torch.tensor([0, 1]), torch.tensor([5, 2]))
