@@ -96,13 +96,14 @@ class ResultStore:
         return list(self.load().values())
 
     def check_config(self, config: dict[str, Any], compare: Iterable[str]) -> None:
-        """Write ``config.json``, or check that the existing one matches ``config`` on the ``compare`` keys.
+        """Write ``config.json``; when results exist, first check the stored one matches on the ``compare`` keys.
 
         Raises:
             StoreError: the folder holds results produced with other settings.
         """
         path = os.path.join(self.out_dir, CONFIG)
-        if os.path.isfile(path):
+        has_results = os.path.isfile(self.path) and os.path.getsize(self.path) > 0
+        if os.path.isfile(path) and has_results:  # without results, an earlier failed start is simply replaced
             try:
                 with open(path, encoding="utf-8") as fh:
                     old = json.load(fh)

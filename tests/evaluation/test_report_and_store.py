@@ -162,7 +162,9 @@ def test_store_damage_in_the_middle_is_an_error(tmp_path):
 
 def test_store_refuses_results_of_other_settings(tmp_path):
     store = ResultStore(tmp_path)
+    store.check_config({"model": "other", "max_new_tokens": 16}, ["model", "max_new_tokens"])
     store.check_config({"model": "tiny", "max_new_tokens": 16, "device": "cpu"}, ["model", "max_new_tokens"])
+    store.append(_key_rec("a"))  # results exist from here on: the settings are fixed
     store.check_config({"model": "tiny", "max_new_tokens": 16, "device": "cuda"}, ["model", "max_new_tokens"])
     with pytest.raises(StoreError, match="max_new_tokens=16"):
         store.check_config({"model": "tiny", "max_new_tokens": 32}, ["model", "max_new_tokens"])
