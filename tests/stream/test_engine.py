@@ -226,6 +226,7 @@ def test_missing_modalities_and_jittered_frames(tiny25):
     assert engine.answer(Q, 4).window_range == (0, 3)
 
 
+@pytest.mark.timeout(900)
 def test_two_hour_stream_stays_within_positions_and_memory(tiny25):
     """2 hours of stream time, accelerated: 8-s windows, 1 video token per frame, real audio."""
     engine = _engine(tiny25, method="omnizip", window_s=8.0, video_max_pixels=28 * 28, cache_max_tokens=3000,
