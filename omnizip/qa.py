@@ -109,17 +109,17 @@ def prepare_clip_prompt(
     open_ids = adapter.open_ids(has_audio, has_video)
     close_ids = adapter.close_ids(has_audio, has_video)
     p_open = len(parts.prefix)
-    open_pos = adapter.special_positions(len(open_ids), p_open)  # type: ignore[attr-defined]
+    open_pos = adapter.special_positions(len(open_ids), p_open)
     t0 = time.perf_counter()
     encoded = adapter.encode_av(
-        audio, frames, AVCursor(base=open_pos[-1] + 1), saliency=saliency, video_fps=video_fps
+        audio, frames, AVCursor(base=int(open_pos[-1]) + 1), saliency=saliency, video_fps=video_fps
     )
     t1 = time.perf_counter()
     layout = encoded.layout
     plan = compressor.plan(layout)
     kept_embeds, kept_pos, kept_index = gather_kept(layout, plan)
     t2 = time.perf_counter()
-    close_pos = adapter.special_positions(len(close_ids), encoded.close_position)  # type: ignore[attr-defined]
+    close_pos = adapter.special_positions(len(close_ids), encoded.close_position)
     suffix_start = close_pos[-1] + 1
     n_suffix = len(parts.suffix)
     last_position = suffix_start + n_suffix - 1
@@ -130,7 +130,7 @@ def prepare_clip_prompt(
         )
     dtype = adapter.position_dtype
 
-    def _pos(values: list[int] | torch.Tensor) -> torch.Tensor:
+    def _pos(values: list[float] | torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(values, dtype=dtype).view(1, -1).expand(3, -1)
 
     embeds = torch.cat([
@@ -140,11 +140,11 @@ def prepare_clip_prompt(
     ])
     assert kept_pos is not None
     positions = torch.cat([
-        _pos(list(range(p_open)) + open_pos),
+        _pos([float(i) for i in range(p_open)] + open_pos),
         kept_pos.to(dtype),
         _pos(close_pos + [suffix_start + i for i in range(n_suffix)]),
     ], dim=1)
-    extras = adapter.av_extras(  # type: ignore[attr-defined]
+    extras = adapter.av_extras(
         encoded, kept_index, offset=p_open + len(open_ids), total=int(embeds.shape[0])
     )
     counts = count_kept(layout, plan.keep)

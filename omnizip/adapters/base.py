@@ -144,7 +144,7 @@ class OmniAdapter(Protocol):
         """A/V closing special tokens."""
         ...
 
-    def special_positions(self, n: int, start: int) -> list[int]:
+    def special_positions(self, n: int, start: float) -> list[float]:
         """Positions of ``n`` opening/closing special tokens starting at ``start``."""
         ...
 
@@ -179,7 +179,6 @@ class OmniAdapter(Protocol):
         cache: Any,
         *,
         extras: dict[str, Any] | None = None,
-        token_ids: torch.Tensor | None = None,
         logits: bool = True,
     ) -> torch.Tensor | None:
         """Run the text model on ``embeds [S, D]`` at ``positions [3, S]``, appending to ``cache``.

@@ -26,7 +26,7 @@ class QKCapture:
         q = cap.q.view(T, heads, head_dim)
     """
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: Any) -> None:
         for name in ("q_proj", "k_proj"):
             if not hasattr(attention, name):
                 raise TypeError(f"{type(attention).__name__} has no {name}; cannot capture audio saliency")

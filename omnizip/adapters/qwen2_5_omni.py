@@ -46,7 +46,7 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
 
     def __init__(
         self,
-        thinker: torch.nn.Module,
+        thinker: Any,
         tokenizer: Any,
         *,
         model_name: str,
@@ -110,7 +110,7 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
         q = cap.q.view(t, n_heads, -1)
         k = cap.k.view(t, n_heads, -1)
         blocks = cap.block_lengths() if saliency == "block" else None
-        s_enc = audio_saliency(q, k, block_lengths=blocks, variant=saliency)
+        s_enc = audio_saliency(q, k, block_lengths=blocks, variant="block" if saliency == "block" else "global")
         s = pool_saliency(s_enc, [t])
         if s.shape[0] != feats.shape[0]:
             raise RuntimeError(f"saliency has {s.shape[0]} scores for {feats.shape[0]} audio tokens")

@@ -18,7 +18,7 @@ import torch
 
 from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec, PromptParts
 from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
-from omnizip.preprocess import log_mel, log_mel_window
+from omnizip.preprocess import AudioPreprocessConfig, log_mel, log_mel_window
 from omnizip.types import Modality, TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class ThinkerAdapter:
     """
 
     spec: ModelSpec
+    audio_cfg: AudioPreprocessConfig
     #: Whether the two opening (and the two closing) special tokens share one position id.
     shared_special_positions: bool = True
     #: dtype of position ids (Qwen2.5-Omni: int64; Qwen3-Omni: float32).
@@ -42,7 +43,7 @@ class ThinkerAdapter:
 
     def __init__(
         self,
-        thinker: torch.nn.Module,
+        thinker: Any,
         tokenizer: Any,
         *,
         model_name: str,
@@ -197,12 +198,12 @@ class ThinkerAdapter:
         v_extras: dict[str, Any] = {}
         mel_max = cursor.mel_max_log10
         timings = {"audio_encode_ms": 0.0, "video_encode_ms": 0.0}
-        if has_audio:
+        if audio is not None and has_audio:
             audio = np.asarray(audio, dtype=np.float32)
             t0 = time.perf_counter()
             a_feat, a_sal, mel_max = self._encode_audio(audio, saliency, cursor, stream)
             timings["audio_encode_ms"] = self._elapsed_ms(t0)
-        if has_video:
+        if frames is not None and has_video:
             t0 = time.perf_counter()
             v_feat, grid, v_extras = self._encode_video(np.asarray(frames))
             timings["video_encode_ms"] = self._elapsed_ms(t0)
@@ -237,7 +238,7 @@ class ThinkerAdapter:
             extras["deepstack"] = v_extras["deepstack"]  # per level, video tokens in feature order
             extras["video_feature_index"] = toks.feature_index[is_video]
         n_grids = grid[0] if grid is not None else 0
-        tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if has_audio else None
+        tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if audio is not None and has_audio else None
         next_cursor = AVCursor(
             cursor.base, cursor.audio_tokens + int(a_feat.shape[0]), cursor.grids + n_grids, tail, mel_max
         )
@@ -247,8 +248,8 @@ class ThinkerAdapter:
             next_cursor=next_cursor,
             close_position=toks.close_position,
             extras=extras,
-            audio_s=(len(audio) / 16000.0) if has_audio else 0.0,
-            video_frames=len(frames) if has_video else 0,
+            audio_s=(len(audio) / 16000.0) if audio is not None and has_audio else 0.0,
+            video_frames=len(frames) if frames is not None and has_video else 0,
             timings=timings,
         )
 

@@ -67,9 +67,10 @@ def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
         mqtt_errors: tuple[type[BaseException], ...] = (BrokerUnavailableError, BrokerRefusedError)
     except ImportError:  # the [mqtt] extra is not installed
         mqtt_errors = ()
+    user_errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors)
     try:
         return asyncio.run(run_stream(config, options))
-    except (SourceError, ModelLoadError, CacheFullError, *mqtt_errors) as exc:
+    except user_errors as exc:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
