@@ -25,7 +25,7 @@ def status_line(stats: dict[str, Any], source: dict[str, int] | None = None) -> 
     dropped = (stats.get("video_dropped", 0) or 0) + source.get("video_dropped", 0)
     parts = [
         f"t={t1:6.1f}s",
-        f"windows {stats.get('windows_ingested', 0)} (lag {stats.get('ingest_lag_s', 0.0):.2f}s, "
+        f"windows {stats.get('windows_ingested', 0)} (behind live {stats.get('window_lag_s', 0.0):.1f}s, "
         f"queued {stats.get('windows_queued', 0)})",
         f"kept audio {_pct(stats.get('retention_audio'))} video {_pct(stats.get('retention_video'))}",
         f"KV {stats.get('kv_tokens', 0)} tok {kv_mb:.1f} MB",

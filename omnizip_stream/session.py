@@ -199,7 +199,7 @@ class StreamSession:
             self._space.clear()
             now = time.perf_counter()
             if self._clock_origin is None:
-                self._clock_origin = now - window.t0_s
+                self._clock_origin = now - window.t1_s  # a live window can arrive at its end at the earliest
             with self._cond:
                 if len(self._windows) < self.config.window_queue:
                     self._windows.append((window, now))
@@ -310,6 +310,10 @@ class StreamSession:
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
             out["last_window_t1_s"] = self.reports[-1].t1_s
+            if self._clock_origin is not None:
+                # How far ingestion is behind the live clock (0 when a replay runs ahead of it).
+                behind = time.perf_counter() - (self._clock_origin + self.reports[-1].t1_s)
+                out["window_lag_s"] = max(0.0, behind)
         return out
 
     def _check_running(self) -> None:
