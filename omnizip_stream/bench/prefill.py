@@ -119,6 +119,8 @@ def run_case(proxy: EncodeOnce, audio: np.ndarray, frames: np.ndarray, mode: Mod
         "method": mode.name, "compressor": mode.method, "rho_audio": mode.rho_audio, "rho_video": mode.rho_video,
         "tokens_total": answer.tokens_total, "tokens_kept": answer.tokens_kept,
         "tokens_kept_ratio": answer.tokens_kept / answer.tokens_total,
+        "av_kept_ratio": (answer.audio_tokens_kept + answer.video_tokens_kept)
+        / max(1, answer.audio_tokens_total + answer.video_tokens_total),
         "audio_tokens_total": answer.audio_tokens_total, "audio_tokens_kept": answer.audio_tokens_kept,
         "video_tokens_total": answer.video_tokens_total, "video_tokens_kept": answer.video_tokens_kept,
         "encode_ms": proxy.encode_ms, "compress_ms": median(compress), "prefill_ms": median(runs),

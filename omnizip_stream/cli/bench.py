@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from omnizip_stream.bench.env import set_threads
     from omnizip_stream.bench.models import load_bench_adapter
     from omnizip_stream.bench.stream import run_benchmark, stream_targets, write_outputs
+    from omnizip_stream.kv import CacheFullError
 
     modes, settings = resolve(args)
     set_threads(args.threads)
@@ -148,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
                                      seed=args.seed)
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
-    report, records = run_benchmark(adapter, args.model, modes, settings, warmup_windows=args.warmup_windows)
+    try:
+        report, records = run_benchmark(adapter, args.model, modes, settings, warmup_windows=args.warmup_windows)
+    except CacheFullError as exc:
+        raise UserError(f"{exc}; raise --cache-max-tokens") from None
     report = {"benchmark": "omnizip bench: streaming latency", "quick": bool(args.quick),
               "command": " ".join(shlex.quote(a) for a in sys.argv), **report}
     report["targets"] = stream_targets(report, records, args.warmup_windows)
