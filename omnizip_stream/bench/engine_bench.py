@@ -28,8 +28,9 @@ from omnizip_stream.bench.report import write_json
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {"tiny": ((60.0, 600.0, 1800.0), None), "small": ((30.0, 60.0), 2048)}
-QUICK = {"tiny": ((30.0, 60.0), 2048)}
+Plan = dict[str, tuple[tuple[float, ...], "int | None"]]
+DEFAULTS: Plan = {"tiny": ((60.0, 600.0, 1800.0), None), "small": ((30.0, 60.0), 2048)}
+QUICK: Plan = {"tiny": ((30.0, 60.0), 2048)}
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -59,7 +60,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _plan(args: argparse.Namespace) -> dict[str, tuple[tuple[float, ...], int | None]]:
+def _plan(args: argparse.Namespace) -> Plan:
+    plan: Plan
     if args.quick:
         plan = dict(QUICK)
     else:
@@ -68,7 +70,7 @@ def _plan(args: argparse.Namespace) -> dict[str, tuple[tuple[float, ...], int | 
         if unknown:
             raise ValueError(f"unknown model(s) {', '.join(unknown)}; use tiny, tiny-qwen3, small")
         plan = {n: DEFAULTS["small" if n == "small" else "tiny"] for n in names}
-    out = {}
+    out: Plan = {}
     for name, (lengths, cap) in plan.items():
         if name == "small":
             lengths = _floats(args.small_minutes, "--small-minutes") if args.small_minutes else lengths

@@ -13,6 +13,9 @@ CPU the growth of the process's RSS over the call, sampled every millisecond fro
 includes the compression's and the decode step's allocations, which are small beside the prefill's).
 ``kv_cache_mb`` is exact: kept tokens x layers x 2 x KV heads x head dim x element size.
 
+Warm-up (discarded): one run per case for the tiny models; for ``small``, whose prefills take up to
+minutes, one run before its first case. Timed runs: 3 (tiny) or 1 (small); the median is reported.
+
 Target (issue 3): full / omnizip-35 prefill time >= 2.5x on the 60-s clip.
 """
 
@@ -181,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models: dict[str, Any] = {}
     env: dict[str, Any] | None = None
     adapter, loaded = None, None
+    warmed: set[str] = set()
     try:
         for model, clip_s, methods in plan:
             if loaded != model:
@@ -190,16 +194,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 loaded = model
                 models[model] = model_info(adapter, model)
                 env = env or environment(adapter.device)
+            assert adapter is not None
             small = model == "small"
             repeats = args.repeats or (1 if small else 3)
             audio, frames = synthetic_clip(clip_s, adapter.spec.fps)
             proxy = EncodeOnce(adapter)
-            for k, mode in enumerate(methods):
-                # one discarded run per case, except the small model's long cases (minutes each): there the
-                # first case is preceded by a discarded run of the shortest method instead
-                warmup = 0 if small and clip_s >= 60 else 1
-                if warmup == 0 and k == 0:
-                    run_case(proxy, audio, frames, methods[-1], warmup=0, repeats=1)
+            # tiny: one discarded run per case. small (a prefill takes up to minutes): one discarded run of
+            # the model's first clip with its last method, before its first case
+            if small and model not in warmed:
+                run_case(proxy, audio, frames, methods[-1], warmup=0, repeats=1)
+            warmed.add(model)
+            warmup = 0 if small else 1
+            for mode in methods:
                 row = run_case(proxy, audio, frames, mode, warmup=warmup, repeats=repeats)
                 results.append({"model": model, "clip_s": clip_s, "warmup": warmup, "repeats": repeats, **row})
                 bar.advance(f"{model} {clip_s:g}s {mode.name}: prefill {row['prefill_ms']:.0f} ms")
