@@ -250,3 +250,54 @@ def test_two_hour_stream_stays_within_positions_and_memory(tiny25):
     answer = engine.answer(Q, 4)
     assert answer.window_range is not None and answer.window_range[1] == 899
     assert answer.time_range_s is not None and answer.time_range_s[1] == 7200.0
+
+
+def _one_shot_any(engine: StreamEngine, question: str) -> torch.Tensor:
+    """Like ``_one_shot`` for any family: float positions and deepstack extras concatenated (Qwen3)."""
+    adapter = engine.adapter
+    parts = adapter.prompt_parts("", engine.config.system_prompt)
+    embeds = [adapter.embed_ids(parts.prefix + adapter.open_ids(True, True))]
+    positions = [engine.cache.segments[0].positions]
+    masks = [torch.zeros(embeds[0].shape[0], dtype=torch.bool)]
+    levels: list[list[torch.Tensor]] = []
+    for seg in engine.cache.segments[1:]:
+        embeds.append(seg.embeds)
+        positions.append(seg.positions)
+        if seg.extras:
+            masks.append(seg.extras["video_mask"])
+            for i, level in enumerate(seg.extras["deepstack"]):
+                if len(levels) <= i:
+                    levels.append([])
+                levels[i].append(level)
+        else:
+            masks.append(torch.zeros(seg.length, dtype=torch.bool))
+    close_ids = adapter.close_ids(True, True)
+    suffix = adapter.prompt_parts(question, engine.config.system_prompt).suffix
+    close = adapter.special_positions(len(close_ids), engine.cache.close_position())
+    tail = close + [close[-1] + 1 + i for i in range(len(suffix))]
+    embeds.append(adapter.embed_ids(close_ids + suffix))
+    positions.append(torch.tensor(tail, dtype=adapter.position_dtype).view(1, -1).expand(3, -1))
+    masks.append(torch.zeros(len(tail), dtype=torch.bool))
+    extras = {"video_mask": torch.cat(masks), "deepstack": [torch.cat(lv) for lv in levels]} if levels else None
+    return adapter.forward(torch.cat(embeds), torch.cat(positions, dim=1), adapter.new_cache(), extras=extras)
+
+
+def test_qwen3_stream_with_eviction_and_reanchoring_equals_one_shot(tiny3):
+    adapter = make_adapter(tiny3, video_max_pixels=64 * 64)
+    cfg = StreamConfig(model="tiny-qwen3", method="omnizip", window_s=8.0, max_new_tokens=8, max_question_tokens=32,
+                       cache_max_tokens=700, reanchor_at=0.05, sink_windows=1)
+    engine = StreamEngine(adapter, cfg)
+    assert engine.adapter.position_dtype == torch.float32
+    wav, frames = synthetic_clip(200.0, seed=12, size=(64, 64))  # 2600 temporal ids > 5% of 32768
+    checked = 0
+    for w in clip_windows(wav, frames, window_s=8.0):
+        before = engine.cache.events.reanchors
+        engine.ingest(w)
+        _check_caps(engine)
+        if engine.cache.events.reanchors > before:
+            logits, _ = engine.question_logits(Q)
+            assert (logits - _one_shot_any(engine, Q)).abs().max().item() <= 1e-5
+            checked += 1
+    assert checked >= 1 and engine.cache.events.windows_evicted > 0
+    assert any(s.extras for s in engine.cache.segments[1:]), "deepstack must travel with the kept video"
+    assert engine.answer(Q, 4).window_range[1] == 24
