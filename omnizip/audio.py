@@ -130,11 +130,30 @@ def contiguous_start(rows: torch.Tensor) -> int | None:
     return first if last - first + 1 == n else None
 
 
+def _row_blocks(video: torch.Tensor, rows: torch.Tensor | None, block_rows: int) -> list[tuple[int, int, int]]:
+    """Split ``rows`` into contiguous runs of at most ``block_rows``: ``(offset in rows, first row, length)``."""
+    if rows is None:
+        n = int(video.shape[0])
+        return [(s, s, min(block_rows, n - s)) for s in range(0, n, block_rows)]
+    n = int(rows.numel())
+    if n == 0:
+        return []
+    breaks = (torch.nonzero(rows[1:] - rows[:-1] != 1, as_tuple=True)[0] + 1).tolist()
+    bounds = [0, *breaks, n]
+    firsts = rows[bounds[:-1]].tolist()
+    out = []
+    for a, b, first in zip(bounds[:-1], bounds[1:], firsts, strict=True):
+        for s in range(a, b, block_rows):
+            out.append((s, first + (s - a), min(block_rows, b - s)))
+    return out
+
+
 def max_cosine(
     queries_normed: torch.Tensor,
     video: torch.Tensor,
     rows: torch.Tensor | None = None,
     *,
+    norms: torch.Tensor | None = None,
     block_rows: int = DEFAULT_VIDEO_BLOCK_ROWS,
 ) -> torch.Tensor:
     """Best cosine similarity of each query to any video token, blockwise over the video.
@@ -143,25 +162,22 @@ def max_cosine(
         queries_normed: ``[M, D]`` float32 rows already normalised by :func:`normalise_rows`.
         video: ``[N, D]`` embeddings holding the video tokens (any float dtype); read block by block
             so that no normalised copy of the whole video is made.
-        rows: ``[Nv]`` int64 indices of the video tokens in ``video`` (``None``: every row).
-        block_rows: video rows per block.
+        rows: ``[Nv]`` int64 increasing indices of the video tokens in ``video`` (``None``: every
+            row); each contiguous run of rows is read in place (no gathered copy).
+        norms: ``[Nv]`` float32 precomputed ``||v||`` of the video tokens (saves a pass), or ``None``.
+        block_rows: at most this many video rows per matrix product.
 
     Returns:
         ``[M]`` float32 (``-inf`` when there is no video row).
     """
     best = torch.full((queries_normed.shape[0],), -torch.inf, dtype=torch.float32)
-    offset = None if rows is None else contiguous_start(rows)
-    n = int(video.shape[0]) if rows is None else int(rows.numel())
-    for start in range(0, n, block_rows):
-        if rows is None or offset is not None:
-            base = start if offset is None else offset + start
-            block = video[base : base + min(block_rows, n - start)]
-        else:
-            block = video[rows[start : start + block_rows]]
-        block = block.to(torch.float32)
+    for start, first, length in _row_blocks(video, rows, block_rows):
+        # A block is a contiguous range of rows: a view, never a gathered copy.
+        block = video[first : first + length].to(torch.float32)
+        block_norms = block.norm(dim=-1) if norms is None else norms[start : start + length]
         # cos = (q . v) / (||v|| + eps): the normalisation is applied to the [M, B] scores instead of
         # writing a normalised copy of the block (same value up to float rounding).
-        scores = (queries_normed @ block.T).div_(block.norm(dim=-1) + EPS)
+        scores = (queries_normed @ block.T).div_(block_norms + EPS)
         torch.maximum(best, scores.amax(dim=1), out=best)
     return best
 

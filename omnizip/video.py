@@ -119,6 +119,7 @@ def istc_keep(
     rows: torch.Tensor | None = None,
     frame_batch: int = DEFAULT_FRAME_BATCH,
     exact: bool = True,
+    row_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ISTC keep-mask over all frames of a layout.
 
@@ -139,6 +140,8 @@ def istc_keep(
             offline keep-masks match it token for token); False computes the same cosines from raw
             Gram matrices, dot products and row norms (no normalised copy of the frames, faster;
             results differ only by float rounding, i.e. on exact near-ties).
+        row_norms: ``[F * P]`` float32 precomputed ``||x||`` of the video tokens for the fast path
+            (saves a pass over the frames), or ``None``.
 
     Returns:
         ``[F * P]`` bool keep-mask.
@@ -196,8 +199,10 @@ def istc_keep(
         x = gather(need).to(torch.float32)
         if exact:
             x = F.normalize(x, p=2, dim=-1)
-        else:
+        elif row_norms is None:
             norms = x.norm(dim=-1).clamp_min(1e-12)
+        else:
+            norms = row_norms.view(f, p)[need].clamp_min(1e-12)
         spatial_rows = [start + j for j, t in enumerate(temporal) if not t]
         temporal_rows = [start + j for j, t in enumerate(temporal) if t]
         if spatial_rows:

@@ -7,6 +7,7 @@ import torch
 from omnizip.audio import (
     AudioSelection,
     anchor_count,
+    contiguous_start,
     max_cosine,
     salient_count,
     salient_mask,
@@ -43,12 +44,21 @@ def video_starts(index: LayoutIndex) -> list[int]:
     return out
 
 
+def rows_of(embeds: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``embeds[rows]``, as a view when the increasing ``rows`` are one contiguous range."""
+    start = contiguous_start(rows)
+    if start is None:
+        return embeds[rows]
+    return embeds[start : start + int(rows.numel())]
+
+
 def audio_stage(
     audio: torch.Tensor,
     salient: torch.Tensor,
     embeds: torch.Tensor,
     video_rows: torch.Tensor,
     config: OmniZipConfig,
+    video_norms: torch.Tensor | None = None,
 ) -> AudioSelection:
     """Anchors and cross-modal merge of one audio set against one video set (Stage B).
 
@@ -58,6 +68,7 @@ def audio_stage(
         embeds: ``[N, D]`` layout embeddings holding the video.
         video_rows: ``[Nv]`` int64 rows of ``embeds`` the cross-modal score looks at (empty: no video).
         config: hyper-parameters (``anchor_ratio``, ``g``).
+        video_norms: ``[Nv]`` precomputed norms of those rows, or ``None``.
 
     Returns:
         The :class:`~omnizip.audio.AudioSelection` (audio-order indices).
@@ -65,7 +76,7 @@ def audio_stage(
     cross = None
     if int(video_rows.numel()) > 0:
         def cross(pool_normed: torch.Tensor) -> torch.Tensor:
-            return max_cosine(pool_normed, embeds, video_rows)
+            return max_cosine(pool_normed, embeds, video_rows, norms=video_norms)
     return select_audio(
         audio,
         salient,
@@ -90,16 +101,19 @@ def windowed_audio_stage(
     chunk: int,
     salient: torch.Tensor,
     embeds: torch.Tensor | None = None,
+    video_norms: torch.Tensor | None = None,
 ) -> AudioSelection:
     """Run the audio stage restricted to one chunk (its audio, its video); indices are chunk-relative.
 
-    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window).
+    ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window);
+    ``video_norms`` are the precomputed norms of *all* the layout's video tokens (video order).
     """
     embeds = layout.embeds if embeds is None else embeds
     a0, na = index.audio_starts[chunk], index.audio_counts[chunk]
     v0, nv = video_starts(index)[chunk], index.video_counts[chunk]
-    audio = embeds[index.audio_idx[a0 : a0 + na]]
-    return audio_stage(audio, salient, embeds, index.video_idx[v0 : v0 + nv], config)
+    audio = rows_of(embeds, index.audio_idx[a0 : a0 + na])
+    norms = None if video_norms is None else video_norms[v0 : v0 + nv]
+    return audio_stage(audio, salient, embeds, index.video_idx[v0 : v0 + nv], config, norms)
 
 
 def offset_selection(sel: AudioSelection, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,11 +146,13 @@ def run_istc(
     config: OmniZipConfig,
     embeds: torch.Tensor | None = None,
     exact: bool = True,
+    video_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ISTC keep-mask of the layout's video for per-frame keep counts ``counts`` (``[F]`` int64).
 
     ``embeds`` may replace ``layout.embeds`` (e.g. a float32 copy made once per window); ``exact``
-    selects the reference's operation order (see :func:`omnizip.video.istc_keep`).
+    selects the reference's operation order (see :func:`omnizip.video.istc_keep`); ``video_norms``
+    are precomputed norms of the video tokens for the fast path.
     """
     return istc_keep(
         layout.embeds if embeds is None else embeds,
@@ -146,4 +162,5 @@ def run_istc(
         knn_k=config.knn_k,
         rows=index.video_idx,
         exact=exact,
+        row_norms=video_norms,
     )

@@ -34,6 +34,7 @@ from omnizip.methods._stages import (
     cat_merges,
     checked_saliency,
     offset_selection,
+    rows_of,
     run_istc,
     windowed_audio_stage,
 )
@@ -85,6 +86,8 @@ class OmniZipStreamingCompressor:
         saliency = checked_saliency(layout)
         # A stream window is small: convert it to float32 once instead of in every stage.
         work = layout.embeds.to(torch.float32)
+        # Norms of the video tokens, shared by the cross-modal score and ISTC.
+        video_norms = rows_of(work, index.video_idx).norm(dim=-1)
         audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool)
         merges = []
         retention: list[float] = []
@@ -96,7 +99,9 @@ class OmniZipStreamingCompressor:
             if na:
                 sal = None if saliency is None else saliency[a0 : a0 + na]
                 k = self._salient_count(sal, na)
-                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, k), embeds=work)
+                sel = windowed_audio_stage(
+                    layout, index, cfg, c, salient_mask(sal, na, k), embeds=work, video_norms=video_norms
+                )
                 if sal is not None and self._history.maxlen:
                     self._history.append(sal.clone())
                 audio_keep[a0 : a0 + na] = sel.keep
@@ -113,7 +118,7 @@ class OmniZipStreamingCompressor:
         video_keep = None
         if index.video_idx.numel():
             counts = torch.tensor(frame_counts, dtype=torch.int64)
-            video_keep = run_istc(layout, index, counts, cfg, embeds=work, exact=False)
+            video_keep = run_istc(layout, index, counts, cfg, embeds=work, exact=False, video_norms=video_norms)
         return build_plan(
             layout,
             index,
