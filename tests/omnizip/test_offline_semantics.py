@@ -260,3 +260,13 @@ def test_istc_rejects_a_temporal_frame_without_predecessor() -> None:
         istc_keep(video, 4, torch.tensor([1, 0]), torch.tensor([2, 2]))
     with pytest.raises(ValueError, match=r"\[0, 4\]"):
         istc_keep(video, 4, torch.tensor([0, 1]), torch.tensor([5, 2]))
+
+
+def test_one_window_uses_the_base_ratio() -> None:
+    # A single guided window: no re-normalisation (the reference needs more than two), r = r0(S).
+    layout = make_layout(Spec(chunks=((40, 2),), p=10), seed=6)
+    plan = make_compressor("omnizip", OmniZipConfig()).plan(layout)
+    s = plan.chunk_audio_retention[0].item()
+    assert s == pytest.approx(30 / 40)  # round(.7 * 40) = 28 salient + round(.05 * 40) = 2 anchors
+    assert plan.chunk_video_ratio[0].item() == pytest.approx(base_video_ratio(s, 0.35, 0.75))
+    assert int(plan.keep[layout.modality == Modality.VIDEO].sum()) == 2 * frame_keep_count(10, 0.45)
