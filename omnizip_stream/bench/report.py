@@ -61,7 +61,7 @@ def targets_markdown(targets: dict[str, Any]) -> list[str]:
             parts = []
             for k, v in measured.items():
                 if isinstance(v, dict):
-                    val = v.get("ratio", v.get("growth"))
+                    val = v.get("ratio")
                     parts.append(f"{k}: {_num(val, 3)}")
                 else:
                     parts.append(f"{k}: {_num(v, 1)}")
@@ -92,23 +92,24 @@ def stream_markdown(report: dict[str, Any]) -> str:
         "",
         "## Results",
         "",
-        "| mode | stream | TTFT ms | total ms | window ms p50 / p95 / p99 | RTF | KV MiB | RSS MiB | kept A/V "
-        "(audio, video) | history s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | stream | TTFT ms | total ms | window ms p50 / p95 / p99 | RTF | KV MiB | RSS MiB | query peak "
+        "MiB | kept A/V (audio, video) | history s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         if not r.get("reached"):
-            lines.append(f"| {r['mode']} | {_len(r['stream_s'])} | not reached | | | | | | | |")
+            lines.append(f"| {r['mode']} | {_len(r['stream_s'])} | not reached | | | | | | | | |")
             continue
         lines.append(
             f"| {r['mode']} | {_len(r['stream_s'])} | {_num(r['ttft_ms'])} | {_num(r['total_ms'])} | "
             f"{_num(r['window_ms_p50'])} / {_num(r['window_ms_p95'])} / {_num(r['window_ms_p99'])} | "
-            f"{_num(r['rtf'])} | {_num(r['kv_mb'], 2)} | {_num(r['rss_mb'], 0)} | {_pct(r['tokens_kept_ratio'])} "
+            f"{_num(r['rtf'])} | {_num(r['kv_mb'], 2)} | {_num(r['rss_mb'], 0)} | {_num(r.get('query_peak_mem_mb'), 0)} | "
+            f"{_pct(r['tokens_kept_ratio'])} "
             f"({_pct(r['audio_kept_ratio'])}, {_pct(r['video_kept_ratio'])}) | {_num(r['history_s'], 0)} |"
         )
     lines += ["", "## Per-window latency by stage (whole stream after warm-up, ms: p50 / p95 / p99)", "",
               "| mode | audio encode | video encode | compress | prefill | total | RTF | cap reached | "
-              "RSS growth after cap | KV growth after cap |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "RSS drift / peak after cap | KV drift / peak after cap |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in report["modes"]:
         if s["kind"] != "streaming":
             continue
@@ -118,7 +119,8 @@ def stream_markdown(report: dict[str, Any]) -> str:
         rss, kv = s["rss_flatness"], s["kv_flatness"] or {}
         cap = rss["cap_reached_s"]
         lines.append(f"| {s['mode']} | {' | '.join(cells)} | {_num(s.get('rtf'))} | "
-                     f"{_len(cap) if cap is not None else 'no'} | {_pct(rss['growth'])} | {_pct(kv.get('growth'))} |")
+                     f"{_len(cap) if cap is not None else 'no'} | {_pct(rss['drift'])} / {_pct(rss['peak_growth'])} | "
+                     f"{_pct(kv.get('drift'))} / {_pct(kv.get('peak_growth'))} |")
     lines += ["", "## Definitions", ""] + [f"- `{k}`: {v}" for k, v in report["definitions"].items()]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report.get("notes", [])]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ shed. At each checkpoint (stream length in seconds) the mode answers the same qu
 
 Timings are the pipeline's own counters (``WindowReport.timings_ms``, ``QueryResult.ttft_ms``,
 ``ClipAnswer.*_ms``); this module adds only the process RSS read after each window and the
-ring-buffer append time of the reprefill modes (which do no other work per window).
+ring-buffer append time of the reprefill modes (which do no other work per window), and the peak
+memory during each checkpoint's queries (:class:`~omnizip_stream.bench.env.PeakRss`, sampled every 5 ms).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from omnizip import OmniZipConfig, make_compressor
 from omnizip.adapters.base import AVCursor
 from omnizip.types import Modality
-from omnizip_stream.bench.env import load_average, rss_mb, synchronize, trim_memory
+from omnizip_stream.bench.env import PeakRss, load_average, rss_mb, synchronize, trim_memory
 from omnizip_stream.bench.modes import Mode
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine, normalise_audio, normalise_frames
@@ -318,8 +319,11 @@ async def run_mode(
             while pending and row["t_s"] + 1e-6 >= pending[0]:
                 checkpoint = pending.pop(0)
                 await loop.run_in_executor(executor, synchronize, adapter.device)
-                q = await loop.run_in_executor(executor, runner.query)
-                q.update({"stream_s": checkpoint, "at_s": row["t_s"], "reached": True, "rss_mb": rss_mb()})
+                with PeakRss(adapter.device, interval_s=0.005) as peak:
+                    q = await loop.run_in_executor(executor, runner.query)
+                q.update({"stream_s": checkpoint, "at_s": row["t_s"], "reached": True, "rss_mb": rss_mb(),
+                          "query_peak_mem_mb": peak.baseline_mb + peak.growth_mb, "query_mem_growth_mb": peak.growth_mb,
+                          "query_mem_method": peak.method})
                 record.queries.append(q)
                 if on_progress:
                     on_progress(f"{mode.name} query at {checkpoint:.0f}s")

@@ -29,7 +29,11 @@ DEFINITIONS = {
              "re-anchoring (streaming) or raw windows in the ring buffer (reprefill)",
     "rss_mb": "resident set size of the benchmark process after the window (all modes run in one process, "
               "one after the other; rss_delta_mb is relative to the start of the mode)",
+    "query_peak_mem_mb": "peak process RSS (CPU, sampled every 5 ms) or CUDA allocated memory during the "
+                         "checkpoint's queries; query_mem_growth_mb: the same minus the value before them",
     "cap_reached_s": "stream time of the first window that evicted an older one",
+    "drift": "after the cap: median of the last quarter of the samples / median of the first quarter - 1 "
+             "(what a leak or unbounded growth would show); peak_growth: max after the cap / value at the cap - 1",
 }
 
 
@@ -99,6 +103,8 @@ def rows_for(record: ModeRecord, window_s: float, warmup: int) -> list[dict[str,
             "store_mb": last.get("store_mb"),
             "rss_mb": last.get("rss_mb"),
             "rss_delta_mb": (last["rss_mb"] - rss0) if last and rss0 is not None else None,
+            "query_peak_mem_mb": q.get("query_peak_mem_mb"),
+            "query_mem_growth_mb": q.get("query_mem_growth_mb"),
             "windows_evicted": last.get("windows_evicted"),
             "reanchors": last.get("reanchors"),
             **kept,
@@ -110,14 +116,24 @@ def rows_for(record: ModeRecord, window_s: float, warmup: int) -> list[dict[str,
 
 
 def _flatness(windows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """How ``key`` (RSS, KV MiB) behaves after the cap: drift between the first and last quarter, and peak.
+
+    ``drift`` = median of the last quarter of post-cap samples / median of the first quarter - 1: a
+    leak or unbounded growth shows as drift. ``peak_growth`` = max after the cap / value at the cap - 1:
+    it also counts allocator churn that comes and goes (the heap grows and shrinks between windows).
+    """
     cap = next((i for i, w in enumerate(windows) if w["evicted"]), None)
     if cap is None:
-        return {"cap_reached_s": None, "growth": None, "at_cap": None, "max_after": None, "samples_after": 0}
+        return {"cap_reached_s": None, "drift": None, "peak_growth": None, "at_cap": None, "max_after": None,
+                "samples_after": 0}
     base = windows[cap][key]
     after = [w[key] for w in windows[cap:]]
-    growth = (max(after) - base) / base if base else None
-    return {"cap_reached_s": windows[cap]["t_s"], "at_cap": base, "max_after": max(after),
-            "min_after": min(after), "growth": growth, "samples_after": len(after)}
+    q = max(1, len(after) // 4)
+    first, last = median(after[:q]), median(after[-q:])
+    return {"cap_reached_s": windows[cap]["t_s"], "at_cap": base, "max_after": max(after), "min_after": min(after),
+            "first_quarter_median": first, "last_quarter_median": last,
+            "drift": (last / first - 1) if first and last is not None else None,
+            "peak_growth": (max(after) / base - 1) if base else None, "samples_after": len(after)}
 
 
 def mode_summary(record: ModeRecord, window_s: float, warmup: int) -> dict[str, Any]:

@@ -129,7 +129,12 @@ def ttft_flatness(rows: list[dict[str, Any]], modes: list[str], summaries: list[
 
 def memory_flatness(summaries: list[dict[str, Any]], key: str, max_growth: float = 0.05,
                     kinds: tuple[str, ...] = ("streaming",)) -> dict[str, Any]:
-    """Growth of ``rss_flatness`` / ``kv_flatness`` after the cap was reached, per mode (<= ``max_growth``)."""
+    """Drift of ``rss_flatness`` / ``kv_flatness`` after the cap, per mode (pass: drift <= ``max_growth``).
+
+    The peak growth over the value at the cap is reported beside it (and named in the note when it
+    exceeds the limit): RSS goes up and down by tens of MiB between windows as the allocator keeps
+    and returns memory, which is not growth of the cache.
+    """
     per: dict[str, Any] = {}
     notes = []
     for s in summaries:
@@ -140,14 +145,18 @@ def memory_flatness(summaries: list[dict[str, Any]], key: str, max_growth: float
             per[s["mode"]] = {"pass": None, "cap_reached_s": None}
             notes.append(f"{s['mode']}: cap not reached")
             continue
-        per[s["mode"]] = {"pass": f["growth"] is not None and f["growth"] <= max_growth, **f}
-        samples_after = f["samples_after"]
-        if samples_after < 10:
-            notes.append(f"{s['mode']}: only {samples_after} windows after the cap")
+        per[s["mode"]] = {"pass": f["drift"] is not None and f["drift"] <= max_growth, "ratio": f["drift"], **f}
+        if f["samples_after"] < 10:
+            notes.append(f"{s['mode']}: only {f['samples_after']} windows after the cap")
     failed = [m for m, p in per.items() if p["pass"] is False]
     if failed:
-        notes.append(f"grew more than {max_growth:.0%} after the cap: {', '.join(failed)}")
-    return check(_all([p["pass"] for p in per.values()]), per, "; ".join(notes), target=f"<= {max_growth:.0%}")
+        notes.append(f"drifted up more than {max_growth:.0%} after the cap: {', '.join(failed)}")
+    peaks = [f"{m} {p['peak_growth']:.0%}" for m, p in per.items()
+             if p.get("peak_growth") is not None and p["peak_growth"] > max_growth]
+    if peaks:
+        notes.append(f"peak above the value at the cap (transient, not drift): {', '.join(peaks)}")
+    return check(_all([p["pass"] for p in per.values()]), per, "; ".join(notes),
+                 target=f"drift <= {max_growth:.0%}")
 
 
 def prefill_ratio(summaries: list[dict[str, Any]], records: dict[str, list[dict[str, Any]]], warmup: int,

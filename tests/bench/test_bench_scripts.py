@@ -51,6 +51,7 @@ def test_bench_stream_writes_json_markdown_and_plots(stream_run):
         for key in ROW_KEYS:
             assert key in row, key
         assert row["ttft_ms"] > 0 and row["total_ms"] >= row["ttft_ms"] and row["rss_mb"] > 0
+        assert row["query_peak_mem_mb"] >= row["query_mem_growth_mb"] >= 0
     by = {(r["mode"], r["stream_s"]): r for r in rows}
     assert by[("full", 12.0)]["tokens_kept_ratio"] == 1.0
     assert 0.25 < by[("omnizip-35", 12.0)]["tokens_kept_ratio"] < 0.45

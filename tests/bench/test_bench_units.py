@@ -76,8 +76,9 @@ def test_rows_cover_windows_since_the_previous_checkpoint_after_warmup():
     assert second["rss_delta_mb"] == pytest.approx(11.0)
     summary = mode_summary(_record("omnizip-35", [5.0, 6.0]), 2.0, 1)
     assert summary["rss_flatness"]["cap_reached_s"] == 6.0
-    assert summary["rss_flatness"]["growth"] == pytest.approx(0.01)
-    assert summary["kv_flatness"]["growth"] == 0.0
+    assert summary["rss_flatness"]["drift"] == pytest.approx(0.01)
+    assert summary["rss_flatness"]["peak_growth"] == pytest.approx(0.01)
+    assert summary["kv_flatness"]["drift"] == 0.0 and summary["kv_flatness"]["peak_growth"] == 0.0
 
 
 def test_unreached_checkpoint_is_a_row_marked_not_reached():
@@ -118,6 +119,24 @@ def test_memory_flatness_without_cap_is_not_measurable():
         w["evicted"] = 0
     t = tg.memory_flatness([mode_summary(rec, 2.0, 1)], "rss_flatness")
     assert t["pass"] is None and "cap not reached" in t["note"]
+
+
+def _capped_record(rss_after):
+    rec = _record("omnizip-35", [5.0, 5.0])
+    rec.windows = [_window(2.0 * (i + 1), 50.0, 10.0, evicted=int(i == 1), rss=100.0 if i < 2 else rss)
+                   for i, rss in enumerate([100.0, 100.0, *rss_after])]
+    return rec
+
+
+def test_memory_flatness_judges_drift_and_names_transient_peaks():
+    spike = _capped_record([100.0] * 5 + [130.0] + [100.0] * 6)  # one transient +30 % sample
+    t = tg.memory_flatness([mode_summary(spike, 2.0, 1)], "rss_flatness")
+    assert t["pass"] is True and "transient" in t["note"]
+    assert t["measured"]["omnizip-35"]["peak_growth"] == pytest.approx(0.3)
+    leak = _capped_record([100.0 + 2 * i for i in range(12)])  # steady growth: +22 % over the stream
+    t = tg.memory_flatness([mode_summary(leak, 2.0, 1)], "rss_flatness")
+    assert t["pass"] is False and "drifted" in t["note"]
+    assert t["measured"]["omnizip-35"]["drift"] > 0.05
 
 
 def test_prefill_ratio_uses_median_prefill_after_warmup():
