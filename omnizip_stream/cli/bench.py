@@ -33,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="directory for results.json, results.md and the PNG plots")
     parser.add_argument("--quick", action="store_true",
-                        help="under 2 min on a 2-core CPU: streams of 30 s and 90 s, cache cap 4096 tokens")
+                        help="under 2 min on a 2-core CPU: streams of 30 s and 90 s, cache cap 4096 tokens, "
+                             "3 timed queries, all modes")
     add_model_arguments(parser)
-    parser.set_defaults(model="tiny")
+    for action in parser._actions:
+        if action.dest == "model":
+            action.help = ("tiny | tiny-qwen3 | small (Qwen2.5-Omni-7B widths, 2 LLM layers, random weights) | "
+                           "a hub id | a local checkpoint folder (default tiny)")
     parser.add_argument("--source", default="synthetic",
                         help="synthetic[:opts] or file:PATH (a file is looped to reach the longest length)")
     parser.add_argument("--stream-minutes", default=None, metavar="LIST",
