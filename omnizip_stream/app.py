@@ -69,17 +69,15 @@ async def ask_and_print(session: StreamSession, console: Console, question: str,
     """Ask with the answer streamed to the console; errors are printed, not raised."""
     console.question(question, via)
     first = True
-    answer: Answer | None = None
+    stream = session.ask_stream(question)
     try:
-        async for item in session.ask_stream(question):
-            if isinstance(item, Answer):
-                answer = item
-            else:
-                console.answer_piece(item, first)
-                first = False
+        async for piece in stream:
+            console.answer_piece(piece, first)
+            first = False
     except QueryError as exc:
         console.note(f"   [{exc.code}] {exc.message}")
         return None
+    answer = stream.answer
     assert answer is not None
     console.answer_done(answer, streamed=not first)
     return answer

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -282,21 +282,16 @@ class StreamSession:
             extra={"prompt_tokens": result.prompt_tokens, **result.extra},
         )
 
-    async def ask_stream(self, question: str, max_new_tokens: int | None = None) -> AsyncIterator[str | Answer]:
-        """Yield the answer piece by piece (``str``) as the model generates it, then the :class:`Answer`."""
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.ensure_future(self.ask(question, max_new_tokens, on_text=pieces.put_nowait))
-        task.add_done_callback(lambda _t: pieces.put_nowait(_STOP))
-        try:
-            while True:
-                piece = await pieces.get()
-                if piece is _STOP:
-                    break
-                yield piece
-            yield task.result()  # the complete Answer (re-raises a QueryError)
-        finally:
-            if not task.done():
-                task.cancel()
+    def ask_stream(self, question: str, max_new_tokens: int | None = None) -> AnswerStream:
+        """Stream the answer piece by piece.
+
+        ``async for piece in session.ask_stream(q)`` yields text pieces as they are generated; afterwards
+        ``stream.answer`` holds the complete :class:`Answer` (latencies, window range).
+
+        Raises (while iterating):
+            QueryError: ``bad_request``, ``too_long``, ``busy`` or ``internal``.
+        """
+        return AnswerStream(self, question, max_new_tokens)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
@@ -319,6 +314,37 @@ class StreamSession:
     def _check_running(self) -> None:
         if self._thread is None or self._stopping:
             raise QueryError("not_ready", "the stream session is not running")
+
+
+class AnswerStream:
+    """Async iterator of answer pieces (``str``); ``answer`` is the final :class:`Answer` once exhausted."""
+
+    def __init__(self, session: StreamSession, question: str, max_new_tokens: int | None) -> None:
+        self._session = session
+        self._question = question
+        self._max_new_tokens = max_new_tokens
+        self._pieces: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Future[Answer] | None = None
+        self.answer: Answer | None = None
+
+    def __aiter__(self) -> AnswerStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._task is None:
+            self._task = asyncio.ensure_future(
+                self._session.ask(self._question, self._max_new_tokens, on_text=self._pieces.put_nowait))
+            self._task.add_done_callback(lambda _t: self._pieces.put_nowait(_STOP))
+        piece = await self._pieces.get()
+        if piece is _STOP:
+            self.answer = self._task.result()  # re-raises a QueryError
+            raise StopAsyncIteration
+        return str(piece)
+
+    async def aclose(self) -> None:
+        """Stop waiting for the answer (the model finishes it; the result is discarded)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

@@ -61,10 +61,11 @@ class QueryService(Protocol):
         """
         ...
 
-    def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str | Answer]:
-        """Yield the answer piece by piece (``str`` text deltas), then the complete :class:`Answer`.
+    def ask_stream(self, question: str, max_new_tokens: int = 64) -> AsyncIterator[str]:
+        """Yield the answer piece by piece (``str`` text deltas) as it is generated.
 
-        The final :class:`Answer` carries the latencies and the window range.
+        Implementations may expose the complete :class:`Answer` (latencies, window range) as the
+        iterator's ``answer`` attribute once it is exhausted (``StreamSession`` does).
         """
         ...
 

@@ -391,6 +391,9 @@ class MqttQueryServer:
                 await aclose()
         self.counters["partials"] += len(parts)
         total_ms = (time.monotonic() - t0) * 1e3
+        carried = getattr(stream, "answer", None)  # StreamSession's stream carries the complete Answer
+        if final is None and isinstance(carried, Answer):
+            final = carried
         if final is None:
             final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
         return Answer(final.text, final.ttft_ms, final.total_ms, final.window_range, final.time_range_s,

@@ -33,9 +33,10 @@ async def test_push_ask_stream_and_stats(tiny25):
         answer = await session.ask("What is going on?", max_new_tokens=5)
         assert isinstance(answer, Answer) and answer.window_range == (0, 3) and answer.time_range_s == (0.0, 8.0)
         assert 0 < answer.ttft_ms <= answer.total_ms and answer.tokens_generated <= 5
-        items = [item async for item in session.ask_stream("And now?", max_new_tokens=5)]
-        assert isinstance(items[-1], Answer) and all(isinstance(p, str) for p in items[:-1])
-        assert "".join(items[:-1]).strip() == items[-1].text
+        stream = session.ask_stream("And now?", max_new_tokens=5)
+        pieces = [piece async for piece in stream]
+        assert all(isinstance(p, str) for p in pieces) and isinstance(stream.answer, Answer)
+        assert "".join(pieces).strip() == stream.answer.text and stream.answer.window_range == (0, 3)
         stats = session.stats()
         for key in ("windows_ingested", "windows_evicted", "kv_tokens", "kv_bytes", "max_position", "video_dropped",
                     "retention_audio", "retention_video"):
