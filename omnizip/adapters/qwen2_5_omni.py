@@ -77,18 +77,6 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
             hidden_size=int(self.text_config.hidden_size),
         )
 
-    def _special(self, name: str) -> int:
-        cfg = self.thinker.config
-        ids = {
-            "audio": cfg.audio_token_id,
-            "video": cfg.video_token_id,
-            "audio_bos": cfg.audio_start_token_id,
-            "audio_eos": cfg.audio_end_token_id,
-            "vision_bos": cfg.vision_start_token_id,
-            "vision_eos": cfg.vision_end_token_id,
-        }
-        return int(ids[name])
-
     def _encode_audio(
         self, audio: np.ndarray, saliency: str | None, cursor: AVCursor, stream: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:

@@ -61,8 +61,20 @@ class ThinkerAdapter:
 
     # ------------------------------------------------------------------ special tokens / prompts
     def _special(self, name: str) -> int:
-        """Token id of a special token by role: audio, video, audio_bos, audio_eos, vision_bos, vision_eos."""
-        raise NotImplementedError
+        """Token id of a special token by role: audio, video, audio_bos, audio_eos, vision_bos, vision_eos.
+
+        Both families' thinker configs carry these ids under the same names.
+        """
+        cfg = self.thinker.config
+        ids = {
+            "audio": cfg.audio_token_id,
+            "video": cfg.video_token_id,
+            "audio_bos": cfg.audio_start_token_id,
+            "audio_eos": cfg.audio_end_token_id,
+            "vision_bos": cfg.vision_start_token_id,
+            "vision_eos": cfg.vision_end_token_id,
+        }
+        return int(ids[name])
 
     def open_ids(self, has_audio: bool, has_video: bool) -> list[int]:
         """A/V opening special tokens: ``<vision_bos><audio_bos>``, or the one that applies."""
