@@ -44,6 +44,8 @@ class StreamConfig:
         query_queue: questions waiting before new ones get a ``busy`` error.
         system_prompt: overrides the model's default system prompt.
         seed: seed of the tiny model and randomised baselines.
+        torch_threads: CPU threads for the model (0 = auto: one core is left to decoding and I/O, as
+            torch's spinning threads slow down badly when a core is taken by another process).
     """
 
     model: str = "tiny"
@@ -69,6 +71,7 @@ class StreamConfig:
     query_queue: int = 16
     system_prompt: str | None = None
     seed: int = 0
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or abs(self.window_s / 2.0 - round(self.window_s / 2.0)) > 1e-9:
@@ -78,6 +81,8 @@ class StreamConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cache_max_mb <= 0:
             raise ValueError(f"cache_max_mb must be positive, got {self.cache_max_mb}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0 (0 = auto), got {self.torch_threads}")
         if self.sink_windows < 0:
             raise ValueError(f"sink_windows must be >= 0, got {self.sink_windows}")
         if self.reanchor not in ("reprefill", "rerotate"):

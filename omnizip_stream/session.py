@@ -116,6 +116,7 @@ class StreamSession:
         loop = self._loop
         assert loop is not None
         try:
+            _set_torch_threads(self.config.torch_threads)
             adapter = self._adapter
             if adapter is None:
                 from omnizip.adapters.loading import load_adapter
@@ -345,6 +346,20 @@ class AnswerStream:
         """Stop waiting for the answer (the model finishes it; the result is discarded)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+def _set_torch_threads(requested: int) -> None:
+    """Apply ``StreamConfig.torch_threads`` (0 = auto: leave a core to decoding and I/O on CPU)."""
+    import os
+
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+        return
+    cores = os.cpu_count() or 1
+    if cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
