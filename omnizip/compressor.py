@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from omnizip.config import OmniZipConfig
 from omnizip.types import KeepPlan, TokenLayout
 
 
@@ -36,3 +37,23 @@ class Compressor(Protocol):
     def reset(self) -> None:
         """Forget any state carried between windows (start of a new stream)."""
         ...
+
+
+class StatelessCompressor:
+    """Base of the methods that carry no state between windows (the baselines).
+
+    Stores the config; ``streaming`` mirrors ``config.mode`` (in streaming use each window is planned
+    on its own); ``reset`` has nothing to forget. Subclasses set ``name`` and implement ``plan``.
+
+    Args:
+        config: the shared hyper-parameters (every method is compared at the same budget).
+    """
+
+    name: str = ""
+
+    def __init__(self, config: OmniZipConfig) -> None:
+        self.config = config
+        self.streaming = config.mode == "streaming"
+
+    def reset(self) -> None:
+        """Nothing to forget (stateless)."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from omnizip.audio import nominal_audio_keep, top_indices
 from omnizip.budget import frame_keep_count
-from omnizip.compressor import Compressor
+from omnizip.compressor import Compressor, StatelessCompressor
 from omnizip.config import OmniZipConfig
 from omnizip.methods._layout import build_plan, index_layout
 from omnizip.methods._stages import video_starts
@@ -85,7 +85,7 @@ def _keep_least(redundancy: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-class DyCokeCompressor:
+class DyCokeCompressor(StatelessCompressor):
     """DyCoke-style TTM on both modalities at OmniZip's nominal budget (stateless).
 
     Args:
@@ -94,13 +94,6 @@ class DyCokeCompressor:
     """
 
     name = "dycoke"
-
-    def __init__(self, config: OmniZipConfig) -> None:
-        self.config = config
-        self.streaming = config.mode == "streaming"
-
-    def reset(self) -> None:
-        """Nothing to forget (stateless)."""
 
     def plan(self, layout: TokenLayout) -> KeepPlan:
         """Drop the most temporally redundant audio and video tokens down to the budget."""

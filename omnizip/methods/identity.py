@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-from omnizip.compressor import Compressor
+from omnizip.compressor import Compressor, StatelessCompressor
 from omnizip.config import OmniZipConfig
 from omnizip.methods._layout import build_plan, index_layout
 from omnizip.registry import register
 from omnizip.types import KeepPlan, TokenLayout
 
 
-class IdentityCompressor:
+class IdentityCompressor(StatelessCompressor):
     """Keeps everything, merges nothing (stateless).
 
     Args:
@@ -19,13 +19,6 @@ class IdentityCompressor:
     """
 
     name = "identity"
-
-    def __init__(self, config: OmniZipConfig) -> None:
-        self.config = config
-        self.streaming = config.mode == "streaming"
-
-    def reset(self) -> None:
-        """Nothing to forget (stateless)."""
 
     def plan(self, layout: TokenLayout) -> KeepPlan:
         """Keep all ``N`` tokens of ``layout``."""

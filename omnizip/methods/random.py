@@ -15,7 +15,7 @@ import torch
 
 from omnizip.audio import nominal_audio_keep
 from omnizip.budget import frame_keep_count
-from omnizip.compressor import Compressor
+from omnizip.compressor import Compressor, StatelessCompressor
 from omnizip.config import OmniZipConfig
 from omnizip.methods._layout import build_plan, index_layout
 from omnizip.methods._stages import video_starts
@@ -31,7 +31,7 @@ def _random_subset(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return mask
 
 
-class RandomCompressor:
+class RandomCompressor(StatelessCompressor):
     """Random pruning at OmniZip's nominal budget (stateless, seeded).
 
     Args:
@@ -40,13 +40,6 @@ class RandomCompressor:
     """
 
     name = "random"
-
-    def __init__(self, config: OmniZipConfig) -> None:
-        self.config = config
-        self.streaming = config.mode == "streaming"
-
-    def reset(self) -> None:
-        """Nothing to forget (stateless)."""
 
     def plan(self, layout: TokenLayout) -> KeepPlan:
         """Drop random audio and video tokens down to the nominal budget."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from omnizip.audio import salient_count, salient_mask
-from omnizip.compressor import Compressor
+from omnizip.compressor import Compressor, StatelessCompressor
 from omnizip.config import OmniZipConfig
 from omnizip.methods._layout import build_plan, index_layout
 from omnizip.methods._stages import (
@@ -27,7 +27,7 @@ from omnizip.registry import register
 from omnizip.types import KeepPlan, TokenLayout
 
 
-class UniformCompressor:
+class UniformCompressor(StatelessCompressor):
     """OmniZip audio + fixed-ratio ISTC video (stateless).
 
     Args:
@@ -35,13 +35,6 @@ class UniformCompressor:
     """
 
     name = "uniform"
-
-    def __init__(self, config: OmniZipConfig) -> None:
-        self.config = config
-        self.streaming = config.mode == "streaming"
-
-    def reset(self) -> None:
-        """Nothing to forget (stateless)."""
 
     def plan(self, layout: TokenLayout) -> KeepPlan:
         """Plan the layout (audio like OmniZip, video at ``rho_video`` everywhere)."""
