@@ -14,6 +14,7 @@ timed queries per checkpoint (5 otherwise); all modes.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ HELP = "benchmark streaming latency: OmniZip vs full tokens, baselines and re-pr
 FULL_MINUTES = (1.0, 5.0, 10.0, 30.0)
 QUICK_SECONDS = (30.0, 90.0)
 QUICK_CACHE_TOKENS = 4096
+WINDOW_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="synthetic",
                         help="synthetic[:opts] or file:PATH (a file is looped to reach the longest length)")
     parser.add_argument("--stream-minutes", default=None, metavar="LIST",
-                        help="stream lengths at which queries are timed (default 1,5,10,30; quick 0.5,1.5)")
+                        help="stream lengths at which queries are timed, rounded up to whole 2-s windows "
+                             "(default 1,5,10,30; quick 0.5,1.5)")
     parser.add_argument("--modes", default="all",
                         help="comma-separated modes or 'all': full, omnizip-45, omnizip-35, random-45, random-35, "
                              "uniform-45, uniform-35, dycoke-45, dycoke-35, reprefill, reprefill+omnizip-45, "
@@ -74,7 +77,8 @@ def _lengths(args: argparse.Namespace) -> tuple[float, ...]:
         raise UserError(f"--stream-minutes must be numbers separated by commas, got {args.stream_minutes!r}") from None
     if not minutes or any(not m > 0 for m in minutes):
         raise UserError("--stream-minutes needs positive numbers, e.g. 1,5,10,30")
-    seconds = sorted({round(m * 60.0, 6) for m in minutes})
+    # a query is asked after the window that ends at the checkpoint: round up to whole 2-s windows
+    seconds = sorted({math.ceil(round(m * 60.0 / WINDOW_S, 6)) * WINDOW_S for m in minutes})
     if seconds[0] < 4.0:
         raise UserError("the shortest stream length must be at least 4 s (two 2-s windows)")
     return tuple(seconds)

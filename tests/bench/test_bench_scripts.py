@@ -84,6 +84,18 @@ def test_omnizip_bench_replays_a_file_source(tmp_path, media_dir, capsys):
     assert report["plots"] == [] and not list(tmp_path.glob("*.png"))
 
 
+def test_stream_lengths_round_up_to_whole_windows(tmp_path):
+    from omnizip_stream.cli import build_parser
+    from omnizip_stream.cli.bench import resolve
+
+    args = build_parser().parse_args(["bench", "--out", str(tmp_path), "--stream-minutes", "0.25,1,0.5"])
+    modes, settings = resolve(args)
+    assert settings.checkpoints_s == (16.0, 30.0, 60.0) and len(modes) == 12
+    quick = resolve(build_parser().parse_args(["bench", "--out", str(tmp_path), "--quick"]))[1]
+    assert quick.checkpoints_s == (30.0, 90.0) and quick.stream.cache_max_tokens == 4096
+    assert quick.reprefill_budget_tokens == 4096 and quick.query_repeats == 3
+
+
 def test_omnizip_bench_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
