@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     targets: dict[str, Any] = {}
     for name, (lengths, cap) in plan.items():
-        stream = StreamConfig(model=name, device=args.device, dtype=args.dtype)
+        stream = StreamConfig(model=name, device=args.device, dtype=args.dtype, torch_threads=args.threads)
         if cap:
             stream = stream.replace(cache_max_tokens=cap)
         settings = RunSettings(source="synthetic", checkpoints_s=lengths, stream=stream,

@@ -111,6 +111,7 @@ def resolve(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     cache_tokens = args.cache_max_tokens or (QUICK_CACHE_TOKENS if args.quick else StreamConfig.cache_max_tokens)
     try:
         stream = StreamConfig(model=args.model, device=args.device, dtype=args.dtype, attn=args.attn, seed=args.seed,
+                              torch_threads=args.threads,
                               cache_max_tokens=cache_tokens,
                               cache_max_mb=args.cache_max_mb or StreamConfig.cache_max_mb)
     except ValueError as exc:
