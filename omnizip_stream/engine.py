@@ -161,6 +161,7 @@ class StreamEngine:
         layout = encoded.layout
         plan = self.compressor.plan(layout)
         kept_embeds, kept_pos, kept_index = gather_kept(layout, plan)
+        self._sync()
         t_planned = time.perf_counter()
         assert kept_pos is not None
         logical_start = float(self._base + window.t0_s * spec.position_id_per_seconds)
@@ -182,6 +183,7 @@ class StreamEngine:
             positions=positions, modality=modality, embeds=kept_embeds, extras=extras,
             close_position=float(encoded.close_position) - shift,
         ))
+        self._sync()
         t_done = time.perf_counter()
         self.windows_ingested += 1
         self._prev_window, self._prev_cursor = window, encoded.next_cursor
@@ -258,6 +260,7 @@ class StreamEngine:
         checkpoint = self.cache.checkpoint()
         try:
             logits, next_position, prompt_tokens = self._append_question(question)
+            self._sync()
             t_prefill = time.perf_counter()
             gen = greedy_decode(
                 self.adapter, self.cache.cache, logits, next_position, max_new_tokens=max_new, on_text=on_text,
@@ -274,6 +277,12 @@ class StreamEngine:
             window_range=window_range, time_range_s=time_range, prompt_tokens=prompt_tokens,
             extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
         )
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work so that stage timings are charged to the right stage."""
+        device = getattr(self.adapter, "device", None)
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:

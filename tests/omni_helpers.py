@@ -45,3 +45,61 @@ def clip_windows(wav, frames, window_s: float = 2.0, fps: float = 2.0, t0_s: flo
         pts = t0_s + i * window_s + np.arange(len(f)) / fps
         out.append(Window(t0_s + i * window_s, a, f, pts, duration_s=window_s))
     return out
+
+
+def write_media(path, *, seconds: float = 4.0, fps: int = 10, size: tuple[int, int] = (160, 120),
+                audio: bool = True, video: bool = True, sample_rate: int = 48000, tone_hz: float = 440.0) -> str:
+    """Write a small real media file with PyAV: a moving square (h264) and a tone (aac), or one of them.
+
+    ``.wav`` paths get PCM audio only. Deterministic for the same arguments.
+    """
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    path = str(path)
+    container = av.open(path, "w")
+    vstream = astream = None
+    if video and not path.endswith(".wav"):
+        vstream = container.add_stream("libx264", rate=fps)
+        vstream.width, vstream.height = size
+        vstream.pix_fmt = "yuv420p"
+        vstream.options = {"preset": "ultrafast", "crf": "30"}
+    if audio:
+        codec = "pcm_s16le" if path.endswith(".wav") else "aac"
+        astream = container.add_stream(codec, rate=sample_rate)
+        astream.layout = "mono"
+    n_frames = int(round(seconds * fps)) if vstream is not None else 0
+    n_samples = int(round(seconds * sample_rate)) if astream is not None else 0
+    w, h = size
+    block = 1024
+    next_sample = 0
+    for i in range(max(n_frames, 1)):
+        if vstream is not None:
+            img = np.zeros((h, w, 3), np.uint8)
+            x = int((i * 7) % max(1, w - 20))
+            img[h // 3: h // 3 + 20, x: x + 20] = (255, 80, 40)
+            img[..., 2] = np.uint8(i * 3 % 256)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in vstream.encode(frame):
+                container.mux(packet)
+        if astream is not None:
+            until = n_samples if vstream is None else min(n_samples, int((i + 1) / fps * sample_rate))
+            while next_sample < until:
+                n = min(block, until - next_sample)
+                t = (next_sample + np.arange(n)) / sample_rate
+                pcm = (0.3 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)
+                aframe = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+                aframe.sample_rate = sample_rate
+                aframe.pts, aframe.time_base = next_sample, Fraction(1, sample_rate)
+                for packet in astream.encode(aframe):
+                    container.mux(packet)
+                next_sample += n
+    for stream in (vstream, astream):
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    container.close()
+    return path

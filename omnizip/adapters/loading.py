@@ -1,6 +1,6 @@
 """Load an omni thinker (thinker only, no talker) from a hub id, a local folder, or ``tiny``.
 
-``tiny`` / ``tiny-qwen3`` build random-weight models from configs (no download; answers are noise).
+``tiny`` / ``tiny-qwen3`` / ``small`` build random-weight models from configs (no download; answers are noise).
 A hub id or folder holding a full Qwen2.5-Omni / Qwen3-Omni checkpoint loads only the thinker's
 weights (the talker and token2wav weights are skipped), so a 7B Qwen2.5-Omni needs ~18 GB in bf16.
 """
@@ -18,7 +18,7 @@ from omnizip.adapters.thinker import ThinkerAdapter
 
 logger = logging.getLogger(__name__)
 
-TINY_MODELS = ("tiny", "tiny-qwen2.5", "tiny-qwen3")
+TINY_MODELS = ("tiny", "tiny-qwen2.5", "tiny-qwen3", "small")
 ATTENTION_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -65,7 +65,8 @@ def load_adapter(
     """Load a thinker and wrap it in its family's adapter.
 
     Args:
-        model: ``tiny`` (Qwen2.5-Omni), ``tiny-qwen3``, a hub id (``Qwen/Qwen2.5-Omni-7B``) or a folder.
+        model: ``tiny`` (Qwen2.5-Omni), ``tiny-qwen3``, ``small`` (random weights at 7B widths, few
+            layers), a hub id (``Qwen/Qwen2.5-Omni-7B``) or a folder.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         dtype: ``auto``, ``float32``, ``bfloat16``, ``float16``.
         attn: attention backend of the text and vision models (``sdpa``, ``eager``, ``flash_attention_2``).
@@ -86,7 +87,12 @@ def load_adapter(
     if model in TINY_MODELS:
         from omnizip import testing
 
-        bundle = testing.tiny_qwen3_omni(seed=seed) if model == "tiny-qwen3" else testing.tiny_qwen2_5_omni(seed=seed)
+        if model == "small":  # Qwen2.5-Omni-7B widths, 2 LLM layers: for CPU benchmarks (~2.3 GB fp32)
+            bundle = testing.small_qwen2_5_omni(seed=seed, dtype=dt)
+        elif model == "tiny-qwen3":
+            bundle = testing.tiny_qwen3_omni(seed=seed)
+        else:
+            bundle = testing.tiny_qwen2_5_omni(seed=seed)
         thinker = bundle.thinker.to(dev, dt)
         return _wrap(bundle.family, thinker, bundle.tokenizer, kwargs)
     return _load_checkpoint(model, dev, dt, attn, kwargs)

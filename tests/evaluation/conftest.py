@@ -14,7 +14,7 @@ PIXELS = 56 * 56
 def clips(tmp_path_factory):
     """Two good clips (A/V and audio-only), a corrupt file and a missing path, generated with PyAV."""
     pytest.importorskip("av")
-    from conftest import write_media
+    from omni_helpers import write_media
 
     d = tmp_path_factory.mktemp("eval_media")
     out = {
