@@ -128,11 +128,6 @@ def prepare_clip_prompt(
             f"the clip and question need positions up to {last_position + max_new_tokens}, more than the "
             f"model's {adapter.spec.max_positions}; use a shorter clip or question"
         )
-    dtype = adapter.position_dtype
-
-    def _pos(values: list[float] | torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(values, dtype=dtype).view(1, -1).expand(3, -1)
-
     embeds = torch.cat([
         adapter.embed_ids(parts.prefix + open_ids),
         kept_embeds.to(adapter.dtype),
@@ -140,9 +135,9 @@ def prepare_clip_prompt(
     ])
     assert kept_pos is not None
     positions = torch.cat([
-        _pos([float(i) for i in range(p_open)] + open_pos),
-        kept_pos.to(dtype),
-        _pos(close_pos + [suffix_start + i for i in range(n_suffix)]),
+        adapter.positions_1d([float(i) for i in range(p_open)] + open_pos),
+        kept_pos.to(adapter.position_dtype),
+        adapter.positions_1d(close_pos + [suffix_start + i for i in range(n_suffix)]),
     ], dim=1)
     extras = adapter.av_extras(
         encoded, kept_index, offset=p_open + len(open_ids), total=int(embeds.shape[0])

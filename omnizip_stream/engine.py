@@ -122,8 +122,7 @@ class StreamEngine:
         p_open = len(parts.prefix)
         open_pos = self.adapter.special_positions(len(open_ids), p_open)
         ids = parts.prefix + open_ids
-        positions = torch.as_tensor(list(range(p_open)) + open_pos, dtype=self.adapter.position_dtype)
-        positions = positions.view(1, -1).expand(3, -1).contiguous()
+        positions = self.adapter.positions_1d(list(range(p_open)) + open_pos).contiguous()
         self._base = open_pos[-1] + 1
         self.cache.append(Segment(
             kind="prefix", window_index=-1, t0_s=0.0, t1_s=0.0, positions=positions,
@@ -219,8 +218,7 @@ class StreamEngine:
         close_ids = self.adapter.close_ids(self.has_audio, self.has_video)
         close_pos = self.adapter.special_positions(len(close_ids), self.cache.close_position())
         start = close_pos[-1] + 1
-        values = close_pos + [start + i for i in range(len(suffix))]
-        positions = torch.as_tensor(values, dtype=self.adapter.position_dtype).view(1, -1).expand(3, -1)
+        positions = self.adapter.positions_1d(close_pos + [start + i for i in range(len(suffix))])
         logits = self.adapter.forward(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache)
         assert logits is not None
         return logits, float(start + len(suffix)), len(close_ids) + len(suffix)

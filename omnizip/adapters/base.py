@@ -144,6 +144,10 @@ class OmniAdapter(Protocol):
         """A/V closing special tokens."""
         ...
 
+    def positions_1d(self, values: list[float]) -> torch.Tensor:
+        """``[3, S]`` position ids of text/special tokens (the same id on the t, h and w rows)."""
+        ...
+
     def special_positions(self, n: int, start: float) -> list[float]:
         """Positions of ``n`` opening/closing special tokens starting at ``start``."""
         ...

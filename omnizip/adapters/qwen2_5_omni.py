@@ -17,7 +17,7 @@ from omnizip.adapters.base import AVCursor, ModelSpec
 from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.thinker import ThinkerAdapter
 from omnizip.adapters.tmrope import AVTokens, qwen2_5_av_tokens
-from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig, patchify_video, resize_frames
+from omnizip.preprocess import AudioPreprocessConfig, patchify_video, resize_frames
 from omnizip.saliency import audio_saliency, pool_saliency
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,7 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
         )
         cfg = thinker.config
         vcfg = cfg.vision_config
-        pixels = {} if video_max_pixels is None else {"min_pixels": video_max_pixels, "max_pixels": video_max_pixels}
-        self.vision_cfg = VisionPreprocessConfig.for_family(FAMILY, **pixels)
-        if vcfg.patch_size != self.vision_cfg.patch_size or vcfg.temporal_patch_size != self.vision_cfg.temporal_patch_size:
-            raise ValueError("vision config does not match the Qwen2.5-Omni preprocessing (patch 14, temporal 2)")
+        self.vision_cfg = self._vision_config(FAMILY, video_max_pixels)
         self.audio_cfg = AudioPreprocessConfig.for_family(FAMILY)
         self.spec = ModelSpec(
             family=FAMILY,

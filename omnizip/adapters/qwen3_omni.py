@@ -30,7 +30,7 @@ from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec
 from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.thinker import ThinkerAdapter
 from omnizip.adapters.tmrope import AVTokens, qwen3_av_tokens
-from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig, patchify_video, resize_frames
+from omnizip.preprocess import AudioPreprocessConfig, patchify_video, resize_frames
 from omnizip.saliency import audio_saliency
 from omnizip.types import Modality
 
@@ -79,14 +79,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         cfg: Any = thinker.config
         vcfg = cfg.vision_config
         acfg = cfg.audio_config
-        pixels = {} if video_max_pixels is None else {"min_pixels": video_max_pixels, "max_pixels": video_max_pixels}
-        self.vision_cfg = VisionPreprocessConfig.for_family(FAMILY, **pixels)
-        if (
-            vcfg.patch_size != self.vision_cfg.patch_size
-            or vcfg.temporal_patch_size != self.vision_cfg.temporal_patch_size
-            or vcfg.spatial_merge_size != self.vision_cfg.merge_size
-        ):
-            raise ValueError("vision config does not match the Qwen3-Omni preprocessing (patch 16, temporal 2, merge 2)")
+        self.vision_cfg = self._vision_config(FAMILY, video_max_pixels)
         self.audio_cfg = AudioPreprocessConfig.for_family(FAMILY, n_window=int(acfg.n_window))
         pps = float(cfg.position_id_per_seconds)
         if pps != CHECKPOINT_POSITION_ID_PER_SECONDS:

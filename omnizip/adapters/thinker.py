@@ -9,6 +9,7 @@ empty cache, and exact re-rotation of cached keys.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -18,8 +19,8 @@ import torch
 
 from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec, PromptParts
 from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
-from omnizip.preprocess import AudioPreprocessConfig, log_mel, log_mel_window
-from omnizip.types import Modality, TokenLayout
+from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig, log_mel, log_mel_window
+from omnizip.sequence import layout_from_ids
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,29 @@ class ThinkerAdapter:
         self.dtype = dtype
         self.system_prompt = system_prompt
         self.text_config = thinker.config.get_text_config()
+
+    def _vision_config(self, family: str, video_max_pixels: int | None) -> VisionPreprocessConfig:
+        """The family's frame preprocessing, checked against the checkpoint's vision config.
+
+        ``video_max_pixels`` fixes min = max pixels; patch, temporal patch and merge sizes must agree.
+        """
+        pixels = {} if video_max_pixels is None else {"min_pixels": video_max_pixels, "max_pixels": video_max_pixels}
+        cfg = VisionPreprocessConfig.for_family(family, **pixels)
+        vcfg = self.thinker.config.vision_config
+        if (
+            vcfg.patch_size != cfg.patch_size
+            or vcfg.temporal_patch_size != cfg.temporal_patch_size
+            or vcfg.spatial_merge_size != cfg.merge_size
+        ):
+            raise ValueError(
+                f"vision config does not match the {family} preprocessing (patch {cfg.patch_size}, "
+                f"temporal {cfg.temporal_patch_size}, merge {cfg.merge_size})"
+            )
+        return cfg
+
+    def positions_1d(self, values: list[float]) -> torch.Tensor:
+        """``[3, S]`` position ids of text/special tokens (the same id on the t, h and w rows)."""
+        return torch.as_tensor(values, dtype=self.position_dtype).view(1, -1).expand(3, -1)
 
     # ------------------------------------------------------------------ special tokens / prompts
     def _special(self, name: str) -> int:
@@ -166,10 +190,6 @@ class ThinkerAdapter:
     ) -> AVTokens:
         raise NotImplementedError
 
-    def _merged_tokens_per_grid(self, grid_thw: tuple[int, int, int]) -> int:
-        merge = self.thinker.config.vision_config.spatial_merge_size
-        return (grid_thw[1] // merge) * (grid_thw[2] // merge)
-
     @torch.no_grad()
     def encode_av(
         self,
@@ -226,25 +246,18 @@ class ThinkerAdapter:
         embeds = torch.empty(toks.kind.shape[0], d, dtype=self.dtype, device=self.device)
         embeds[is_audio.to(self.device)] = a_feat[toks.feature_index[is_audio].to(self.device)].to(self.dtype)
         embeds[is_video.to(self.device)] = v_feat[toks.feature_index[is_video].to(self.device)].to(self.dtype)
-        modality = torch.where(is_audio, int(Modality.AUDIO), int(Modality.VIDEO)).long()
-        chunk_id = _chunk_ids(toks.kind)
-        frame_id = torch.full_like(modality, -1)
-        if grid is not None:
-            per = self._merged_tokens_per_grid(grid)
-            frame_id[is_video] = toks.feature_index[is_video] // per
         saliency_in_order = None
         if a_sal is not None:
             # Saliency is per audio feature; the layout lists audio tokens in feature order already.
             saliency_in_order = a_sal[toks.feature_index[is_audio]].float().cpu()
-        layout = TokenLayout(
-            embeds=embeds,
-            modality=modality,
-            chunk_id=chunk_id,
-            frame_id=frame_id,
-            audio_saliency=saliency_in_order,
-            positions=toks.positions,
+        audio_id, video_id = self._special("audio"), self._special("video")
+        token_ids = torch.where(is_audio, audio_id, video_id).long()
+        # Chunks and frames exactly as the reference reads a sequence (video run i pairs with audio run i).
+        layout = layout_from_ids(
+            embeds, token_ids, saliency_in_order, audio_token_id=audio_id, video_token_id=video_id,
+            video_grid_thw=torch.tensor(grid) if grid is not None else None,
         )
-        token_ids = torch.where(is_audio, self._special("audio"), self._special("video")).long()
+        layout = dataclasses.replace(layout, positions=toks.positions)
         extras = {}
         if "deepstack" in v_extras:
             extras["deepstack"] = v_extras["deepstack"]  # per level, video tokens in feature order
@@ -348,16 +361,3 @@ class ThinkerAdapter:
         rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
         return (k * cos + rotated_half * sin).to(keys.dtype)
 
-
-def _chunk_ids(kind: torch.Tensor) -> torch.Tensor:
-    """``[N]`` interleave-chunk index per A/V token: run ``i`` of video pairs with run ``i`` of audio.
-
-    A chunk starts at every video run and at every audio run that does not directly follow a video
-    run, which is how the reference pairs runs (a missing modality yields one-modality chunks).
-    """
-    if kind.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
-    prev = torch.cat([kind.new_zeros(1), kind[:-1]])
-    run_start = kind != prev
-    opens_chunk = run_start & ((kind == VIDEO_KIND) | (prev != VIDEO_KIND))
-    return torch.cumsum(opens_chunk.long(), 0) - 1

@@ -70,6 +70,14 @@ def _video_positions(
     return out + base
 
 
+def _video_then_audio(video_pos: torch.Tensor, audio_pos: torch.Tensor) -> AVTokens:
+    """All video tokens, then all audio tokens (a non-interleaved block, or one modality alone)."""
+    n_video, n_audio = video_pos.shape[1], audio_pos.shape[1]
+    kind = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)]).long()
+    feat = torch.cat([torch.arange(n_video), torch.arange(n_audio)]).long()
+    return AVTokens(kind, feat, torch.cat([video_pos, audio_pos], dim=1))
+
+
 def _chunk_bounds(rel_values: list[float], tokens_per_chunk: int, first_chunk: int) -> list[tuple[int, int]]:
     """Stock ``get_chunked_index``: split monotone values into runs per chunk (one step per token)."""
     bounds = []
@@ -126,9 +134,7 @@ def qwen2_5_av_tokens(
     audio_pos = audio_idx.view(1, -1).expand(3, -1) + base
     n_video = video_pos.shape[1]
     if not interleave or n_video == 0 or n_audio == 0:
-        kind = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)])
-        feat = torch.cat([torch.arange(n_video), torch.arange(n_audio)])
-        return AVTokens(kind.long(), feat.long(), torch.cat([video_pos, audio_pos], dim=1))
+        return _video_then_audio(video_pos, audio_pos)
 
     tpc = int(position_id_per_seconds * seconds_per_chunk)
     v_rel = (video_pos[0] - base).tolist()
@@ -197,11 +203,9 @@ def qwen3_av_tokens(
         video_pos = torch.zeros(3, 0, dtype=torch.float32)
     audio_pos = torch.arange(first_audio, first_audio + n_audio, dtype=torch.float32).view(1, -1).expand(3, -1) + base
     n_video = video_pos.shape[1]
-    kinds = torch.cat([torch.full((n_video,), VIDEO_KIND), torch.full((n_audio,), AUDIO_KIND)]).long()
-    feats = torch.cat([torch.arange(n_video), torch.arange(n_audio)]).long()
-    pos = torch.cat([video_pos, audio_pos], dim=1).float()
+    sequential = _video_then_audio(video_pos, audio_pos.float())
     if not interleave or n_video == 0 or n_audio == 0:
-        return AVTokens(kinds, feats, pos)
+        return sequential
     # Two-pointer merge of two sorted runs (video first when its id is <= the audio id), as index
     # arithmetic: video i lands after the audio tokens with a strictly smaller id, audio j after the
     # video tokens with an id <= its own. Ids compared exactly (float32 values, float64 compare).
@@ -212,4 +216,4 @@ def qwen3_av_tokens(
     slot[n_video:] = torch.arange(n_audio) + torch.searchsorted(v_t, a_t, right=True)
     order = torch.empty_like(slot)
     order[slot] = torch.arange(n_video + n_audio)
-    return AVTokens(kinds[order], feats[order], pos[:, order])
+    return AVTokens(sequential.kind[order], sequential.feature_index[order], sequential.positions[:, order])

@@ -65,6 +65,28 @@ def test_kept_tokens_keep_stock_position_ids(adapter25, tiny25):
     assert torch.equal(kept_pos, stock_pos[:, offset + kept_index])
 
 
+def test_adapter_plan_equals_the_reference_entry_point_on_the_stock_sequence(adapter25, tiny25):
+    """The adapter reads chunks and frames exactly as ``compress_sequence`` reads the processor's ids."""
+    from omnizip import compress_sequence
+
+    wav, frames = synthetic_clip(8.0, seed=5)
+    ref = reference_inputs(tiny25, frames=frames, audio=wav, question=QUESTION)
+    ids = ref["input_ids"][0]
+    parts = adapter25.prompt_parts(QUESTION)
+    encoded = adapter25.encode_av(wav, frames, AVCursor(base=len(parts.prefix) + 1), saliency="global")
+    offset = len(parts.prefix) + 2
+    n = encoded.layout.num_tokens
+    assert torch.equal(ids[offset:offset + n], encoded.token_ids)
+    embeds = torch.zeros(ids.shape[0], encoded.layout.embeds.shape[1])
+    embeds[offset:offset + n] = encoded.layout.embeds
+    config = OmniZipConfig(rho_audio=0.4, rho_video=0.7)
+    _, keep = compress_sequence(embeds, ids, encoded.layout.audio_saliency, audio_token_id=tiny25.config.audio_token_id,
+                                video_token_id=tiny25.config.video_token_id,
+                                video_grid_thw=ref["video_grid_thw"], config=config)
+    plan = make_compressor("omnizip", config).plan(encoded.layout)
+    assert torch.equal(keep[offset:offset + n], plan.keep)
+
+
 def test_saliency_capture_leaves_outputs_unchanged(adapter25, tiny25):
     wav, _ = synthetic_clip(4.0, video=False)
     from omnizip.preprocess import log_mel
