@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from omnizip_stream.bench import targets as tg
-from omnizip_stream.bench.report import write_json
+from omnizip_stream.bench.report import run_json_script
 
 logger = logging.getLogger(__name__)
 
@@ -155,18 +155,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point; exit 2 with a one-line message on bad flags or a model that cannot load."""
-    from omnizip.adapters.base import ModelLoadError
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        report = run(args)
-    except (ValueError, ModelLoadError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    done = run_json_script(build_parser(prog), argv, run)
+    if done is None:
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
+    args, report = done
     for model, ts in report["targets"].items():
         for name, t in ts.items():
             verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]

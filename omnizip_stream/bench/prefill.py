@@ -35,7 +35,7 @@ import numpy as np
 from omnizip_stream.bench.env import PeakRss, environment, load_average, median, set_threads, trim_memory
 from omnizip_stream.bench.modes import ALL_MODES, Mode, parse_modes
 from omnizip_stream.bench.progress import ProgressBar
-from omnizip_stream.bench.report import write_json
+from omnizip_stream.bench.report import run_json_script
 from omnizip_stream.bench.summary import check
 
 logger = logging.getLogger(__name__)
@@ -257,18 +257,10 @@ def targets(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point; exit 2 with a one-line message on bad flags or a model that cannot load."""
-    from omnizip.adapters.base import ModelLoadError
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        report = run(args)
-    except (ValueError, ModelLoadError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    done = run_json_script(build_parser(prog), argv, run)
+    if done is None:
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
+    args, report = done
     for name, t in report["targets"].items():
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
         print(f"{name}: {verdict} ({t['measured']:.2f}x)" if t["measured"] else f"{name}: {verdict}")

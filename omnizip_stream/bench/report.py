@@ -7,9 +7,12 @@ Plots: ``ttft_vs_stream.png`` (query TTFT against stream length, one line per mo
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,29 @@ def _clean(value: Any) -> Any:
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """Write ``report`` as indented JSON (NaN written as null)."""
     path.write_text(json.dumps(_clean(report), indent=1) + "\n")
+
+
+def run_json_script(
+    parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], dict[str, Any]]
+) -> tuple[argparse.Namespace, dict[str, Any]] | None:
+    """Parse ``argv``, run the benchmark and write its report to ``args.out`` as JSON.
+
+    Returns:
+        ``(args, report)``, or None after a one-line error on stderr (bad flags or a model that cannot
+        load: the caller exits 2).
+    """
+    from omnizip.adapters.base import ModelLoadError
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        report = run(args)
+    except (ValueError, ModelLoadError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, report)
+    return args, report
 
 
 def _num(value: Any, digits: int = 1) -> str:
