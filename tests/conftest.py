@@ -53,7 +53,7 @@ socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 
 
-from omni_helpers import write_media  # noqa: E402  (tests/ is on sys.path via this conftest)
+from omni_helpers import make_media  # noqa: E402  (tests/ is on sys.path via this conftest)
 
 
 @pytest.fixture(autouse=True)
@@ -84,12 +84,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory):
-    """A session temp dir with small generated media files (see :func:`write_media`)."""
+    """A session temp dir with small generated media files (see :func:`omni_helpers.make_media`)."""
     d = tmp_path_factory.mktemp("media")
     files = {
-        "av": write_media(d / "av.mp4", seconds=4.0),
-        "video_only": write_media(d / "video_only.mp4", seconds=4.0, audio=False),
-        "audio_only": write_media(d / "audio_only.wav", seconds=3.0, video=False),
+        "av": str(make_media(d / "av.mp4", seconds=4.0, rate=10, layout="mono")),
+        "video_only": str(make_media(d / "video_only.mp4", seconds=4.0, rate=10, audio=False)),
+        "audio_only": str(make_media(d / "audio_only.wav", seconds=3.0, video=False, layout="mono")),
     }
     with open(d / "not_media.mp4", "wb") as fh:
         fh.write(b"this is not a video file\n" * 40)

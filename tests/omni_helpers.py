@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from pathlib import Path
+
 import numpy as np
 
 from omnizip.adapters.loading import _wrap
@@ -47,59 +50,73 @@ def clip_windows(wav, frames, window_s: float = 2.0, fps: float = 2.0, t0_s: flo
     return out
 
 
-def write_media(path, *, seconds: float = 4.0, fps: int = 10, size: tuple[int, int] = (160, 120),
-                audio: bool = True, video: bool = True, sample_rate: int = 48000, tone_hz: float = 440.0) -> str:
-    """Write a small real media file with PyAV: a moving square (h264) and a tone (aac), or one of them.
+TONE_HZ = 440.0
 
-    ``.wav`` paths get PCM audio only. Deterministic for the same arguments.
+
+def make_media(
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    video: bool = True,
+    audio: bool = True,
+    width: int = 160,
+    height: int = 120,
+    rate: int = 30,
+    audio_rate: int = 48000,
+    layout: str = "stereo",
+    tone_hz: float = TONE_HZ,
+    container_options: dict[str, str] | None = None,
+    fmt: str | None = None,
+) -> Path:
+    """Encode a real test clip with PyAV: a bright bar moving right (its x position encodes the frame
+    index) and a sine tone, or one of them; ``.wav`` paths get PCM audio.
+
+    Video frame i has columns [0, i) bright, so a decoded frame tells which source frame it was.
+    Deterministic for the same arguments.
     """
-    from fractions import Fraction
-
     import av
-    import numpy as np
 
-    path = str(path)
-    container = av.open(path, "w")
-    vstream = astream = None
-    if video and not path.endswith(".wav"):
-        vstream = container.add_stream("libx264", rate=fps)
-        vstream.width, vstream.height = size
-        vstream.pix_fmt = "yuv420p"
-        vstream.options = {"preset": "ultrafast", "crf": "30"}
+    out = av.open(str(path), "w", format=fmt, options=container_options or {})
+    vs = aus = None
+    if video:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "18"}
+    pcm = str(path).endswith(".wav")
     if audio:
-        codec = "pcm_s16le" if path.endswith(".wav") else "aac"
-        astream = container.add_stream(codec, rate=sample_rate)
-        astream.layout = "mono"
-    n_frames = int(round(seconds * fps)) if vstream is not None else 0
-    n_samples = int(round(seconds * sample_rate)) if astream is not None else 0
-    w, h = size
-    block = 1024
-    next_sample = 0
-    for i in range(max(n_frames, 1)):
-        if vstream is not None:
-            img = np.zeros((h, w, 3), np.uint8)
-            x = int((i * 7) % max(1, w - 20))
-            img[h // 3: h // 3 + 20, x: x + 20] = (255, 80, 40)
-            img[..., 2] = np.uint8(i * 3 % 256)
+        aus = out.add_stream("pcm_s16le" if pcm else "aac", rate=audio_rate)
+        aus.layout = layout
+    channels = 2 if layout == "stereo" else 1
+    n_video = round(seconds * rate)
+    n_samples = round(seconds * audio_rate)
+    done_audio = 0
+    i = 0
+    while (video and i < n_video) or (audio and done_audio < n_samples):
+        if video and i < n_video:
+            img = np.full((height, width, 3), 30, np.uint8)
+            img[:, : min(width, i)] = 220
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in vstream.encode(frame):
-                container.mux(packet)
-        if astream is not None:
-            until = n_samples if vstream is None else min(n_samples, int((i + 1) / fps * sample_rate))
-            while next_sample < until:
-                n = min(block, until - next_sample)
-                t = (next_sample + np.arange(n)) / sample_rate
-                pcm = (0.3 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)
-                aframe = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-                aframe.sample_rate = sample_rate
-                aframe.pts, aframe.time_base = next_sample, Fraction(1, sample_rate)
-                for packet in astream.encode(aframe):
-                    container.mux(packet)
-                next_sample += n
-    for stream in (vstream, astream):
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    container.close()
+            frame.pts, frame.time_base = i, Fraction(1, rate)
+            for p in vs.encode(frame):
+                out.mux(p)
+        target = min(n_samples, round((i + 1) / rate * audio_rate)) if video else n_samples
+        while audio and done_audio < target:
+            n = min(1024, target - done_audio)
+            t = np.arange(done_audio, done_audio + n) / audio_rate
+            x = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+            if pcm:
+                pcm16 = (np.repeat(x, channels) * 32767).astype(np.int16)[None, :]
+                a = av.AudioFrame.from_ndarray(pcm16, format="s16", layout=layout)
+            else:
+                a = av.AudioFrame.from_ndarray(np.tile(x, (channels, 1)), format="fltp", layout=layout)
+            a.sample_rate, a.pts, a.time_base = audio_rate, done_audio, Fraction(1, audio_rate)
+            done_audio += n
+            for p in aus.encode(a):
+                out.mux(p)
+        i += 1
+    for s in (vs, aus):
+        if s is not None:
+            for p in s.encode():
+                out.mux(p)
+    out.close()
     return path

@@ -14,12 +14,12 @@ PIXELS = 56 * 56
 def clips(tmp_path_factory):
     """Two good clips (A/V and audio-only), a corrupt file and a missing path, generated with PyAV."""
     pytest.importorskip("av")
-    from omni_helpers import write_media
+    from omni_helpers import make_media
 
     d = tmp_path_factory.mktemp("eval_media")
     out = {
-        "av": write_media(d / "av.mp4", seconds=2.0, fps=4, size=(64, 48)),
-        "audio": write_media(d / "tone.wav", seconds=2.0, video=False, tone_hz=880.0),
+        "av": str(make_media(d / "av.mp4", seconds=2.0, rate=4, width=64, height=48, layout="mono")),
+        "audio": str(make_media(d / "tone.wav", seconds=2.0, video=False, tone_hz=880.0, layout="mono")),
     }
     (d / "corrupt.mp4").write_bytes(b"not a video at all\n" * 50)
     out["corrupt"] = str(d / "corrupt.mp4")

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,73 +18,9 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from omni_helpers import TONE_HZ, make_media  # noqa: E402,F401  (shared with the other test folders)
+
 HERE = Path(__file__).parent
-TONE_HZ = 440.0
-
-
-def make_media(
-    path: Path,
-    *,
-    seconds: float = 2.0,
-    video: bool = True,
-    audio: bool = True,
-    width: int = 160,
-    height: int = 120,
-    rate: int = 30,
-    audio_rate: int = 48000,
-    layout: str = "stereo",
-    tone_hz: float = TONE_HZ,
-    container_options: dict[str, str] | None = None,
-    fmt: str | None = None,
-) -> Path:
-    """Encode a test clip: a bright bar moving right (its x position encodes the frame index) + a tone.
-
-    Video frame i has columns [0, i) bright, so a decoded frame tells which source frame it was.
-    """
-    out = av.open(str(path), "w", format=fmt, options=container_options or {})
-    vs = aus = None
-    if video:
-        vs = out.add_stream("libx264", rate=rate)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "18"}
-    pcm = str(path).endswith(".wav")
-    if audio:
-        aus = out.add_stream("pcm_s16le" if pcm else "aac", rate=audio_rate)
-        aus.layout = layout
-    channels = 2 if layout == "stereo" else 1
-    n_video = round(seconds * rate)
-    n_samples = round(seconds * audio_rate)
-    done_audio = 0
-    i = 0
-    while (video and i < n_video) or (audio and done_audio < n_samples):
-        if video and i < n_video:
-            img = np.full((height, width, 3), 30, np.uint8)
-            img[:, : min(width, i)] = 220
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, rate)
-            for p in vs.encode(frame):
-                out.mux(p)
-        target = min(n_samples, round((i + 1) / rate * audio_rate)) if video else n_samples
-        while audio and done_audio < target:
-            n = min(1024, target - done_audio)
-            t = np.arange(done_audio, done_audio + n) / audio_rate
-            x = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
-            if pcm:
-                pcm16 = (np.repeat(x, channels) * 32767).astype(np.int16)[None, :]
-                a = av.AudioFrame.from_ndarray(pcm16, format="s16", layout=layout)
-            else:
-                a = av.AudioFrame.from_ndarray(np.tile(x, (channels, 1)), format="fltp", layout=layout)
-            a.sample_rate, a.pts, a.time_base = audio_rate, done_audio, Fraction(1, audio_rate)
-            done_audio += n
-            for p in aus.encode(a):
-                out.mux(p)
-        i += 1
-    for s in (vs, aus):
-        if s is not None:
-            for p in s.encode():
-                out.mux(p)
-    out.close()
-    return path
 
 
 def unknown_codec_wav(path: Path) -> Path:
