@@ -141,13 +141,12 @@ class StreamSession:
                 job: Any = self._queries.popleft() if self._queries else self._windows.popleft()
                 self._busy = True
             if isinstance(job, _Query):
-                self._serve_query(job)
+                self._serve_query(job)  # a query leaves the stream state (and its stats) unchanged
             else:
                 loop.call_soon_threadsafe(self._space.set)
                 self._serve_window(*job)
                 self._publish_stats()
                 loop.call_soon_threadsafe(self._progress.set)
-            self._publish_stats()
             with self._cond:
                 self._busy = False
                 if not self._queries and not self._windows:
