@@ -106,7 +106,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     source_done = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(StreamSession.from_config(config))
-        adapter = session._adapter
+        adapter = session.adapter
         windows = await stack.enter_async_context(open_windows(
             options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
             camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,

@@ -78,6 +78,11 @@ class StreamSession:
         """A session for ``config`` (not started: enter it with ``async with``)."""
         return cls(config, adapter=adapter)
 
+    @property
+    def adapter(self) -> Any:
+        """The model adapter (loaded once the session has been entered)."""
+        return self._adapter
+
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> StreamSession:
         self._loop = asyncio.get_running_loop()
