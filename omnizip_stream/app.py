@@ -29,6 +29,7 @@ class MqttOptions:
 
     stream_id: str = "demo"
     broker: str | None = None
+    broker_port: int | None = None  # of the embedded broker (None: a free port)
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
@@ -198,7 +199,7 @@ async def _start_mqtt(
 
     url, protocol = opts.broker, None
     if url is None:
-        broker = await stack.enter_async_context(EmbeddedBroker())  # logs that it is embedded, and where
+        broker = await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs that it is embedded, and where
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,

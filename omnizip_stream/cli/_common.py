@@ -35,6 +35,33 @@ def add_method_arguments(parser: argparse.ArgumentParser, *, default_method: str
     group.add_argument("--anchor-ratio", type=float, default=0.05, help="anchors as a fraction of audio tokens")
 
 
+def add_broker_port_argument(parser: argparse.ArgumentParser) -> None:
+    """``--broker-port``: the TCP port of the embedded broker (``demo``, ``serve-mqtt`` without ``--broker``)."""
+    parser.add_argument("--broker-port", type=int, default=None, metavar="PORT",
+                        help="port of the embedded MQTT broker on 127.0.0.1 (default: a free port)")
+
+
+def check_broker_port(port: int | None, broker: str | None = None) -> None:
+    """Raise UserError for a ``--broker-port`` out of 1..65535, in use, or combined with ``--broker``.
+
+    Checked before the model loads (the broker itself re-checks when it starts).
+    """
+    from omnizip_stream.cli import UserError
+
+    if port is None:
+        return
+    if broker is not None:
+        raise UserError("--broker-port sets the embedded broker's port; it cannot be combined with --broker")
+    if not 1 <= port <= 65535:
+        raise UserError(f"--broker-port must be 1..65535, not {port}")
+    try:
+        from omnizip_stream.query.broker import port_is_free
+    except ImportError:  # the [mqtt] extra is not installed: the run says so
+        return
+    if not port_is_free("127.0.0.1", port):
+        raise UserError(f"--broker-port {port}: the port is in use on 127.0.0.1 (choose another, or omit it)")
+
+
 def tiny_notice(model: str) -> str | None:
     """The random-weights notice when ``model`` is a tiny test model, else None."""
     return TINY_NOTICE.format(model=model) if model in TINY_MODELS else None

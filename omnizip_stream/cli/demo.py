@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnizip_stream.cli._common import tiny_notice
+from omnizip_stream.cli._common import add_broker_port_argument, check_broker_port, tiny_notice
 from omnizip_stream.config import StreamConfig
 
 HELP = "run the live pipeline on a synthetic scene with the tiny model and an embedded MQTT broker (~20 s)"
@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``omnizip demo``."""
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of synthetic stream (default 20)")
     parser.add_argument("--no-mqtt", action="store_true", help="do not start the embedded broker / MQTT topic")
+    add_broker_port_argument(parser)
     parser.add_argument("--no-realtime", action="store_true", help="do not pace the synthetic source")
     parser.add_argument("--model", default="tiny", help="tiny (default) or a real checkpoint")
 
@@ -37,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = DEMO_CONFIG.replace(model=args.model, device="auto" if args.model != "tiny" else "cpu",
                                  dtype="auto" if args.model != "tiny" else "float32")
+    check_broker_port(args.broker_port)
     mqtt = None
     if not args.no_mqtt:
-        mqtt = MqttOptions(stream_id="demo", demo_question="What did the camera see?")
+        mqtt = MqttOptions(stream_id="demo", demo_question="What did the camera see?", broker_port=args.broker_port)
     every = max(2.0, args.duration / (len(DEMO_QUESTIONS) + 1))
     options = RunOptions(source="synthetic", duration_s=args.duration, realtime=not args.no_realtime,
                          questions=list(DEMO_QUESTIONS), ask_every_s=every, interactive=False,

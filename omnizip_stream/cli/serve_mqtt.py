@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from omnizip_stream.cli import UserError
-from omnizip_stream.cli._common import tiny_notice
+from omnizip_stream.cli._common import add_broker_port_argument, check_broker_port, tiny_notice
 from omnizip_stream.cli.stream import add_source_arguments, build_config, run_with_errors
 
 HELP = "serve questions about a live stream on an MQTT topic (omnizip/<stream-id>/query)"
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``omnizip serve-mqtt``."""
     parser.add_argument("--broker", default=None,
                         help="mqtt://HOST:PORT or mqtts://HOST:PORT; without it an embedded broker is started")
+    add_broker_port_argument(parser)
     parser.add_argument("--stream-id", default="default", help="topics omnizip/<ID>/query and omnizip/<ID>/status")
     parser.add_argument("--username", default=None)
     parser.add_argument("--password", default=None)
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from omnizip_stream.query.mqtt_config import MqttConfig
 
     config = build_config(args)
+    check_broker_port(args.broker_port, args.broker)
     if args.broker is not None:
         try:  # validate the URL and TLS options before loading anything
             MqttConfig.from_url(args.broker, stream_id=args.stream_id, username=args.username, password=args.password,
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     mqtt = MqttOptions(stream_id=args.stream_id, broker=args.broker, username=args.username, password=args.password,
-                       ca_file=args.cafile, cert_file=args.cert, key_file=args.key)
+                       ca_file=args.cafile, cert_file=args.cert, key_file=args.key, broker_port=args.broker_port)
     options = RunOptions(source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
                          realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side,
                          status_interval_s=args.status_interval, mqtt=mqtt)

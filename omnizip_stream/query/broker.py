@@ -1,4 +1,4 @@
-"""Embedded MQTT broker for single-machine demos: Debian's mosquitto on loopback, or amqtt in process.
+"""Embedded MQTT broker for single-machine demos: Debian's mosquitto on loopback, or amqtt (a pip dependency).
 
 Used when ``serve-mqtt`` gets no ``--broker``. Not for deployments: it listens on 127.0.0.1 only,
 allows anonymous clients and keeps nothing on disk.
@@ -7,13 +7,17 @@ allows anonymous clients and keeps nothing on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +66,14 @@ def mosquitto_config(port: int, *, host: str = "127.0.0.1", extra: str = "") -> 
 class EmbeddedBroker:
     """A broker on ``127.0.0.1:<port>``: mosquitto (MQTT 5 + 3.1.1) if installed, else amqtt (3.1.1 only).
 
+    Both run as child processes in their own session (a Ctrl-C in the terminal reaches only omnizip,
+    which stops its MQTT server first and the broker last). :meth:`stop` leaves no process and no temp
+    folder behind, also when the task running it is cancelled; an interpreter exit without
+    :meth:`stop` kills the broker too, and the amqtt child exits by itself when its parent dies.
+
     Args:
-        port: TCP port, or None for a free one.
+        port: TCP port, or None for a free one (the start is retried on another port if it was taken
+            in the meantime). A given port that is in use is an error.
         prefer: ``"mosquitto"`` (default; falls back to amqtt), or ``"amqtt"``.
 
     Attributes:
@@ -78,16 +88,21 @@ class EmbeddedBroker:
                                          protocol="5" if broker.supports_v5 else "3.1.1")
     """
 
+    START_TIMEOUT_S = 20.0
+
     def __init__(self, port: int | None = None, *, prefer: str = "mosquitto") -> None:
         if prefer not in ("mosquitto", "amqtt"):
             raise ValueError(f"prefer must be 'mosquitto' or 'amqtt', not {prefer!r}")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"broker port must be 1..65535, not {port}")
         self.host = "127.0.0.1"
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.prefer = prefer
         self.kind: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._amqtt: Any = None
+        self._finalizer: weakref.finalize | None = None
 
     @property
     def url(self) -> str:
@@ -99,24 +114,40 @@ class EmbeddedBroker:
         """Whether the running broker speaks MQTT 5."""
         return self.kind == "mosquitto"
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running broker, or None."""
+        return self._proc.pid if self._proc is not None else None
+
     async def start(self) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections.
 
         Raises:
-            BrokerUnavailableError: neither broker is available, or it did not come up.
+            BrokerUnavailableError: neither broker is available, the port is taken, or it did not come up.
         """
         binary = find_mosquitto() if self.prefer == "mosquitto" else None
-        if binary is not None:
-            await self._start_mosquitto(binary)
-        else:
+        if binary is None and importlib.util.find_spec("amqtt") is None:
+            raise BrokerUnavailableError(
+                "no MQTT broker to embed: install mosquitto (apt-get install mosquitto) or amqtt "
+                "(pip install amqtt), or pass --broker mqtt://HOST:PORT"
+            )
+        for attempt in range(3):
+            if not port_is_free(self.host, self.port):
+                if self._fixed_port:
+                    raise BrokerUnavailableError(
+                        f"cannot start the embedded MQTT broker: port {self.port} on {self.host} is in use "
+                        "(choose another with --broker-port, or pass --broker mqtt://HOST:PORT)")
+                self.port = free_port()
             try:
-                import amqtt.broker  # noqa: F401
-            except ImportError:
-                raise BrokerUnavailableError(
-                    "no MQTT broker to embed: install mosquitto (apt-get install mosquitto) or amqtt "
-                    "(pip install amqtt), or pass --broker mqtt://HOST:PORT"
-                ) from None
-            await self._start_amqtt()
+                if binary is not None:
+                    await self._start_mosquitto(binary)
+                else:
+                    await self._start_amqtt()
+                break
+            except BrokerUnavailableError:
+                if self._fixed_port or attempt == 2 or port_is_free(self.host, self.port):
+                    raise
+                self.port = free_port()  # someone took the free port between the check and the bind
         logger.warning(
             "Started an EMBEDDED MQTT broker (%s%s) at %s for a single-machine demo; "
             "loopback only, anonymous, not persistent. Pass --broker mqtt://HOST:PORT to use a real one.",
@@ -129,44 +160,72 @@ class EmbeddedBroker:
         conf = Path(self._tmp.name) / "mosquitto.conf"
         conf.write_text(mosquitto_config(self.port, host=self.host))
         log_path = Path(self._tmp.name) / "mosquitto.log"
-        self._proc = await asyncio.to_thread(_spawn, [binary, "-c", str(conf)], log_path)
+        # Spawned synchronously (a few ms): no await between the fork and _track, so a cancellation
+        # cannot leave an untracked child behind.
+        self._track(_spawn([binary, "-c", str(conf)], log_path))
         self.kind = "mosquitto"
-        deadline = time.monotonic() + 10.0
-        while not await asyncio.to_thread(_port_open, self.host, self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                await self.stop()
-                raise BrokerUnavailableError(f"mosquitto did not start on port {self.port}: {' | '.join(tail)}")
-            await asyncio.sleep(0.02)
+        try:
+            await self._wait_listening(lambda: log_path.read_text(errors="replace"))
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _start_amqtt(self) -> None:
-        from amqtt.broker import Broker
+        # Run by path (it imports only amqtt and the standard library): works whatever sys.path the parent has.
+        argv = [sys.executable, str(Path(__file__).with_name("amqtt_child.py")), self.host, str(self.port)]
+        with tempfile.TemporaryFile() as errors:  # anonymous: nothing stays on disk, whatever happens
+            self._track(_spawn_amqtt(argv, errors))
+            self.kind = "amqtt"
 
-        cfg = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
-        self._amqtt = Broker(cfg)
-        await self._amqtt.start()
-        self.kind = "amqtt"
+            def read_errors() -> str:
+                errors.seek(0)
+                return errors.read().decode(errors="replace")
+
+            try:
+                proc = self._proc
+                assert proc is not None
+                try:
+                    ready = await asyncio.wait_for(asyncio.to_thread(_read_ready, proc), self.START_TIMEOUT_S)
+                except TimeoutError:
+                    ready = False
+                if not ready:
+                    tail = " | ".join(read_errors().strip().splitlines()[-1:])
+                    raise BrokerUnavailableError(f"amqtt did not start on port {self.port}: {tail or 'no reply'}")
+                await self._wait_listening(read_errors)
+            except BaseException:
+                await self.stop()
+                raise
+
+    def _track(self, proc: subprocess.Popen[bytes]) -> None:
+        """Remember the child and make sure it dies with the interpreter even if stop() is never awaited."""
+        self._proc = proc
+        self._finalizer = weakref.finalize(self, _kill_now, proc, self._tmp)
+
+    async def _wait_listening(self, read_log: Any) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while not await asyncio.to_thread(_port_open, self.host, self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                tail = " | ".join(read_log().strip().splitlines()[-3:])
+                raise BrokerUnavailableError(f"{self.kind} did not start on port {self.port}: {tail}")
+            await asyncio.sleep(0.02)
+        if self._proc.poll() is not None:  # the port answered, but not our broker (it exited)
+            raise BrokerUnavailableError(f"{self.kind} exited at start; port {self.port} is used by another program")
 
     async def stop(self) -> None:
-        """Stop the broker (idempotent)."""
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    await asyncio.to_thread(self._proc.wait, 5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    await asyncio.to_thread(self._proc.wait)
-            self._proc = None
-        if self._amqtt is not None:
-            await self._amqtt.shutdown()
-            self._amqtt = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        """Stop the broker and remove its temp folder (idempotent, safe to cancel)."""
+        proc, tmp, finalizer = self._proc, self._tmp, self._finalizer
+        self._proc, self._tmp, self._finalizer = None, None, None
+        if finalizer is not None:
+            finalizer.detach()
+        try:
+            if proc is not None:
+                _ask_to_exit(proc)
+                # The reaping thread finishes (killing after 5 s) even if this await is cancelled.
+                await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_reap, proc, 5.0)))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
 
     async def __aenter__(self) -> EmbeddedBroker:
         """Start (see :meth:`start`)."""
@@ -177,9 +236,60 @@ class EmbeddedBroker:
         await self.stop()
 
 
+def _read_ready(proc: subprocess.Popen[bytes]) -> bool:
+    """Block until the amqtt child prints ``ready`` (True) or exits (False)."""
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip() == b"ready"
+
+
+def _ask_to_exit(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _kill_now(proc: subprocess.Popen[bytes], tmp: tempfile.TemporaryDirectory[str] | None) -> None:
+    """Last resort at interpreter exit / garbage collection: no broker and no temp folder may outlive us."""
+    _ask_to_exit(proc)
+    _reap(proc, 2.0)
+    if tmp is not None:
+        tmp.cleanup()
+
+
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _spawn_amqtt(argv: list[str], errors: Any) -> subprocess.Popen[bytes]:
+    # stdin stays open while we run: the child exits when it closes, even if this process is killed
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                            start_new_session=True)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on (or holds) ``host:port`` right now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -1,4 +1,9 @@
-"""Test helpers for the MQTT transport: a mosquitto process, a fake QueryService, a running server."""
+"""Test helpers for the MQTT transport: a mosquitto process, a fake QueryService, a running server.
+
+Tests talk to a broker through ``.url`` / ``.port`` / ``.kind`` / ``.supports_v5``: :class:`Mosquitto`
+here, or the project's :class:`~omnizip_stream.query.broker.EmbeddedBroker` running amqtt (MQTT 3.1.1
+only) on machines without mosquitto. :func:`fast_config` picks the protocol the broker speaks.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,9 @@ def port_open(port: int) -> bool:
 
 class Mosquitto:
     """A mosquitto process on loopback, restartable on the same port(s)."""
+
+    kind = "mosquitto"
+    supports_v5 = True
 
     def __init__(self, workdir: Path, *, persistence: bool = False, extra_listeners: str = "",
                  auth: str = "", port: int | None = None) -> None:
@@ -152,10 +160,28 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
+# Brokers that speak only MQTT 3.1.1 (amqtt), by URL: fast_config defaults to 3.1.1 for them.
+V311_ONLY_URLS: set[str] = set()
+
+
+def default_protocol(url: str) -> str:
+    """``"3.1.1"`` for a broker registered in :data:`V311_ONLY_URLS`, else ``"5"`` (MqttConfig's default)."""
+    return "3.1.1" if url in V311_ONLY_URLS else "5"
+
+
+def script_protocol_flags(url: str) -> list[str]:
+    """Protocol flags for scripts/mqtt_query.py against the broker at ``url`` (``--v311`` on amqtt)."""
+    return ["--v311"] if default_protocol(url) == "3.1.1" else []
+
+
 def fast_config(url: str, stream_id: str, **overrides: Any) -> MqttConfig:
-    """A config with test-friendly timings (fast reconnect, no rate limit unless asked)."""
+    """A config with test-friendly timings (fast reconnect, no rate limit unless asked).
+
+    The protocol defaults to what the broker at ``url`` speaks (:func:`default_protocol`).
+    """
     base: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "rate_limit_per_s": 0.0,
-                            "keepalive_s": 5, "max_queued_queries": 64, "status_interval_s": 60.0}
+                            "keepalive_s": 5, "max_queued_queries": 64, "status_interval_s": 60.0,
+                            "protocol": default_protocol(url)}
     base.update(overrides)
     return MqttConfig.from_url(url, stream_id=stream_id, **base)
 

@@ -48,6 +48,7 @@ def _config(url, stream_id, **kw):
                        max_new_tokens_limit=32, default_max_new_tokens=8, **kw)
 
 
+@pytest.mark.mqtt5
 @pytest.mark.parametrize("name", list(BAD_PAYLOADS))
 async def test_v5_bad_payload_gets_error_reply_and_service_continues(broker, stream_id, service, name):
     payload, code, fragment = BAD_PAYLOADS[name]
@@ -92,6 +93,7 @@ async def test_requests_without_reply_route_are_counted_and_dropped(broker, stre
     assert [q for q, _ in service.calls] == ["next"]
 
 
+@pytest.mark.mqtt5
 async def test_v5_response_topic_pointing_at_the_service_is_refused(broker, stream_id, service):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import FakeService, fast_config, need_binary, serve
+from mqtt_helpers import FakeService, fast_config, need_binary, script_protocol_flags, serve
 
 from omnizip_stream.query.broker import free_port
 
@@ -23,6 +23,7 @@ async def run(*cmd: str, timeout_s: float = 30) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.mqtt5
 async def test_mosquitto_rr_v5_request_response(broker, stream_id, service):
     rr = need_binary("mosquitto_rr")
     cfg = fast_config(broker.url, stream_id)
@@ -38,6 +39,7 @@ async def test_mosquitto_rr_v5_request_response(broker, stream_id, service):
     assert service.calls == [("what moved?", 9)]
 
 
+@pytest.mark.mqtt5
 async def test_mosquitto_rr_gets_error_reply_for_bad_json(broker, stream_id, service):
     rr = need_binary("mosquitto_rr")
     cfg = fast_config(broker.url, stream_id)
@@ -48,6 +50,7 @@ async def test_mosquitto_rr_gets_error_reply_for_bad_json(broker, stream_id, ser
     assert json.loads(out)["error"]["code"] == "bad_request"
 
 
+@pytest.mark.mosquitto  # the reply waits in mosquitto for the offline persistent subscriber
 async def test_mosquitto_pub_sub_v311_reply_to(broker, stream_id, service):
     pub, sub = need_binary("mosquitto_pub"), need_binary("mosquitto_sub")
     cfg = fast_config(broker.url, stream_id)
@@ -69,7 +72,7 @@ async def test_mosquitto_pub_sub_v311_reply_to(broker, stream_id, service):
     assert server.counters["answered"] == 1
 
 
-@pytest.mark.parametrize("extra", [[], ["--v311"]])
+@pytest.mark.parametrize("extra", [pytest.param([], marks=pytest.mark.mqtt5), ["--v311"]])
 async def test_script_prints_answer(broker, stream_id, service, extra):
     async with serve(service, fast_config(broker.url, stream_id)):
         code, out, err = await run(sys.executable, str(SCRIPT), "--broker", broker.url, "--stream-id", stream_id,
@@ -82,7 +85,8 @@ async def test_script_prints_answer(broker, stream_id, service, extra):
 async def test_script_streams_partials(broker, stream_id, service):
     async with serve(service, fast_config(broker.url, stream_id)):
         code, out, err = await run(sys.executable, str(SCRIPT), "--broker", broker.url, "--stream-id", stream_id,
-                                   "--stream", "--json", "--timeout", "20", "describe the scene")
+                                   *script_protocol_flags(broker.url), "--stream", "--json", "--timeout", "20",
+                                   "describe the scene")
     assert code == 0, err
     reply = json.loads(out)
     assert reply["answer"] == "answer: describe the scene" and reply["partials"] == 4
@@ -94,7 +98,7 @@ async def test_script_reports_service_error_with_nonzero_exit(broker, stream_id)
     service = FakeService(fail={"too much": QueryError("too_long", "question does not fit")})
     async with serve(service, fast_config(broker.url, stream_id)):
         code, out, err = await run(sys.executable, str(SCRIPT), "--broker", broker.url, "--stream-id", stream_id,
-                                   "--timeout", "20", "too much")
+                                   *script_protocol_flags(broker.url), "--timeout", "20", "too much")
     assert code == 1
     assert err.strip() == "error [too_long]: question does not fit"
 
@@ -122,6 +126,6 @@ async def test_script_unreachable_broker_is_one_line_error():
 
 async def test_script_times_out_when_nobody_serves_the_stream(broker, stream_id):
     code, _, err = await run(sys.executable, str(SCRIPT), "--broker", broker.url, "--stream-id", stream_id,
-                             "--timeout", "0.5", "anyone?")
+                             *script_protocol_flags(broker.url), "--timeout", "0.5", "anyone?")
     assert code == 3
     assert "no reply from stream" in err

@@ -1,16 +1,63 @@
-"""The embedded broker for single-machine demos."""
+"""The embedded broker for single-machine demos: mosquitto, else amqtt in a child process; no leftovers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
+import socket
 import sys
+import time
+from pathlib import Path
 
 import pytest
-from mqtt_helpers import FakeService, fast_config, serve
+from mqtt_helpers import FakeService, fast_config, port_open, serve
 
+from omnizip_stream.cli import main
 from omnizip_stream.query import broker as broker_mod
-from omnizip_stream.query.broker import BrokerUnavailableError, EmbeddedBroker, mosquitto_config
+from omnizip_stream.query.broker import BrokerUnavailableError, EmbeddedBroker, free_port, mosquitto_config
 from omnizip_stream.query.mqtt_client import MqttQueryClient
+
+REPO = Path(__file__).resolve().parents[2]
+KINDS = [pytest.param("mosquitto", marks=pytest.mark.mosquitto), "amqtt"]
+
+
+@pytest.fixture
+def kind(request, monkeypatch):
+    """Which embedded broker to start: mosquitto (skipped when missing) or amqtt (mosquitto hidden)."""
+    if request.param == "mosquitto":
+        if broker_mod.find_mosquitto() is None:
+            pytest.skip("mosquitto is not installed")
+    else:
+        pytest.importorskip("amqtt.broker", reason="amqtt is not installed (pip install amqtt)")
+        monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)
+    return request.param
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    return False
+
+
+async def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pid_gone(pid):
+        assert time.monotonic() < deadline, f"broker process {pid} is still running"
+        await asyncio.sleep(0.05)
+
+
+def temp_dirs() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob("omnizip-mosquitto-*")}
 
 
 @pytest.mark.broker
@@ -45,6 +92,140 @@ async def test_no_broker_available_gives_actionable_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "amqtt", None)  # makes `import amqtt.broker` fail
     with pytest.raises(BrokerUnavailableError, match=r"install mosquitto .* or pass --broker"):
         await EmbeddedBroker().start()
+
+
+@pytest.mark.parametrize("kind", KINDS, indirect=True)
+async def test_embedded_broker_is_a_child_process_and_stop_leaves_nothing(kind, stream_id):
+    before = temp_dirs()
+    async with EmbeddedBroker() as b:
+        assert b.kind == kind and b.pid is not None and not pid_gone(b.pid)
+        cfg = fast_config(b.url, stream_id, protocol="5" if b.supports_v5 else "3.1.1")
+        async with serve(FakeService(), cfg), MqttQueryClient(cfg) as client:
+            assert (await client.ask("child?", timeout_s=10))["answer"] == "answer: child?"
+        pid, port = b.pid, b.port
+    assert pid_gone(pid) and not port_open(port) and b.pid is None
+    assert temp_dirs() == before
+
+
+@pytest.mark.parametrize("kind", KINDS, indirect=True)
+async def test_cancelling_the_task_that_holds_the_broker_leaves_nothing(kind):
+    before = temp_dirs()
+    started: asyncio.Future[EmbeddedBroker] = asyncio.get_running_loop().create_future()
+
+    async def hold() -> None:
+        async with EmbeddedBroker() as b:
+            started.set_result(b)
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(hold())
+    b = await asyncio.wait_for(started, 30)
+    pid, port = b.pid, b.port
+    assert pid is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pid_gone(pid) and not port_open(port)
+    assert temp_dirs() == before
+
+
+@pytest.mark.parametrize("kind", KINDS, indirect=True)
+async def test_cancelling_stop_itself_still_ends_the_broker(kind):
+    before = temp_dirs()
+    b = await EmbeddedBroker().start()
+    pid = b.pid
+    assert pid is not None
+    stopping = asyncio.ensure_future(b.stop())
+    await asyncio.sleep(0)  # stop() has asked the broker to exit and is waiting for it
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    await wait_gone(pid)
+    assert temp_dirs() == before
+
+
+async def test_amqtt_child_exits_when_its_parent_is_killed():
+    pytest.importorskip("amqtt.broker", reason="amqtt is not installed (pip install amqtt)")
+    code = ("import asyncio\n"
+            "from omnizip_stream.query.broker import EmbeddedBroker\n"
+            "async def main():\n"
+            "    b = await EmbeddedBroker(prefer='amqtt').start()\n"
+            "    print(b.pid, b.port, flush=True)\n"
+            "    await asyncio.sleep(120)\n"
+            "asyncio.run(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+                                                  stderr=asyncio.subprocess.DEVNULL, env=env)
+    try:
+        line = await asyncio.wait_for(parent.stdout.readline(), 60)
+        child_pid, port = map(int, line.split())
+        assert not pid_gone(child_pid) and port_open(port)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no cleanup code runs in the parent
+        await parent.wait()
+    await wait_gone(child_pid)
+
+
+@pytest.mark.parametrize("kind", KINDS, indirect=True)
+async def test_fixed_port_is_used_and_a_taken_port_is_a_clear_error(kind):
+    port = free_port()
+    async with EmbeddedBroker(port) as b:
+        assert b.port == port and b.url == f"mqtt://127.0.0.1:{port}" and port_open(port)
+        with pytest.raises(BrokerUnavailableError, match=f"port {port} on 127.0.0.1 is in use"):
+            await EmbeddedBroker(port).start()
+    with pytest.raises(ValueError, match="1..65535"):
+        EmbeddedBroker(70000)
+
+
+async def test_a_free_port_taken_before_the_start_is_replaced(monkeypatch):
+    pytest.importorskip("amqtt.broker", reason="amqtt is not installed (pip install amqtt)")
+    monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        b = EmbeddedBroker()
+        b.port = taken  # as if another program took the free port between __init__ and start()
+        async with b:
+            assert b.port != taken and port_open(b.port)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve-mqtt", "--broker", "mqtt://127.0.0.1:1883", "--broker-port", "1884"], "cannot be combined with --broker"),
+        (["serve-mqtt", "--broker-port", "0"], "--broker-port must be 1..65535"),
+        (["demo", "--broker-port", "65536"], "--broker-port must be 1..65535"),
+    ],
+)
+def test_broker_port_flag_mistakes_are_one_line_errors(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_broker_port_in_use_is_refused_before_the_model_loads(capsys):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        started = time.monotonic()
+        assert main(["serve-mqtt", "--broker-port", str(port), "--source", "synthetic", "--duration", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--broker-port {port}: the port is in use" in err and "Traceback" not in err
+    assert time.monotonic() - started < 5
+
+
+def test_demo_without_mosquitto_serves_mqtt_on_amqtt_at_the_given_port(monkeypatch, capsys, caplog):
+    pytest.importorskip("amqtt.broker", reason="amqtt is not installed (pip install amqtt)")
+    monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: None)
+    caplog.set_level(logging.WARNING, logger="omnizip_stream.query.broker")
+    port = free_port()
+    assert main(["demo", "--duration", "4", "--no-realtime", "--broker-port", str(port)]) == 0
+    out = capsys.readouterr().out
+    assert f"EMBEDDED MQTT broker (amqtt, MQTT 3.1.1 only) at mqtt://127.0.0.1:{port}" in caplog.text
+    assert "MQTT omnizip/demo/query" in out and out.count("[first token") >= 2
+    assert "MQTT query failed" not in out
+    assert not port_open(port)
 
 
 def test_generated_mosquitto_config_has_nodelay_and_loopback_listener():

@@ -73,6 +73,7 @@ async def test_broker_restart_mid_session(broker_factory, stream_id):
     assert server.stats()["outbox_depth"] == 0
 
 
+@pytest.mark.mqtt5  # a persistent MQTT 5 session holds the questions for the offline server
 async def test_questions_sent_while_server_is_down_are_answered_when_it_returns(broker, stream_id):
     cfg = fast_config(broker.url, stream_id)
     async with serve(FakeService(), cfg):

@@ -14,7 +14,7 @@ from omnizip_stream.query.mqtt_client import MqttQueryClient
 
 pytestmark = pytest.mark.broker
 
-PROTOCOLS = ["5", "3.1.1"]
+PROTOCOLS = [pytest.param("5", marks=pytest.mark.mqtt5), "3.1.1"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -45,6 +45,7 @@ async def test_v311_reply_echoes_payload_id(broker, stream_id, service):
     assert reply["id"] == 42 and reply["answer"] == "answer: hello"
 
 
+@pytest.mark.mqtt5
 async def test_v5_reply_echoes_correlation_data(broker, stream_id, service):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties

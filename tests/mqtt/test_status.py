@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import fast_config, serve
+from mqtt_helpers import default_protocol, fast_config, serve
 
 from omnizip_stream.query.mqtt_client import MqttQueryClient
 
@@ -38,7 +38,7 @@ async def test_status_online_with_stats_then_offline_on_shutdown(broker, stream_
                     status = await next_status(client, "online")
                     if status["server"].get("answered") == 1:
                         break
-            assert status["stream_id"] == stream_id and status["protocol"] == "5"
+            assert status["stream_id"] == stream_id and status["protocol"] == cfg.protocol
             assert status["session"]["window_lag_s"] == 0.25 and status["session"]["kv_bytes"] == 56789
             assert status["server"]["connects"] == 1 and server.stats()["answered"] == 1
         offline = await next_status(client, "offline")
@@ -47,6 +47,7 @@ async def test_status_online_with_stats_then_offline_on_shutdown(broker, stream_
 
 async def test_status_offline_via_last_will_when_server_process_is_killed(broker, stream_id):
     proc = await asyncio.create_subprocess_exec(sys.executable, str(SERVER_PROC), broker.url, stream_id,
+                                                default_protocol(broker.url),
                                                 stdout=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
