@@ -2,7 +2,9 @@
 
 Plots: ``ttft_vs_stream.png`` (query TTFT against stream length, one line per mode, log scale),
 ``memory_over_time.png`` (process RSS and KV cache size against stream time) and
-``window_latency.png`` (median per-window time by stage per streaming mode, p95 marked).
+``window_latency.png`` (median per-window time by stage per streaming mode, p95 marked). Every plot
+says in its title when the model has random weights and when the run is a ``--quick`` one
+(:func:`plot_caption`).
 """
 
 from __future__ import annotations
@@ -159,6 +161,22 @@ def _colors(names: list[str]) -> dict[str, Any]:
     return {n: cmap(i % 20) for i, n in enumerate(names)}
 
 
+def plot_caption(report: dict[str, Any]) -> str:
+    """What a reader of any plot must know: random weights, quick run (with its lengths); '' if neither."""
+    parts = []
+    if report.get("model", {}).get("random_weights"):
+        parts.append("random weights (timings are real, answers are not)")
+    if report.get("quick"):
+        lengths = report.get("config", {}).get("stream_lengths_s") or []
+        shown = f": streams of {', '.join(_len(x) for x in lengths)}" if lengths else ""
+        parts.append(f"quick run{shown}")
+    return " · ".join(parts)
+
+
+def _title(text: str, caption: str) -> str:
+    return f"{text}\n{caption}" if caption else text
+
+
 def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     """Draw the three PNGs; returns their file names (empty when matplotlib is missing)."""
     try:
@@ -171,6 +189,7 @@ def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         return []
     model = report["model"]
     tag = f"{model['model']} on {report['environment']['device']}"
+    caption = plot_caption(report)
     names = [s["mode"] for s in report["modes"]]
     colors = _colors(names)
     files = []
@@ -185,7 +204,8 @@ def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     ax.set_yscale("log")
     ax.set_xlabel("stream length (minutes)")
     ax.set_ylabel("time to first token (ms, log scale)")
-    ax.set_title(f"Query TTFT vs stream length ({tag})\nsolid: streaming KV cache, dashed: re-prefill the history")
+    ax.set_title(_title(f"Query TTFT vs stream length ({tag})\nsolid: streaming KV cache, dashed: re-prefill the history",
+                        caption))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -205,7 +225,7 @@ def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
             ax2.plot(t_min, [a + b for a, b in zip(ts["kv_mb"], ts["store_mb"], strict=True)], style, color=colors[name],
                      label=name, linewidth=1.2)
     ax1.set_ylabel("process RSS (MiB)")
-    ax1.set_title(f"Memory over the stream ({tag}); modes run one after another in one process")
+    ax1.set_title(_title(f"Memory over the stream ({tag}); modes run one after another in one process", caption))
     ax1.grid(True, alpha=0.3)
     ax1.legend(fontsize=7, ncol=3)
     ax2.set_ylabel("stream cache: KV + kept embeddings (MiB)")
@@ -218,7 +238,7 @@ def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
 
     streaming = [s for s in report["modes"] if s["kind"] == "streaming"]
     if streaming:
-        fig, ax = plt.subplots(figsize=(9, 0.5 * len(streaming) + 2))
+        fig, ax = plt.subplots(figsize=(9, 0.5 * len(streaming) + (2.4 if caption else 2)))
         stage_colors = dict(zip(STAGE_LABELS, ["#4c72b0", "#dd8452", "#55a868", "#c44e52"], strict=True))
         for i, s in enumerate(streaming):
             left = 0.0
@@ -232,7 +252,7 @@ def stream_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_yticks(range(len(streaming)), [s["mode"] for s in streaming])
         ax.invert_yaxis()
         ax.set_xlabel("per-window ingest time (ms, median by stage)")
-        ax.set_title(f"Where a 2-s window's time goes ({tag})")
+        ax.set_title(_title(f"Where a 2-s window's time goes ({tag})", caption))
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, axis="x", alpha=0.3)
         fig.tight_layout()

@@ -1,8 +1,9 @@
 """The issues' targets, computed from one run's rows and mode summaries, with pass/fail and plain notes.
 
-A target that the run cannot measure (a mode or a stream length missing, the cache cap never
-reached) gets ``pass: None`` and a note saying why; a target measured at other stream lengths than
-the issue names (``--quick``) says which lengths it used.
+A target is judged (``pass`` True/False) only on what it is defined on: the stream lengths the issue
+names, enough windows after the cache cap. A run that cannot judge it (``--quick``, other
+``--stream-minutes``, a mode missing, the cap never reached) still reports what it measured, with
+the lengths in the record, but gets ``pass: None`` (shown as ``n/a``) and a note saying why.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def _all(values: list[bool | None]) -> bool | None:
 
 def reprefill_ratio(rows: list[dict[str, Any]], modes: list[str], at_s: float = 600.0,
                     min_ratio: float = 10.0) -> dict[str, Any]:
-    """Reprefill TTFT / TTFT of the streaming twin at ``at_s``, and whether reprefill TTFT grows with length."""
+    """Reprefill TTFT / TTFT of the streaming twin at ``at_s``, and whether reprefill TTFT grows with length.
+
+    Without an ``at_s`` checkpoint the ratio is measured at the longest length below it (or the
+    shortest) and reported with its ``at_s``, but not judged.
+    """
     pairs: dict[str, Any] = {}
     notes: list[str] = []
     capped: list[str] = []
@@ -36,7 +41,7 @@ def reprefill_ratio(rows: list[dict[str, Any]], modes: list[str], at_s: float = 
         common = sorted(set(reached_lengths(rows, name)) & set(reached_lengths(rows, mode.streaming_twin)))
         if not common:
             continue
-        t = at_s if at_s in common else max([c for c in common if c <= at_s] or common)
+        t = at_s if at_s in common else max([c for c in common if c <= at_s] or [min(common)])
         r, s = row_at(rows, name, t), row_at(rows, mode.streaming_twin, t)
         assert r is not None and s is not None
         ratio = r["ttft_ms"] / s["ttft_ms"] if s["ttft_ms"] else None
@@ -48,16 +53,18 @@ def reprefill_ratio(rows: list[dict[str, Any]], modes: list[str], at_s: float = 
             "reprefill_ttft_by_length_ms": {str(length): ttft for length, ttft, _ in series},
             "reprefill_history_s_by_length": {str(length): h for length, _, h in series},
             "grows_while_history_grows": all(grows) if grows else None,
-            "pass": (ratio >= min_ratio) if ratio is not None else None,
+            "pass": (ratio >= min_ratio) if ratio is not None and t == at_s else None,
         }
         if t != at_s:
-            notes.append(f"measured at {_fmt_s(t)} (this run has no {_fmt_s(at_s)} checkpoint)")
+            shown = f"{ratio:.1f}x" if ratio is not None else "no ratio"
+            notes.append(f"not judged: measured at {_fmt_s(t)} ({name}: {shown}); the target is defined at "
+                         f"{_fmt_s(at_s)}, which this run does not reach")
         if any(h + 1e-6 < length for length, _, h in series):
             capped.append(f"{name} {max(h for _, _, h in series):g} s")
     if "reprefill" in modes and "omnizip-35" in modes:
         common = sorted(set(reached_lengths(rows, "reprefill")) & set(reached_lengths(rows, "omnizip-35")))
         if common:
-            t = at_s if at_s in common else max([c for c in common if c <= at_s] or common)
+            t = at_s if at_s in common else max([c for c in common if c <= at_s] or [min(common)])
             r, s = row_at(rows, "reprefill", t), row_at(rows, "omnizip-35", t)
             if r and s and s["ttft_ms"]:
                 pairs["reprefill / omnizip-35 (today's serving vs ours)"] = {
@@ -72,36 +79,39 @@ def reprefill_ratio(rows: list[dict[str, Any]], modes: list[str], at_s: float = 
     ok = _all(passes)
     if ok is not None and _all(grows) is False:
         notes.append("reprefill TTFT did not grow at every length where its history grew")
-    return check(ok if _all(grows) is not False else False, pairs, "; ".join(dict.fromkeys(notes)),
-                 target=f">= {min_ratio:g}x")
+    return check(ok if ok is None or _all(grows) is not False else False, pairs, "; ".join(dict.fromkeys(notes)),
+                 target=f">= {min_ratio:g}x at {_fmt_s(at_s)}", defined_at_s=at_s)
 
 
 def ttft_flatness(rows: list[dict[str, Any]], modes: list[str], summaries: list[dict[str, Any]] | None = None,
                   first_s: float = 60.0, last_s: float = 1800.0, max_ratio: float = 1.3,
                   judged: tuple[str, ...] = ("omnizip-45", "omnizip-35")) -> dict[str, Any]:
-    """Streaming TTFT at ``last_s`` / at ``first_s`` per streaming mode; pass decided on ``judged`` modes.
+    """Streaming TTFT at the longest / at the shortest stream length of the run, per streaming mode.
 
-    With ``summaries``, each mode also gets ``after_cap``: TTFT at ``last_s`` / at the first checkpoint
-    at which the cache cap had been reached (how flat TTFT is once the cache stops growing).
+    The target is defined from ``first_s`` to ``last_s``: it is judged (on the ``judged`` modes) only
+    when those are the run's shortest and longest lengths; otherwise every ratio is reported with its
+    ``first_s``/``last_s`` and ``pass`` is None. With ``summaries``, each mode also gets ``after_cap``:
+    TTFT at the longest length / at the first checkpoint at which the cache cap had been reached
+    (how flat TTFT is once the cache stops growing).
     """
     per: dict[str, Any] = {}
     notes = []
     caps = {x["mode"]: (x.get("kv_flatness") or {}).get("cap_reached_s") for x in summaries or []}
+    spans: set[tuple[float, float]] = set()
     for name in modes:
         if MODES_BY_NAME[name].kind != "streaming":
             continue
         lengths = reached_lengths(rows, name)
         if len(lengths) < 2:
             continue
-        a = first_s if first_s in lengths else lengths[0]
-        b = last_s if last_s in lengths else lengths[-1]
-        if a >= b:
-            a, b = lengths[0], lengths[-1]
+        a, b = lengths[0], lengths[-1]
+        spans.add((a, b))
         ra, rb = row_at(rows, name, a), row_at(rows, name, b)
         assert ra is not None and rb is not None
         ratio = rb["ttft_ms"] / ra["ttft_ms"] if ra["ttft_ms"] else None
+        judgeable = (a, b) == (first_s, last_s)
         per[name] = {"first_s": a, "last_s": b, "ttft_first_ms": ra["ttft_ms"], "ttft_last_ms": rb["ttft_ms"],
-                     "ratio": ratio, "pass": ratio <= max_ratio if ratio is not None else None}
+                     "ratio": ratio, "pass": (ratio <= max_ratio) if judgeable and ratio is not None else None}
         cap = caps.get(name)
         capped = [x for x in lengths if cap is not None and x >= cap and x < b]
         if capped:
@@ -109,27 +119,34 @@ def ttft_flatness(rows: list[dict[str, Any]], modes: list[str], summaries: list[
             assert rc is not None
             per[name]["after_cap"] = {"from_s": capped[0], "cap_reached_s": cap,
                                       "ratio": rb["ttft_ms"] / rc["ttft_ms"] if rc["ttft_ms"] else None}
-        if (a, b) != (first_s, last_s):
-            notes.append(f"measured {_fmt_s(b)} / {_fmt_s(a)} (this run has no {_fmt_s(first_s)} and "
-                         f"{_fmt_s(last_s)} checkpoints)")
     judged_passes = [per[m]["pass"] for m in judged if m in per]
     if not judged_passes:
         judged_passes = [p["pass"] for p in per.values()]
-    failed = [m for m, p in per.items() if p["pass"] is False]
-    if failed:
-        notes.append(f"above {max_ratio}x: {', '.join(failed)}")
-        flat = [f"{m} {per[m]['after_cap']['ratio']:.2f}x" for m in failed
+    above = [m for m, p in per.items() if p["ratio"] is not None and p["ratio"] > max_ratio]
+    measured_on = ", ".join(f"{_fmt_s(b)} / {_fmt_s(a)}" for a, b in sorted(spans))
+    if spans and spans != {(first_s, last_s)}:
+        notes.append(f"not judged: this run measured {measured_on}; the target is defined as "
+                     f"{_fmt_s(last_s)} / {_fmt_s(first_s)}")
+    if above:
+        notes.append(f"above {max_ratio}x{'' if spans == {(first_s, last_s)} else ' at these lengths'}: "
+                     f"{', '.join(above)}")
+        flat = [f"{m} {per[m]['after_cap']['ratio']:.2f}x" for m in above
                 if per[m].get("after_cap", {}).get("ratio") is not None]
         if flat:
             notes.append("the question attends to every cached token, so TTFT grows until the cache cap is reached; "
                          f"from the first checkpoint after the cap to the last: {', '.join(flat)}")
-    return check(_all(judged_passes), per, "; ".join(dict.fromkeys(notes)), target=f"<= {max_ratio}x",
-                 judged_on=[m for m in judged if m in per] or list(per))
+    return check(_all(judged_passes), per, "; ".join(dict.fromkeys(notes)),
+                 target=f"<= {max_ratio}x ({_fmt_s(last_s)} / {_fmt_s(first_s)})",
+                 judged_on=[m for m in judged if m in per] or list(per),
+                 defined_at_s=[first_s, last_s], lengths_s=sorted({x for span in spans for x in span}))
 
 
 def memory_flatness(summaries: list[dict[str, Any]], key: str, max_growth: float = 0.05,
-                    kinds: tuple[str, ...] = ("streaming",)) -> dict[str, Any]:
+                    kinds: tuple[str, ...] = ("streaming",), min_samples_after: int = 10) -> dict[str, Any]:
     """Drift of ``rss_flatness`` / ``kv_flatness`` after the cap, per mode (pass: drift <= ``max_growth``).
+
+    A mode with fewer than ``min_samples_after`` windows after the cap is reported but not judged
+    (its quarters would be one or two windows: noise, not drift).
 
     The peak growth over the value at the cap is reported beside it (and named in the note when it
     exceeds the limit): RSS goes up and down by tens of MiB between windows as the allocator keeps
@@ -145,14 +162,17 @@ def memory_flatness(summaries: list[dict[str, Any]], key: str, max_growth: float
             per[s["mode"]] = {"pass": None, "cap_reached_s": None}
             notes.append(f"{s['mode']}: cap not reached")
             continue
-        per[s["mode"]] = {"pass": f["drift"] is not None and f["drift"] <= max_growth, "ratio": f["drift"], **f}
-        if f["samples_after"] < 10:
-            notes.append(f"{s['mode']}: only {f['samples_after']} windows after the cap")
+        enough = f["samples_after"] >= min_samples_after
+        per[s["mode"]] = {"pass": (f["drift"] is not None and f["drift"] <= max_growth) if enough else None,
+                          "ratio": f["drift"], **f}
+        if not enough:
+            notes.append(f"{s['mode']}: not judged, only {f['samples_after']} windows after the cap "
+                         f"(needs {min_samples_after})")
     failed = [m for m, p in per.items() if p["pass"] is False]
     if failed:
         notes.append(f"drifted up more than {max_growth:.0%} after the cap: {', '.join(failed)}")
     peaks = [f"{m} {p['peak_growth']:.0%}" for m, p in per.items()
-             if p.get("peak_growth") is not None and p["peak_growth"] > max_growth]
+             if p["pass"] is not None and p.get("peak_growth") is not None and p["peak_growth"] > max_growth]
     if peaks:
         notes.append(f"peak above the value at the cap (transient, not drift): {', '.join(peaks)}")
     return check(_all([p["pass"] for p in per.values()]), per, "; ".join(notes),

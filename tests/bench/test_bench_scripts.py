@@ -59,11 +59,11 @@ def test_bench_stream_writes_json_markdown_and_plots(stream_run):
     assert by[("reprefill", 12.0)]["kv_mb"] == 0 and by[("reprefill", 12.0)]["history_s"] <= 12.0
     for stage in ("audio_encode_ms", "video_encode_ms", "compress_ms", "prefill_ms", "total_ms"):
         assert set(by[("full", 6.0)]["stage_ms"][stage]) == {"p50", "p95", "p99"}
-    for name in ("reprefill_ttft_over_streaming_at_10min", "streaming_ttft_30min_over_1min", "rss_flat_after_cap",
+    for name in ("reprefill_ttft_over_streaming", "streaming_ttft_longest_over_shortest", "rss_flat_after_cap",
                  "kv_flat_after_cap", "omnizip35_window_prefill_over_full"):
         target = report["targets"][name]
         assert set(target) >= {"pass", "measured", "note", "target"}
-    assert report["targets"]["reprefill_ttft_over_streaming_at_10min"]["measured"]["reprefill / full"]["at_s"] == 12.0
+    assert report["targets"]["reprefill_ttft_over_streaming"]["measured"]["reprefill / full"]["at_s"] == 12.0
     md = (out / "results.md").read_text()
     assert "| omnizip-35 | 12 s |" in md and "## Targets" in md
     for png in ("ttft_vs_stream.png", "memory_over_time.png", "window_latency.png"):
@@ -72,6 +72,50 @@ def test_bench_stream_writes_json_markdown_and_plots(stream_run):
     assert "[bench]" in proc.stderr and "100%" in proc.stderr  # the progress bar
     ts = report["timeseries"]["omnizip-35"]
     assert len(ts["t_s"]) == len(ts["rss_mb"]) == len(ts["kv_mb"]) == 6
+
+
+def test_targets_defined_at_lengths_the_run_lacks_are_na_not_fail(stream_run):
+    """6 s and 12 s streams cannot judge targets defined at 10 min or from 1 to 30 min: n/a, with the lengths."""
+    _, report, proc = stream_run
+    targets = report["targets"]
+    for name in ("reprefill_ttft_over_streaming", "streaming_ttft_longest_over_shortest"):
+        assert targets[name]["pass"] is None, targets[name]
+        assert f"{name}: n/a - not judged" in proc.stdout
+        assert "streaming_ttft_30min_over_1min" not in proc.stdout and "at_10min" not in proc.stdout
+    flat = targets["streaming_ttft_longest_over_shortest"]
+    assert flat["lengths_s"] == [6.0, 12.0] and flat["defined_at_s"] == [60.0, 1800.0]
+    assert {(m["first_s"], m["last_s"]) for m in flat["measured"].values()} == {(6.0, 12.0)}
+    assert "12 s / 6 s" in flat["note"]
+    assert "not judged, only" in targets["rss_flat_after_cap"]["note"]  # 6 windows: too few after the cap
+    md = (stream_run[0] / "results.md").read_text()
+    assert "| streaming_ttft_longest_over_shortest | <= 1.3x (30 min / 1 min) | n/a |" in md
+
+
+def test_every_plot_says_random_weights_and_quick_run(stream_run, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from omnizip_stream.bench.report import plot_caption, stream_plots
+
+    _, report, _ = stream_run
+    titles: list[str] = []
+    set_title = Axes.set_title
+
+    def spy(self, label, *args, **kwargs):
+        titles.append(label)
+        return set_title(self, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", spy)
+    quick = {**report, "quick": True}
+    files = stream_plots(quick, tmp_path)
+    assert len(files) == len(titles) == 3
+    for title in titles:
+        assert "random weights" in title and "quick run: streams of 6 s, 12 s" in title
+    assert plot_caption({**report, "quick": False}) == "random weights (timings are real, answers are not)"
+    real = {**report, "quick": False, "model": {**report["model"], "random_weights": False}}
+    assert plot_caption(real) == ""
 
 
 def test_omnizip_bench_replays_a_file_source(tmp_path, media_dir, capsys):

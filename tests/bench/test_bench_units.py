@@ -99,8 +99,19 @@ def test_reprefill_ratio_passes_fails_and_notes_capped_history():
     assert tg.reprefill_ratio(slow, ["full", "reprefill"], at_s=8.0)["pass"] is False
     # history capped at 4 s: TTFT may stay flat without failing, and the note says why
     flat = rows[:2] + rows_for(_record("reprefill", [60.0, 59.0], kind="reprefill", history=(4.0, 4.0)), 2.0, 1)
-    t = tg.reprefill_ratio(flat, ["full", "reprefill"], at_s=600.0)
-    assert t["pass"] is True and "flat by construction" in t["note"] and "8 s" in t["note"]
+    t = tg.reprefill_ratio(flat, ["full", "reprefill"], at_s=8.0)
+    assert t["pass"] is True and "flat by construction" in t["note"] and "reprefill 4 s" in t["note"]
+
+
+def test_reprefill_ratio_without_the_defined_length_is_reported_but_not_judged():
+    rows = rows_for(_record("full", [5.0, 50.0]), 2.0, 1)
+    rows += rows_for(_record("reprefill", [60.0, 100.0], kind="reprefill"), 2.0, 1)
+    t = tg.reprefill_ratio(rows, ["full", "reprefill"], at_s=600.0)  # a quick run: no 10-min checkpoint
+    pair = t["measured"]["reprefill / full"]
+    assert t["pass"] is None and pair["pass"] is None  # 2x at 8 s would FAIL a >= 10x target: not judged
+    assert pair["at_s"] == 8.0 and pair["ratio"] == pytest.approx(2.0)
+    assert t["defined_at_s"] == 600.0 and t["target"] == ">= 10x at 10 min"
+    assert "not judged: measured at 8 s" in t["note"] and "defined at 10 min" in t["note"]
 
 
 def test_ttft_flatness_judges_omnizip_and_reports_after_cap_ratio():
@@ -111,6 +122,25 @@ def test_ttft_flatness_judges_omnizip_and_reports_after_cap_ratio():
     assert t["measured"]["full"]["pass"] is False and "full" in t["note"]
     t = tg.ttft_flatness(rows, ["full"], summaries, first_s=4.0, last_s=8.0)
     assert t["pass"] is False
+
+
+def test_ttft_flatness_names_its_lengths_and_does_not_judge_other_lengths():
+    rows = rows_for(_record("omnizip-35", [5.0, 9.0]), 2.0, 1)  # 1.8x between 4 s and 8 s
+    summaries = [mode_summary(_record("omnizip-35", [5.0, 9.0]), 2.0, 1)]
+    t = tg.ttft_flatness(rows, ["omnizip-35"], summaries)  # defined as 30 min / 1 min
+    m = t["measured"]["omnizip-35"]
+    assert t["pass"] is None and m["pass"] is None  # n/a, not FAIL
+    assert (m["first_s"], m["last_s"]) == (4.0, 8.0) and m["ratio"] == pytest.approx(1.8)
+    assert t["lengths_s"] == [4.0, 8.0] and t["defined_at_s"] == [60.0, 1800.0]
+    assert "not judged: this run measured 8 s / 4 s" in t["note"] and "30 min / 1 min" in t["note"]
+    assert "above 1.3x at these lengths: omnizip-35" in t["note"]
+
+
+def test_memory_flatness_with_few_windows_after_the_cap_is_not_judged():
+    leak = _capped_record([100.0 + 5 * i for i in range(4)])  # the cap window and 4 more: too few
+    t = tg.memory_flatness([mode_summary(leak, 2.0, 1)], "rss_flatness")
+    assert t["pass"] is None and t["measured"]["omnizip-35"]["drift"] > 0.05
+    assert "not judged, only 5 windows after the cap (needs 10)" in t["note"]
 
 
 def test_memory_flatness_without_cap_is_not_measurable():
