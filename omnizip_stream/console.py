@@ -34,6 +34,10 @@ def status_line(stats: dict[str, Any], source: dict[str, int] | None = None) -> 
     ]
     if source.get("audio_dropped_samples"):
         parts.append(f"dropped audio {source['audio_dropped_samples'] / 16000:.1f}s")
+    if source.get("corrupt_packets"):
+        parts.append(f"corrupt packets {source['corrupt_packets']}")
+    if source.get("windows_without_video"):
+        parts.append(f"windows without video {source['windows_without_video']}")
     if stats.get("windows_failed"):
         parts.append(f"failed {stats['windows_failed']}")
     return " | ".join(parts)

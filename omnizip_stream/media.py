@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omnizip_stream.sources._av import Decoder, open_file
+from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, open_file
 from omnizip_stream.sources.base import SAMPLE_RATE_HZ, AudioChunk, MediaError
 from omnizip_stream.windowing import AudioTimeline, stack_frames
 
@@ -50,6 +50,7 @@ def decode_clip(
     fps: float | None = 2.0,
     max_frames: int | None = None,
     max_side: int | None = None,
+    open_timeout_s: float = OPEN_TIMEOUT_S,
 ) -> Clip:
     """Decode a media file into 16 kHz mono audio and RGB frames sampled at ``fps``.
 
@@ -58,6 +59,7 @@ def decode_clip(
         fps: video frames kept per second, by timestamp (None keeps every frame).
         max_frames: at most this many frames, picked evenly over the clip (first frame always kept).
         max_side: scale frames at decode so the longer side is at most this many pixels.
+        open_timeout_s: opening may take this long (a FIFO nobody writes to is an error, not a hang).
 
     Returns:
         A :class:`Clip`.
@@ -74,7 +76,7 @@ def decode_clip(
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
     name = os.fspath(path)
-    container = open_file(name)
+    container = open_file(name, open_timeout_s=open_timeout_s)
     try:
         decoder = Decoder(container, name=name, fps=fps, max_side=max_side, strict=True)
         timeline = AudioTimeline()

@@ -153,7 +153,9 @@ class Windower:
         fps: video frames kept per second, by timestamp.
         chunk_s: the model's chunk length (2 s for Qwen2.5-Omni).
         has_audio / has_video: which kinds the sources deliver (a missing kind never holds windows back).
-        duration_s: stop after the windows covering ``[0, duration_s)``; None runs until the media ends.
+        duration_s: stop after the windows covering ``[0, duration_s)``; media at or after ``duration_s`` is
+            left out (the last window is padded when ``duration_s`` is not a multiple of ``window_s``);
+            None runs until the media ends.
         min_tail_s: the last, partial window is kept only with at least this much media in it.
         counters: shared counters.
     """
@@ -171,7 +173,7 @@ class Windower:
         counters: StreamCounters | None = None,
     ) -> None:
         validate_window_s(window_s, chunk_s)
-        if duration_s is not None and not duration_s > 0:
+        if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
             raise ValueError(f"duration_s must be positive, got {duration_s}")
         if not has_audio and not has_video:
             raise ValueError("a windower needs audio or video")
@@ -181,6 +183,7 @@ class Windower:
         self.counters = counters if counters is not None else StreamCounters()
         self.min_tail_s = min_tail_s
         self.max_windows = None if duration_s is None else max(1, math.ceil(duration_s / window_s - 1e-9))
+        self.end_s = math.inf if duration_s is None else float(duration_s)
         self.has_audio, self.has_video = has_audio, has_video
         self._sampler = FrameSampler(fps)
         self._timeline = AudioTimeline(self.counters)
@@ -191,7 +194,13 @@ class Windower:
         self._drop_pts: list[float] = []
         self._max_pending_frames = 4 * max(1, math.ceil(window_s * fps)) + 16
         self.next_index = 0
+        self.windows_emitted = 0
         self.done = False
+
+    @property
+    def media_end_s(self) -> float:
+        """Session time just after the last media received (audio or video), 0 before any."""
+        return max(0.0, self._timeline.end_index / SAMPLE_RATE_HZ, self._video_max_t)
 
     @property
     def next_t0_s(self) -> float:
@@ -204,9 +213,14 @@ class Windower:
         if self.done:
             return []
         if isinstance(item, AudioChunk):
-            self._timeline.add(item.pts_s, item.samples)
-        else:
+            samples = item.samples
+            if item.end_s > self.end_s:  # beyond the requested duration: left out, not a drop
+                samples = samples[: max(0, round((self.end_s - item.pts_s) * SAMPLE_RATE_HZ))]
+            self._timeline.add(item.pts_s, samples)
+        elif item.pts_s < self.end_s - _EPS:
             self._add_video(item)
+        else:
+            self._video_max_t = max(self._video_max_t, item.pts_s)  # video has passed the end
         return self._emit_ready()
 
     def _add_video(self, frame: VideoFrame) -> None:
@@ -259,8 +273,8 @@ class Windower:
 
     # ---------------------------------------------------------------------------- output
     def _complete(self) -> bool:
-        t1 = (self.next_index + 1) * self.window_s
-        audio_ok = self._audio_ended or self._timeline.end_index >= (self.next_index + 1) * self.samples_per_window
+        t1 = min((self.next_index + 1) * self.window_s, self.end_s)
+        audio_ok = self._audio_ended or self._timeline.end_index >= round(t1 * SAMPLE_RATE_HZ)
         video_ok = self._video_ended or self._video_max_t >= t1 - _EPS
         return audio_ok and video_ok
 
@@ -278,6 +292,7 @@ class Windower:
         if self.max_windows is not None and self.next_index >= self.max_windows:
             self.done = True
         if w is not None:
+            self.windows_emitted += 1
             out.append(w)
 
     def _build(self, k: int) -> Window | None:
@@ -296,6 +311,8 @@ class Windower:
         if not inside and n_real == 0:
             self.counters.add(windows_skipped_empty=1)
             return None
+        if self.has_video and not inside:
+            self.counters.add(windows_without_video=1)
         frames = stack_frames([f.image for f in inside])
         pts = np.array([f.pts_s for f in inside], dtype=np.float64)
         return Window(t0_s=t0, audio=audio, frames=frames, frame_pts_s=pts, duration_s=self.window_s,

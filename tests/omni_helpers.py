@@ -67,11 +67,13 @@ def make_media(
     tone_hz: float = TONE_HZ,
     container_options: dict[str, str] | None = None,
     fmt: str | None = None,
+    gop: int | None = None,
 ) -> Path:
     """Encode a real test clip with PyAV: a bright bar moving right (its x position encodes the frame
     index) and a sine tone, or one of them; ``.wav`` paths get PCM audio.
 
     Video frame i has columns [0, i) bright, so a decoded frame tells which source frame it was.
+    ``gop`` sets the keyframe interval in frames (x264's default, 250, when None).
     Deterministic for the same arguments.
     """
     import av
@@ -81,7 +83,7 @@ def make_media(
     if video:
         vs = out.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "18"}
+        vs.options = {"preset": "ultrafast", "crf": "18", **({"g": str(gop)} if gop else {})}
     pcm = str(path).endswith(".wav")
     if audio:
         aus = out.add_stream("pcm_s16le" if pcm else "aac", rate=audio_rate)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from typing import Any
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,10 @@ from omnizip_stream.windowing import FrameSampler
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+OPEN_TIMEOUT_S = 10.0  # opening a file, URL or device (probing included) may take this long
+KEYFRAME_WARN_S = 2.0  # a live stream without a decodable video keyframe this long is warned about
+_MAX_CONSECUTIVE_BAD_READS = 64  # unreadable packets in a row before a damaged input counts as lost
 _AUDIO_JUMP_S = 0.1  # an input timestamp this far from the sample count re-anchors the audio clock
 # Containers whose header duration is exact (not estimated from a bitrate), so less media means truncation.
 _RELIABLE_DURATION_FORMATS = ("mov", "mp4", "matroska", "webm", "wav", "avi", "flac", "ogg")
@@ -73,17 +79,86 @@ def _sniff(path: str) -> str:
     return "not a media file FFmpeg recognises, or a corrupt/truncated one"
 
 
-def open_file(path: str | os.PathLike[str]) -> Any:
+def open_within(fn: Callable[[], T], timeout_s: float, message: str, *,
+                unblock: Callable[[], None] | None = None, discard: Callable[[T], None] | None = None,
+                error: type[SourceError] = SourceError) -> T:
+    """Run the blocking open ``fn()`` in a daemon thread and give up after ``timeout_s``.
+
+    FFmpeg's own timeouts do not cover a blocking ``open(2)`` (a FIFO without a writer) or a stalled
+    read while probing, so the deadline is kept here. An abandoned open that finishes later has its
+    result passed to ``discard`` (e.g. closing the container).
+
+    Args:
+        fn: the blocking open.
+        timeout_s: deadline in seconds.
+        message: the one-line error when the deadline passes.
+        unblock: called on timeout to wake the blocked thread (e.g. open a FIFO's write end once).
+        discard: releases a result that arrives after the deadline.
+        error: the exception class raised on timeout (:class:`MediaError` for files).
+
+    Returns:
+        What ``fn`` returned; its exceptions propagate unchanged.
+    """
+    box: dict[str, Any] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        else:
+            with lock:
+                late = box.get("abandoned", False)
+                box["value"] = value
+            if late and discard is not None:
+                try:
+                    discard(value)
+                except Exception:  # releasing an abandoned open must never raise anywhere
+                    logger.debug("discarding a late open failed", exc_info=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="open-with-deadline", daemon=True).start()
+    if not done.wait(timeout_s):
+        with lock:
+            box["abandoned"] = True
+            finished = "value" in box
+        if not finished:
+            if unblock is not None:
+                try:
+                    unblock()
+                except OSError:
+                    pass
+            raise error(message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _unblock_fifo(path: str) -> Callable[[], None]:
+    """Return a function that wakes a reader blocked opening the FIFO ``path`` (it then reads EOF)."""
+    def unblock() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    return unblock
+
+
+def open_file(path: str | os.PathLike[str], *, open_timeout_s: float = OPEN_TIMEOUT_S) -> Any:
     """Open a local media file for reading.
 
     Args:
         path: file path.
+        open_timeout_s: how long opening (and probing) may take; a FIFO nobody writes to or a stalled
+            mount is an error after this long instead of a hang.
 
     Returns:
         A PyAV input container.
 
     Raises:
-        MediaError: missing file, a directory, unreadable, not media or corrupt/truncated.
+        MediaError: missing file, a directory, unreadable, not media, corrupt/truncated, or opening
+            stalled beyond ``open_timeout_s``.
     """
     av = import_av()
     p = os.fspath(path)
@@ -91,8 +166,17 @@ def open_file(path: str | os.PathLike[str]) -> Any:
         raise MediaError(f"{p}: no such file")
     if os.path.isdir(p):
         raise MediaError(f"{p}: is a directory, not a media file")
+    fifo = stat.S_ISFIFO(os.stat(p).st_mode)
+    if fifo:
+        why = (f"{p}: a named pipe (FIFO) that gave no media within {open_timeout_s:g} s: start the "
+               "program that writes to it first, or pass a regular file")
+    else:
+        why = (f"{p}: opening stalled for {open_timeout_s:g} s (a network mount or device that does "
+               "not answer?)")
     try:
-        return av.open(p, mode="r")
+        return open_within(lambda: av.open(p, mode="r"), open_timeout_s, why,
+                           unblock=_unblock_fifo(p) if fifo else None, discard=lambda c: c.close(),
+                           error=MediaError)
     except av.error.InvalidDataError as exc:
         raise MediaError(f"{p}: cannot be read: {_sniff(p)} ({av_reason(exc)})") from exc
     except av.error.PermissionError as exc:
@@ -134,7 +218,8 @@ class Decoder:
         origin_s: media time that maps to ``time_offset_s``; when None, the container's start time
             (``origin_first=False``) or the time of the first decoded frame (``origin_first=True``, for live
             inputs whose first packets may have been consumed while probing).
-        strict: True -> a damaged packet raises :class:`MediaError`; False -> skipped and counted.
+        strict: True -> a damaged packet or a truncated file raises :class:`MediaError`; False -> damaged
+            packets are skipped and counted (``corrupt_packets``, warned once), truncation is warned.
         sampler: a :class:`FrameSampler` to share across re-opens (new one at ``fps`` when None).
         counters: counts skipped packets.
         want_audio / want_video: which kinds to decode.
@@ -188,6 +273,9 @@ class Decoder:
         self._duration_s = container.duration / 1e6 if container.duration else None
         self.end_s = time_offset_s  # session time just after the last decoded media
         self.frames_decoded = 0
+        self.corrupt_packets = 0
+        self._keyframe_wait_from_s: float | None = None
+        self._keyframe_warned = False
         self._resampler: Any = None
         self._a_key: tuple[Any, ...] | None = None
         self._a_anchor_s = 0.0
@@ -219,13 +307,22 @@ class Decoder:
         av = self.av
         streams = [s for s in (self.video_stream, self.audio_stream) if s is not None]
         packets = self.container.demux(*streams)
+        bad_reads = 0  # unreadable packets in a row
         while True:
             try:
                 packet = next(packets)
             except StopIteration:
                 break
+            except av.error.InvalidDataError as exc:  # damaged data the demuxer could not parse
+                bad_reads += 1
+                if self.strict or bad_reads > _MAX_CONSECUTIVE_BAD_READS:
+                    raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {av_reason(exc)}") from exc
+                self._corrupt(f"unreadable data ({av_reason(exc)})")
+                packets = self.container.demux(*streams)  # the container resynchronises on the next read
+                continue
             except (av.FFmpegError, OSError) as exc:
                 raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {av_reason(exc)}") from exc
+            bad_reads = 0
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
@@ -234,8 +331,13 @@ class Decoder:
                         f"{self.name}: corrupt or truncated media at {self.end_s:.2f} s "
                         f"(cannot decode {packet.stream.type}: {av_reason(exc)})"
                     ) from exc
-                self.counters.add(decode_errors=1)
+                if packet.stream is self.video_stream and self.frames_decoded == 0 and not packet.is_keyframe:
+                    self._await_keyframe(packet)  # a live stream joined mid-GOP: not damage
+                else:
+                    self._corrupt(f"cannot decode {packet.stream.type}: {av_reason(exc)}")
                 continue
+            if packet.is_corrupt and not self.strict:  # damage the demuxer saw (e.g. an MPEG-TS continuity error)
+                self._corrupt(f"damaged {packet.stream.type} packet")
             for frame in frames:
                 if isinstance(frame, av.VideoFrame):
                     item = self._video(frame)
@@ -244,19 +346,45 @@ class Decoder:
                 else:
                     yield from self._audio(frame)
         yield from self._flush_audio()
-        if self.strict:
-            self._check_complete()
+        missing = self._missing()
+        if missing is not None:
+            if self.strict:
+                raise MediaError(f"{self.name}: truncated or corrupt: {missing}")
+            logger.warning("%s: truncated: %s", self.name, missing)
 
-    def _check_complete(self) -> None:
-        """Raise if a file whose header states its duration decoded to clearly less (truncated)."""
+    def _corrupt(self, what: str) -> None:
+        """Count one damaged packet that was skipped (non-strict); warn on the first one."""
+        self.counters.add(corrupt_packets=1)
+        self.corrupt_packets += 1
+        if self.corrupt_packets == 1:
+            logger.warning("%s: corrupt data at %.2f s (%s): skipping damaged packets, counted in corrupt_packets",
+                           self.name, self.end_s, what)
+
+    def _await_keyframe(self, packet: Any) -> None:
+        """Note a video packet that cannot be decoded before the stream's first keyframe; warn once when long."""
+        t = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+        if t is None:
+            return
+        if self._keyframe_wait_from_s is None:
+            self._keyframe_wait_from_s = t
+        waited = t - self._keyframe_wait_from_s
+        if waited >= KEYFRAME_WARN_S and not self._keyframe_warned:
+            self._keyframe_warned = True
+            logger.warning("%s: no video keyframe after %.1f s, so no video can be decoded yet: the stream's "
+                           "keyframe (I-frame) interval looks long; audio-only windows until one arrives "
+                           "(counted in windows_without_video); set the camera's keyframe interval to 1-2 s",
+                           self.name, waited)
+
+    def _missing(self) -> str | None:
+        """What is missing when a file whose header states its duration decoded to clearly less (truncated)."""
         fmt = self.container.format.name or ""
         declared = self.duration_s
         if declared is None or not any(k in fmt for k in _RELIABLE_DURATION_FORMATS):
-            return
+            return None
         got = self.end_s - self.time_offset_s
         if got < declared - max(0.25, 0.05 * declared):
-            raise MediaError(f"{self.name}: truncated or corrupt: only {max(got, 0.0):.2f} s of the "
-                             f"{declared:.2f} s its header declares could be decoded")
+            return f"only {max(got, 0.0):.2f} s of the {declared:.2f} s its header declares could be decoded"
+        return None
 
     # ------------------------------------------------------------------ video
     def _video(self, frame: Any) -> VideoFrame | None:

@@ -139,8 +139,11 @@ class StreamCounters:
         audio_late_samples: samples that arrived after their window had been emitted (discarded).
         windows_out: windows delivered.
         windows_skipped_empty: windows with neither audio nor video (all sources lost) not delivered.
+        windows_without_video: windows delivered with audio only although the source has video (a lost
+            camera, a live stream waiting for its first keyframe, a damaged stretch of a file).
         source_restarts: successful reconnects / reopens of a lost device or stream.
-        decode_errors: damaged packets skipped by a live source (files raise instead).
+        corrupt_packets: damaged packets skipped (corrupt files in ``stream``, live streams); ``decode_clip``
+            raises instead.
     """
 
     video_frames_in: int = 0
@@ -153,8 +156,9 @@ class StreamCounters:
     audio_late_samples: int = 0
     windows_out: int = 0
     windows_skipped_empty: int = 0
+    windows_without_video: int = 0
     source_restarts: int = 0
-    decode_errors: int = 0
+    corrupt_packets: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _video_drop_pts: deque[float] = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
 

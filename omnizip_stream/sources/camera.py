@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av
+from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, ReadError, av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import SourceError, StreamCounters
 from omnizip_stream.sources.devices import camera_backend, list_devices
@@ -52,6 +52,7 @@ class CameraSource(ThreadedSource):
         backoff_s / backoff_max_s: reopen delays after the camera is lost.
         strict: a camera that cannot be opened at start raises :class:`SourceError` (listing the
             cameras); with False it is treated as lost: warn and keep retrying.
+        open_timeout_s: opening a device that does not answer fails after this long.
         clock / session_t0 / counters: shared session objects.
 
     Raises (from :meth:`start`):
@@ -70,11 +71,13 @@ class CameraSource(ThreadedSource):
         backoff_s: float = 0.5,
         backoff_max_s: float = 10.0,
         strict: bool = True,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
         clock: Clock | None = None,
         session_t0: float | None = None,
         counters: StreamCounters | None = None,
     ) -> None:
         self.format, default = camera_backend()
+        self.open_timeout_s = open_timeout_s
         if device is not None and self.format == "v4l2" and device.isdigit():
             device = f"/dev/video{device}"  # camera:1 means /dev/video1 on Linux
         self.device = device or default
@@ -120,7 +123,10 @@ class CameraSource(ThreadedSource):
             raise SourceError(f"camera {self.device} not found; {list_devices().describe_cameras()}")
         url, opts = self._url_and_options()
         try:
-            container: Any = av.open(url, mode="r", format=self.format, options=opts, timeout=(10.0, 5.0))
+            container: Any = open_within(
+                lambda: av.open(url, mode="r", format=self.format, options=opts, timeout=(self.open_timeout_s, 5.0)),
+                self.open_timeout_s + 5.0, f"camera {self.device} gave no frame within {self.open_timeout_s + 5.0:g} s "
+                "(in use by another program, or a driver that does not answer?)", discard=lambda c: c.close())
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise SourceError(f"cannot open camera {self.device}: {av_reason(exc)}; "
                               f"{list_devices().describe_cameras()}") from exc

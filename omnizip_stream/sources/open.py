@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from omnizip_stream.clock import Clock, MonotonicClock
-from omnizip_stream.sources.base import Source, SourceError, StreamCounters
+from omnizip_stream.sources._av import OPEN_TIMEOUT_S
+from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
 from omnizip_stream.sources.url import URL_SCHEMES
 from omnizip_stream.windowing import CHUNK_S, Windower, validate_window_s
@@ -93,9 +94,25 @@ def parse_spec(spec: str) -> SourceSpec:
 
         SyntheticParams.from_options(options)  # validate now: a bad option is a one-line error
         return SourceSpec("synthetic", None, options)
-    if os.path.isfile(os.path.expanduser(s)):
-        return SourceSpec("file", os.path.expanduser(s))
+    path = os.path.expanduser(s)
+    if os.path.exists(path):  # a bare path: a regular file, or a FIFO / device node FFmpeg can read
+        if os.path.isdir(path):
+            raise MediaError(f"{s}: is a directory, not a media file")
+        return SourceSpec("file", path)
+    if _looks_like_path(s):
+        raise MediaError(f"{s}: no such file")
+    kind, colon, _ = s.partition(":")
+    if colon and kind.isidentifier():
+        raise SourceError(f"unknown source kind {kind!r} in {spec!r}: use {SPEC_HELP}")
     raise SourceError(f"unknown source {spec!r}: use {SPEC_HELP}")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether a spec that names nothing that exists was meant as a file (``media/nope.mp4``, ``clip.mkv``)."""
+    if any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")):
+        return True
+    stem, dot, ext = spec.rpartition(".")
+    return bool(dot and stem and ext.isalnum() and len(ext) <= 5)
 
 
 def build_sources(
@@ -113,6 +130,7 @@ def build_sources(
     clock: Clock,
     session_t0: float,
     counters: StreamCounters,
+    open_timeout_s: float = OPEN_TIMEOUT_S,
 ) -> list[Source]:
     """Construct (not start) the sources for ``spec``."""
     sources: list[Source] = []
@@ -120,7 +138,7 @@ def build_sources(
         from omnizip_stream.sources.camera import CameraSource
 
         sources.append(CameraSource(camera_device or spec.target, size=camera_size, fps=fps, max_side=max_side,
-                                    strict=strict_devices,
+                                    strict=strict_devices, open_timeout_s=open_timeout_s,
                                     clock=clock, session_t0=session_t0, counters=counters))
     if spec.kind in ("mic", "camera+mic"):
         from omnizip_stream.sources.mic import MicSource
@@ -132,13 +150,14 @@ def build_sources(
 
         assert spec.target is not None
         sources.append(FileSource(spec.target, realtime=realtime, loop=loop, fps=fps, max_side=max_side,
-                                  clock=clock, session_t0=session_t0, counters=counters))
+                                  clock=clock, session_t0=session_t0, counters=counters,
+                                  open_timeout_s=open_timeout_s))
     if spec.kind == "url":
         from omnizip_stream.sources.url import UrlSource
 
         assert spec.target is not None
         sources.append(UrlSource(spec.target, fps=fps, max_side=max_side, attempts=url_attempts, clock=clock,
-                                 session_t0=session_t0, counters=counters))
+                                 session_t0=session_t0, counters=counters, open_timeout_s=open_timeout_s))
     if spec.kind == "synthetic":
         from omnizip_stream.sources.synthetic import SyntheticParams, SyntheticSource
 
@@ -172,6 +191,7 @@ async def open_windows(
     strict_devices: bool = True,
     url_attempts: int = 5,
     clock: Clock | None = None,
+    open_timeout_s: float = OPEN_TIMEOUT_S,
 ) -> AsyncIterator[WindowStream]:
     """Open the sources named by ``spec`` and yield an async iterator of :class:`~omnizip_stream.window.Window`.
 
@@ -201,6 +221,8 @@ async def open_windows(
         strict_devices: a device that cannot be opened at start is an error (else: warn and retry).
         url_attempts: connection attempts before a URL source gives up.
         clock: session clock (monotonic by default).
+        open_timeout_s: how long opening a file, URL or camera may take (a FIFO nobody writes to, a
+            stalled mount or a silent server is a one-line error after this long, not a hang).
 
     Yields:
         A started :class:`WindowStream`; its ``counters`` count every drop.
@@ -215,6 +237,8 @@ async def open_windows(
         raise ValueError(f"fps must be positive, got {fps}")
     if max_side is not None and max_side < 16:
         raise ValueError(f"max_side must be >= 16 pixels, got {max_side}")
+    if not (open_timeout_s > 0 and math.isfinite(open_timeout_s)):
+        raise ValueError(f"open_timeout_s must be positive, got {open_timeout_s}")
     if backpressure not in ("auto", "block", "drop-video"):
         raise ValueError(f"backpressure must be auto, block or drop-video, got {backpressure!r}")
     parsed = parse_spec(spec)
@@ -225,7 +249,7 @@ async def open_windows(
     sources = build_sources(parsed, fps=fps, max_side=max_side, realtime=realtime, loop=loop,
                             mic_device=mic_device, camera_device=camera_device, camera_size=camera_size,
                             strict_devices=strict_devices, url_attempts=url_attempts, clock=clock,
-                            session_t0=session_t0, counters=counters)
+                            session_t0=session_t0, counters=counters, open_timeout_s=open_timeout_s)
     started: list[Source] = []
     try:
         for src in sources:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from omnizip_stream.clock import Clock, MonotonicClock
-from omnizip_stream.sources.base import Source, SourceEnded, SourceError, StreamCounters
+from omnizip_stream.sources.base import MediaError, Source, SourceEnded, SourceError, StreamCounters
 from omnizip_stream.window import Window
 from omnizip_stream.windowing import Windower
 
@@ -81,6 +81,7 @@ class WindowStream:
         self._error: BaseException | None = None
         self._finished = False
         self._closed = False
+        self._sources_stopped: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -101,13 +102,18 @@ class WindowStream:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._sources_stopped is not None:
+            await asyncio.gather(self._sources_stopped, return_exceptions=True)
+        await self._close_sources()
+        self._changed.set()
+        self._space.set()
+
+    async def _close_sources(self) -> None:
         for src in self.sources:
             try:
                 await src.aclose()
             except Exception:  # closing must not mask the real outcome
                 logger.exception("%s: error while closing", src.name)
-        self._changed.set()
-        self._space.set()
 
     def session_time(self) -> float:
         """Seconds since session time 0."""
@@ -140,12 +146,17 @@ class WindowStream:
     # ------------------------------------------------------------------ producers
     async def _read(self, src: Source) -> None:
         try:
-            while not self._finished:
+            while not self._closed:
+                # After the last window (the duration reached) items are still taken, and ignored by the
+                # windower, until the source stops: a full buffer would count them as drops.
                 item = await src.recv()
                 await self._put(self.windower.add(item))
         except SourceEnded:
             self._ended_sources += 1
+            stopped_early = self.windower.done  # the duration was reached; the sources were stopped
             await self._put(self.windower.end(src.kinds))
+            if not stopped_early and self._ended_sources == len(self.sources) and self.windower.windows_emitted == 0:
+                self._fail(self._too_short())
         except SourceError as exc:
             self._fail(exc)
         except asyncio.CancelledError:
@@ -153,6 +164,13 @@ class WindowStream:
         except Exception as exc:
             logger.exception("%s: reader failed", src.name)
             self._fail(SourceError(f"{src.name}: unexpected error: {exc}"))
+
+    def _too_short(self) -> MediaError:
+        """The error for media that ended before giving a single window (a 0.1-s clip)."""
+        w = self.windower
+        names = ", ".join(src.name for src in self.sources)
+        return MediaError(f"{names}: too short for one window: {w.media_end_s:.2f} s of media (a window is "
+                          f"{w.window_s:g} s and needs at least {w.min_tail_s:g} s of media); nothing to answer from")
 
     async def _tick(self) -> None:
         period = min(0.1, self.windower.window_s / 4)
@@ -178,6 +196,10 @@ class WindowStream:
                 self._apply_drop_policy()
         if self.windower.done:
             self._finished = True
+            if self._sources_stopped is None:
+                # The requested duration is reached: stop producing now, so nothing beyond it is decoded,
+                # paced or dropped (counted) while the consumer finishes.
+                self._sources_stopped = asyncio.ensure_future(self._close_sources())
         self._changed.set()
 
     def _apply_drop_policy(self) -> None:

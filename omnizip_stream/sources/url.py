@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av
+from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import AudioChunk, MediaError, SourceError, StreamCounters
 from omnizip_stream.windowing import FrameSampler
@@ -80,6 +80,7 @@ class UrlSource(ThreadedSource):
             defaults["rtsp_transport"] = "tcp"
         if scheme in ("udp", "tcp", "rtsp", "rtsps", "rtp", "srt"):
             defaults["fflags"] = "nobuffer"
+            defaults["analyzeduration"] = "1000000"  # 1 s: a stream that joins mid-GOP has no video parameters until its keyframe
         self.options = {**defaults, **(options or {})}
         self._sampler = FrameSampler(fps)
         self._decoder: Decoder | None = None
@@ -87,8 +88,11 @@ class UrlSource(ThreadedSource):
 
     def _connect_once(self) -> Decoder:
         av = import_av()
+        deadline_s = sum(self.timeout)  # FFmpeg's own timeouts first; this catches a protocol that ignores them
         try:
-            container = av.open(self.url, mode="r", options=dict(self.options), timeout=self.timeout)
+            container = open_within(
+                lambda: av.open(self.url, mode="r", options=dict(self.options), timeout=self.timeout),
+                deadline_s, f"no answer within {deadline_s:g} s", discard=lambda c: c.close())
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(av_reason(exc)) from exc
         try:

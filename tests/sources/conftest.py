@@ -100,17 +100,18 @@ def free_port() -> int:
 # ------------------------------------------------------------------------ TCP MPEG-TS "IP camera"
 @pytest.fixture
 def ts_server():
-    """Start ``ts_server.py PORT SECONDS SESSIONS PAUSE`` as a child process; returns the port.
+    """Start ``ts_server.py PORT SECONDS SESSIONS PAUSE GOP JOIN_S`` as a child process; returns the port.
 
     With ``wait=True`` it returns once the server is about to listen (plus a margin), for clients that
     do not retry the first connection.
     """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(seconds: float, sessions: int = 1, pause_s: float = 0.0, wait: bool = False) -> int:
+    def start(seconds: float, sessions: int = 1, pause_s: float = 0.0, wait: bool = False, gop: int = 15,
+              join_s: float = 0.0) -> int:
         port = free_port()
         p = subprocess.Popen([sys.executable, str(HERE / "ts_server.py"), str(port), str(seconds), str(sessions),
-                              str(pause_s)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                              str(pause_s), str(gop), str(join_s)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         procs.append(p)
         if wait:
             assert p.stdout is not None and p.stdout.readline().strip() == b"listening"

@@ -144,8 +144,9 @@ async def test_backlog_cap_drops_whole_windows_loudly(caplog):
     counters = StreamCounters()
     src = SyntheticSource(SyntheticParams(width=16, height=16), realtime=False, counters=counters)
     await src.start()
+    # session time 0 is the source's start: the live deadline forces no window out while the media is produced
     stream = WindowStream([src], Windower(duration_s=20.0, counters=counters), live=True, backpressure="drop-video",
-                          max_queue_windows=1, max_backlog_s=6.0)
+                          max_queue_windows=1, max_backlog_s=6.0, session_t0=src.session_t0)
     with caplog.at_level(logging.WARNING):
         stream.start()
         while not stream.windower.done:  # noqa: ASYNC110 (waits for the producer to finish)
