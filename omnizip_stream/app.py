@@ -65,6 +65,7 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
     source_counters: dict[str, int] = field(default_factory=dict)
     mqtt_answer: dict[str, Any] | None = None
+    terminated: bool = False  # stopped by SIGTERM
 
 
 async def ask_and_print(session: StreamSession, console: Console, question: str, via: str = "") -> Answer | None:
@@ -140,6 +141,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
         terminate.remove()
         console.close()
     if terminate.received:
+        result.terminated = True
         console.note("stopped (SIGTERM)")
     if result.stats:
         console.summary(result.stats)
