@@ -2,7 +2,8 @@
 
 Used by ``omnizip stream``, ``omnizip demo``, ``omnizip serve-mqtt`` and the webcam assistant. The run
 ends when the source ends (file, ``--duration``) and every scripted question is answered, or when the
-user quits the interactive prompt; Ctrl-C cancels it. Nothing here does model or compression work.
+user quits the interactive prompt (live from the first window); SIGTERM stops it gracefully, Ctrl-C
+cancels it. Nothing here does model or compression work.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from omnizip_stream.config import StreamConfig
-from omnizip_stream.console import Console, status_line
+from omnizip_stream.console import Console, read_lines, status_line
 from omnizip_stream.query.base import Answer, QueryError
 from omnizip_stream.session import StreamSession
 
@@ -64,6 +66,7 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
     source_counters: dict[str, int] = field(default_factory=dict)
     mqtt_answer: dict[str, Any] | None = None
+    terminated: bool = False  # stopped by SIGTERM
 
 
 async def ask_and_print(session: StreamSession, console: Console, question: str, via: str = "") -> Answer | None:
@@ -87,6 +90,11 @@ async def ask_and_print(session: StreamSession, console: Console, question: str,
 async def run_stream(config: StreamConfig, options: RunOptions, console: Console | None = None) -> RunResult:
     """Run the live pipeline until the source ends and the questions are answered (or the user quits).
 
+    The interactive prompt is live from the start: typed questions are answered while windows keep
+    being ingested. SIGTERM stops the run gracefully (every context is exited: the MQTT server
+    goes offline, an embedded broker is stopped) and it returns with the summary printed; Ctrl-C
+    cancels it (``KeyboardInterrupt`` out of ``asyncio.run``).
+
     Raises:
         SourceError: the source cannot be opened (missing device, bad file, URL not answering).
         ModelLoadError: the model cannot be loaded.
@@ -104,79 +112,167 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     check_devices(spec.kind, camera_device=spec.target, mic_device=options.mic)
     console = console or Console()
     result = RunResult()
-    source_done = asyncio.Event()
-    async with contextlib.AsyncExitStack() as stack:
-        session = await stack.enter_async_context(StreamSession.from_config(config))
-        adapter = session.adapter
-        windows = await stack.enter_async_context(open_windows(
-            options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
-            camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
-            max_side=options.max_side, duration_s=options.duration_s,
-        ))
-        mqtt_config = None
-        if options.mqtt is not None:
-            mqtt_config = await _start_mqtt(stack, options.mqtt, session, console)
-
-        async def pump() -> None:
+    terminate = _Terminate()
+    terminate.install()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            session = await stack.enter_async_context(StreamSession.from_config(config))
+            adapter = session.adapter
+            windows = await stack.enter_async_context(open_windows(
+                options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
+                camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
+                max_side=options.max_side, duration_s=options.duration_s,
+            ))
+            session.attach_source(windows.counters, live_clock=windows.session_time if windows.live else None)
+            mqtt_config = None
+            if options.mqtt is not None:
+                mqtt_config = await _start_mqtt(stack, options.mqtt, session, console)
             try:
-                async for window in windows:
-                    await session.push_window(window)
+                terminate.serving = True
+                await _serve(session, windows, options, console, result, mqtt_config, terminate.stop)
             finally:
-                source_done.set()
-
-        async def status() -> None:
-            last = ""
-            while True:
-                await asyncio.sleep(options.status_interval_s)
-                line = status_line(session.stats(), windows.counters.snapshot())
-                if line != last:
-                    console.status(line)
-                    last = line
-
-        async def scripted() -> None:
-            for i, question in enumerate(options.questions):
-                await _first_of(session.wait_windows(until_s=(i + 1) * options.ask_every_s), source_done.wait())
-                if source_done.is_set():
-                    await session.drain()
-                answer = await ask_and_print(session, console, question)
-                if answer is not None:
-                    result.answers.append((question, answer))
-
-        async def interactive() -> None:
-            console.note("type a question and press Enter (quit, exit or Ctrl-D to stop)")
-            while True:
-                line = await asyncio.to_thread(sys.stdin.readline)
-                if not line or line.strip().lower() in ("quit", "exit", "q"):
-                    return
-                if line.strip():
-                    answer = await ask_and_print(session, console, line.strip())
-                    if answer is not None:
-                        result.answers.append((line.strip(), answer))
-
-        async def mqtt_demo() -> None:
-            assert options.mqtt is not None and mqtt_config is not None
-            await _first_of(session.wait_windows(count=2), source_done.wait())
-            result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
-
-        background = [asyncio.ensure_future(status())]
-        finite: list[Awaitable[Any]] = [pump(), scripted()]
-        if options.mqtt is not None and options.mqtt.demo_question:
-            finite.append(mqtt_demo())
-        try:
-            await asyncio.gather(*finite)
-            await session.drain()
-            if options.interactive:
-                await interactive()
-            elif options.mqtt is not None and options.duration_s is None and not options.questions:
-                await asyncio.Event().wait()  # serve-mqtt on a source that ended: keep answering
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            result.stats = session.stats()
-            result.source_counters = windows.counters.snapshot()
-    console.summary(result.stats, result.source_counters)
+                result.stats = session.stats()
+                result.source_counters = windows.counters.snapshot()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not terminate.received or task is None or task.uncancel() > 0:
+            raise  # Ctrl-C, or a cancellation from outside
+        # SIGTERM while the model was loading (or a second SIGTERM): stopped, the contexts are exited.
+    finally:
+        terminate.remove()
+        console.close()
+    if terminate.received:
+        result.terminated = True
+        console.note("stopped (SIGTERM)")
+    if result.stats:
+        console.summary(result.stats)
     return result
+
+
+async def _serve(session: StreamSession, windows: Any, options: RunOptions, console: Console, result: RunResult,
+                 mqtt_config: Any, stop: asyncio.Event) -> None:
+    """Ingest the windows, show the status, ask the scripted questions and answer typed ones, concurrently.
+
+    Returns when the source has ended and the scripted questions are answered (an interactive run:
+    when the user quits; ``serve-mqtt`` on a source without an end: never), or at once on ``stop``.
+    """
+    source_done = asyncio.Event()
+    terminal = asyncio.Lock()  # one question and answer at a time on the terminal
+
+    async def ask(question: str) -> None:
+        async with terminal:
+            answer = await ask_and_print(session, console, question)
+        if answer is not None:
+            result.answers.append((question, answer))
+
+    async def pump() -> None:
+        try:
+            async for window in windows:
+                await session.push_window(window)
+            await windows.aclose()  # stop the sources: what they would produce now is neither used nor "dropped"
+            await session.drain()
+            session.end_of_source()
+        finally:
+            source_done.set()
+
+    async def status() -> None:
+        last = ""
+        while True:
+            await _first_of(asyncio.sleep(options.status_interval_s), source_done.wait())
+            line = status_line(session.stats())
+            if line != last:
+                console.status(line)
+                last = line
+            if source_done.is_set():
+                return  # the numbers no longer change
+
+    async def scripted() -> None:
+        for i, question in enumerate(options.questions):
+            await _first_of(session.wait_windows(until_s=(i + 1) * options.ask_every_s), source_done.wait())
+            if source_done.is_set():
+                await session.drain()
+            await ask(question)
+
+    async def prompt() -> None:
+        """Typed questions; returns on quit (or Ctrl-D on a terminal). Piped input just runs out."""
+        console.note("type a question and press Enter (quit, exit or Ctrl-D to stop)")
+        async for line in read_lines():
+            if line.strip().lower() in ("quit", "exit", "q"):
+                return
+            if line.strip():
+                await ask(line.strip())
+        if sys.stdin.isatty():
+            return
+        await asyncio.Event().wait()  # end of piped questions: the run ends with the source
+
+    async def mqtt_demo() -> None:
+        assert options.mqtt is not None and mqtt_config is not None
+        await _first_of(session.wait_windows(count=2), source_done.wait())
+        result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
+
+    finite: list[Awaitable[Any]] = [pump(), scripted()]
+    if options.mqtt is not None and options.mqtt.demo_question:
+        finite.append(mqtt_demo())
+    work = asyncio.ensure_future(asyncio.gather(*finite))
+    stopped = asyncio.ensure_future(stop.wait())
+    tasks = [work, stopped, asyncio.ensure_future(status())]
+    quit_ = asyncio.ensure_future(prompt()) if options.interactive else None
+    if quit_ is not None:
+        tasks.append(quit_)
+    try:
+        ends = {work, stopped} | ({quit_} if quit_ is not None else set())
+        done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            work.result()  # a source error ends the run here
+            if quit_ is not None:
+                console.note("the source ended; questions are still answered (quit to stop)")
+                done, _ = await asyncio.wait({quit_, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            elif options.mqtt is not None and options.duration_s is None and not options.questions:
+                await stopped  # serve-mqtt on a source that ended: keep answering until SIGTERM / Ctrl-C
+        if quit_ is not None and quit_ in done:
+            quit_.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Terminate:
+    """SIGTERM (systemd, Docker) as a graceful stop of the run.
+
+    While the stream is being served, SIGTERM sets ``stop``: the run ends as at the end of the
+    source, and every context manager exits normally. Before that (loading the model), or on a
+    second SIGTERM, it cancels the run. Installed only where the loop can handle signals (the
+    main thread on Unix).
+    """
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.received = False
+        self.serving = False
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            return
+        self._loop, self._task = loop, asyncio.current_task()
+
+    def remove(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGTERM)
+            self._loop = None
+
+    def _on_sigterm(self) -> None:
+        logger.info("SIGTERM: stopping")
+        self.received = True
+        if self.serving and not self.stop.is_set():
+            self.stop.set()
+        elif self._task is not None:
+            self._task.cancel()
 
 
 async def _first_of(*awaitables: Awaitable[Any]) -> None:
@@ -233,9 +329,12 @@ async def _ask_over_mqtt(config: Any, opts: MqttOptions, console: Console) -> di
     except (QueryError, TimeoutError, ConnectionError) as exc:
         console.note(f"   MQTT query failed: {exc}")
         return None
+    spans = {key: _tuple(reply.get(key)) for key in ("sink_window_range", "sink_time_range_s",
+                                                     "recent_window_range", "recent_time_range_s")}
     console.answer_done(Answer(reply.get("answer", ""), reply.get("ttft_ms", 0.0), reply.get("total_ms", 0.0),
                                _tuple(reply.get("window_range")), _tuple(reply.get("time_range_s")),
-                               reply.get("tokens_generated", 0)), streamed=False)
+                               reply.get("tokens_generated", 0), windows_cached=reply.get("windows_cached", 0),
+                               windows_evicted=reply.get("windows_evicted", 0), **spans), streamed=False)
     return reply
 
 

@@ -42,6 +42,8 @@ class StreamConfig:
         reanchor_at: fraction of the model's position range at which positions are re-anchored.
         window_queue: windows waiting for the model before oldest video is dropped.
         query_queue: questions waiting before new ones get a ``busy`` error.
+        first_window_wait_s: how long a question asked before the first window waits for one before
+            it is answered ``not_ready`` (0: at once).
         system_prompt: overrides the model's default system prompt.
         seed: seed of the tiny model and randomised baselines.
         torch_threads: CPU threads for the model (0 = auto: one core is left to decoding and I/O, as
@@ -69,6 +71,7 @@ class StreamConfig:
     reanchor_at: float = 0.5
     window_queue: int = 4
     query_queue: int = 16
+    first_window_wait_s: float = 5.0
     system_prompt: str | None = None
     seed: int = 0
     torch_threads: int = 0
@@ -81,6 +84,8 @@ class StreamConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cache_max_mb <= 0:
             raise ValueError(f"cache_max_mb must be positive, got {self.cache_max_mb}")
+        if not 0 <= self.first_window_wait_s <= 3600:
+            raise ValueError(f"first_window_wait_s must be in [0, 3600] seconds, got {self.first_window_wait_s}")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads must be >= 0 (0 = auto), got {self.torch_threads}")
         if self.sink_windows < 0:

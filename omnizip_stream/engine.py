@@ -56,6 +56,7 @@ class QueryResult:
     time_range_s: tuple[float, float] | None
     prompt_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
+    spans: dict[str, Any] = field(default_factory=dict)  # sink/recent ranges: the Answer's fields of the same names
 
 
 def normalise_frames(window: Window, fps: float, window_s: float) -> np.ndarray:
@@ -253,6 +254,8 @@ class StreamEngine:
         """
         if not self._started:
             self.start()
+        if not self.cache.windows():
+            raise QueryError("not_ready", "no window of the stream has been ingested yet; ask again in a moment")
         t0 = submitted_at if submitted_at is not None else time.perf_counter()
         max_new = max(1, min(int(max_new_tokens), self.config.max_new_tokens))
         checkpoint = self.cache.checkpoint()
@@ -266,15 +269,32 @@ class StreamEngine:
         finally:
             self.cache.restore(checkpoint)
         t_end = time.perf_counter()
-        windows = self.cache.windows()
-        window_range = (windows[0].window_index, windows[-1].window_index) if windows else None
-        time_range = (windows[0].t0_s, windows[-1].t1_s) if windows else None
+        spans = self.cached_spans()
         ttft = t_prefill - t0  # the first token is the argmax of the question's prefill logits
         return QueryResult(
             text=gen.text.strip(), tokens=gen.token_ids, ttft_ms=ttft * 1e3, total_ms=(t_end - t0) * 1e3,
-            window_range=window_range, time_range_s=time_range, prompt_tokens=prompt_tokens,
+            window_range=spans.pop("window_range"), time_range_s=spans.pop("time_range_s"),
+            prompt_tokens=prompt_tokens,
             extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
+            spans=spans,
         )
+
+    def cached_spans(self) -> dict[str, Any]:
+        """What an answer can see now: window index and time ranges of the cache, sink and recent apart.
+
+        Returns:
+            ``window_range`` / ``time_range_s`` (first to last cached window), ``sink_window_range`` /
+            ``sink_time_range_s``, ``recent_window_range`` / ``recent_time_range_s`` (None when
+            empty), ``windows_cached`` and ``windows_evicted``.
+        """
+        out: dict[str, Any] = {}
+        for name, segments in (("", self.cache.windows()), ("sink_", self.cache.sink_windows()),
+                               ("recent_", self.cache.recent_windows())):
+            out[f"{name}window_range"] = (segments[0].window_index, segments[-1].window_index) if segments else None
+            out[f"{name}time_range_s"] = (segments[0].t0_s, segments[-1].t1_s) if segments else None
+        out["windows_cached"] = len(self.cache.windows())
+        out["windows_evicted"] = self.cache.events.windows_evicted
+        return out
 
     def _sync(self) -> None:
         """Wait for queued GPU work so that stage timings are charged to the right stage."""

@@ -160,6 +160,14 @@ class RollingKVCache:
         """Stored segments that are windows (sink windows included), oldest first."""
         return [s for s in self.segments if s.kind != "prefix"]
 
+    def sink_windows(self) -> list[Segment]:
+        """Stored sink windows (never evicted), oldest first."""
+        return [s for s in self.segments if s.kind == "sink"]
+
+    def recent_windows(self) -> list[Segment]:
+        """Stored windows after the sink, oldest first: one contiguous run, as eviction is oldest-first."""
+        return [s for s in self.segments if s.kind == "window"]
+
     def _layers(self) -> list[Any]:
         return [layer for layer in getattr(self.cache, "layers", []) if getattr(layer, "keys", None) is not None
                 and isinstance(layer.keys, torch.Tensor) and layer.keys.numel()]

@@ -72,6 +72,13 @@ class StreamSession:
         }
         self._last_lag_s = 0.0
         self._clock_origin: float | None = None  # perf_counter() at stream time 0 (first push)
+        self._exited: asyncio.Future[None] | None = None  # set when the model thread has returned
+        self._source_counters: Any = None  # the sources' StreamCounters (see attach_source)
+        self._live_clock: Callable[[], float] | None = None
+        self._source_ended = False
+        self._last_t1_s: float | None = None  # end of the newest ingested window (stream seconds)
+        self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
+        self._behind_live_s: float | None = None  # live clock minus t1 when the last window landed
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None) -> StreamSession:
@@ -83,16 +90,38 @@ class StreamSession:
         """The model adapter (loaded once the session has been entered)."""
         return self._adapter
 
+    def attach_source(self, counters: Any = None, *, live_clock: Callable[[], float] | None = None) -> None:
+        """Report the sources' counters and the live clock in :meth:`stats` (one status model).
+
+        Args:
+            counters: the sources' :class:`~omnizip_stream.sources.base.StreamCounters` (``snapshot()``).
+            live_clock: seconds of live stream time now (``WindowStream.session_time``), or None for a
+                replay faster than real time, where "behind live" has no meaning.
+        """
+        self._source_counters = counters
+        self._live_clock = live_clock
+
+    def end_of_source(self) -> None:
+        """Mark the source as ended: "behind live" stops growing, ``stats()["source_ended"]`` is True."""
+        self._source_ended = True
+
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> StreamSession:
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
+        self._exited = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="omnizip-model", daemon=True)
         self._thread.start()
         try:
             await ready
+        except asyncio.CancelledError:
+            # Cancelled during a (possibly long) model load: Ctrl-C must not wait for it. The daemon
+            # thread stops as soon as the load returns.
+            with self._cond:
+                self._stopping = True
+            raise
         except BaseException:
-            await asyncio.to_thread(self._thread.join, 30)
+            await self._exited  # the load failed: the thread has returned
             raise
         return self
 
@@ -114,12 +143,27 @@ class StreamSession:
             if not q.future.done():
                 q.future.set_exception(QueryError("internal", "the stream session was closed"))
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            # Awaited as a future, not joined in an executor thread: a second Ctrl-C must not wait for it.
+            assert self._exited is not None
+            await asyncio.shield(self._exited)
             self._thread = None
 
+    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop (from the model thread); a closed loop is ignored."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the process is exiting (a second Ctrl-C)
+            pass
+
     def _run(self, ready: asyncio.Future[None]) -> None:
-        loop = self._loop
-        assert loop is not None
+        try:
+            self._serve(ready)
+        finally:
+            assert self._exited is not None
+            self._post(_set_result, self._exited, None)
+
+    def _serve(self, ready: asyncio.Future[None]) -> None:
         try:
             _set_torch_threads(self.config.torch_threads)
             adapter = self._adapter
@@ -134,9 +178,9 @@ class StreamSession:
             self.engine.start()
             self._publish_stats()
         except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
-            loop.call_soon_threadsafe(_set_exception, ready, exc)
+            self._post(_set_exception, ready, exc)
             return
-        loop.call_soon_threadsafe(_set_result, ready, None)
+        self._post(_set_result, ready, None)
         while True:
             with self._cond:
                 while not self._stopping and not self._queries and not self._windows:
@@ -145,17 +189,20 @@ class StreamSession:
                     return
                 job: Any = self._queries.popleft() if self._queries else self._windows.popleft()
                 self._busy = True
+                if not isinstance(job, _Query):
+                    self._current_t1_s = job[0].t1_s
             if isinstance(job, _Query):
                 self._serve_query(job)  # a query leaves the stream state (and its stats) unchanged
             else:
-                loop.call_soon_threadsafe(self._space.set)
+                self._post(self._space.set)
                 self._serve_window(*job)
                 self._publish_stats()
-                loop.call_soon_threadsafe(self._progress.set)
+                self._post(self._progress.set)
             with self._cond:
                 self._busy = False
+                self._current_t1_s = None
                 if not self._queries and not self._windows:
-                    loop.call_soon_threadsafe(self._idle.set)
+                    self._post(self._idle.set)
 
     def _serve_window(self, window: Window, pushed_at: float) -> None:
         assert self.engine is not None
@@ -163,34 +210,41 @@ class StreamSession:
             report = self.engine.ingest(window)
             self.reports.append(report)
             self._last_lag_s = time.perf_counter() - pushed_at
+            self._last_t1_s = report.t1_s
+            if self._live_clock is not None:
+                self._behind_live_s = max(0.0, self._live_clock() - report.t1_s)
         except Exception:  # a bad window must not stop the stream
             self.counters["windows_failed"] += 1
             logger.exception("window at t=%.1fs failed; the stream continues", window.t0_s)
 
     def _serve_query(self, query: _Query) -> None:
-        assert self.engine is not None and self._loop is not None
-        loop = self._loop
-        on_text = None
-        if query.on_text is not None:
-            callback = query.on_text
+        assert self.engine is not None
+        callback = query.on_text
 
-            def on_text(piece: str) -> None:
-                loop.call_soon_threadsafe(callback, piece)
+        def on_text(piece: str) -> None:
+            if self._stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
+                raise _Closed
+            if callback is not None:
+                self._post(callback, piece)
 
         try:
             result = self.engine.answer(query.question, query.max_new_tokens, submitted_at=query.submitted_at,
                                         on_text=on_text)
         except QueryError as exc:
             self.counters["queries_failed"] += 1
-            loop.call_soon_threadsafe(_set_exception, query.future, exc)
+            self._post(_set_exception, query.future, exc)
+            return
+        except _Closed:
+            self.counters["queries_failed"] += 1
+            self._post(_set_exception, query.future, QueryError("internal", "the stream session was closed"))
             return
         except Exception as exc:
             self.counters["queries_failed"] += 1
             logger.exception("query failed")
-            loop.call_soon_threadsafe(_set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
+            self._post(_set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
             return
         self.counters["queries_answered"] += 1
-        loop.call_soon_threadsafe(_set_result, query.future, result)
+        self._post(_set_result, query.future, result)
 
     def _publish_stats(self) -> None:
         assert self.engine is not None
@@ -239,7 +293,7 @@ class StreamSession:
         while True:
             self._progress.clear()
             ingested = self._snapshot.get("windows_ingested", 0) + self.counters["windows_failed"]
-            last_t1 = self.reports[-1].t1_s if self.reports else 0.0
+            last_t1 = self._last_t1_s or 0.0
             done = (count is None or ingested >= count) and (until_s is None or last_t1 >= until_s)
             if done:
                 return
@@ -261,14 +315,17 @@ class StreamSession:
     ) -> Answer:
         """Answer ``question`` about the stream so far (see :class:`~omnizip_stream.query.base.QueryService`).
 
+        A question asked before the first window waits up to ``config.first_window_wait_s`` for one.
+
         Raises:
-            QueryError: ``bad_request``, ``too_long``, ``busy`` or ``internal``.
+            QueryError: ``bad_request``, ``too_long``, ``busy``, ``not_ready`` (no window yet) or ``internal``.
         """
         self._check_running()
         if not isinstance(question, str) or not question.strip():
             raise QueryError("bad_request", "the question must be a non-empty string")
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
             raise QueryError("bad_request", "max_new_tokens must be a positive integer")
+        await self._wait_first_window()
         assert self._loop is not None
         query = _Query(
             question, max_new_tokens or self.config.max_new_tokens, time.perf_counter(),
@@ -284,8 +341,27 @@ class StreamSession:
         return Answer(
             text=result.text, ttft_ms=result.ttft_ms, total_ms=result.total_ms, window_range=result.window_range,
             time_range_s=result.time_range_s, tokens_generated=len(result.tokens),
-            extra={"prompt_tokens": result.prompt_tokens, **result.extra},
+            extra={"prompt_tokens": result.prompt_tokens, **result.extra}, **result.spans,
         )
+
+    async def _wait_first_window(self) -> None:
+        """Wait up to ``first_window_wait_s`` for the first ingested window; else ``not_ready``."""
+        if self._snapshot.get("windows_ingested", 0):
+            return
+        wait_s = self.config.first_window_wait_s
+        try:
+            async with asyncio.timeout(wait_s):
+                while not self._snapshot.get("windows_ingested", 0):
+                    if self._source_ended:
+                        break
+                    self._progress.clear()
+                    await self._progress.wait()
+                    self._check_running()
+        except TimeoutError:
+            pass
+        if not self._snapshot.get("windows_ingested", 0):
+            raise QueryError("not_ready", "no window of the stream has been ingested yet "
+                                          f"(waited {wait_s:g} s); ask again once the stream has started")
 
     def ask_stream(self, question: str, max_new_tokens: int | None = None) -> AnswerStream:
         """Stream the answer piece by piece.
@@ -300,25 +376,42 @@ class StreamSession:
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
-        """Live counters: engine stats (last snapshot) plus queues, drops and lag."""
+        """Live counters: the one status model (the terminal's status line and the MQTT status topic).
+
+        Engine stats (last snapshot), session queues and drops, and once :meth:`attach_source` was
+        called: ``source`` (the sources' drop counters) and ``window_lag_s``, how far the cache is
+        behind the live source: when the newest window landed, the live clock minus its end, or,
+        while a window waits for the model, the live clock minus the end of the oldest waiting one
+        (so it grows while the model is stuck). None on a replay faster than real time; frozen once
+        the source has ended.
+        """
         with self._cond:
             queued_windows, queued_queries = len(self._windows), len(self._queries)
+            oldest_t1 = self._current_t1_s if self._current_t1_s is not None else (
+                self._windows[0][0].t1_s if self._windows else None)
         out = dict(self._snapshot)
         out.update(self.counters)
         out.update({"windows_queued": queued_windows, "queries_queued": queued_queries,
-                    "ingest_lag_s": self._last_lag_s})
+                    "ingest_lag_s": self._last_lag_s, "source_ended": self._source_ended})
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
-            out["last_window_t1_s"] = self.reports[-1].t1_s
-            if self._clock_origin is not None:
-                # How far ingestion is behind the live clock (0 when a replay runs ahead of it).
-                behind = time.perf_counter() - (self._clock_origin + self.reports[-1].t1_s)
-                out["window_lag_s"] = max(0.0, behind)
+        if self._last_t1_s is not None:
+            out["last_window_t1_s"] = self._last_t1_s
+        if self._source_counters is not None:
+            out["source"] = self._source_counters.snapshot()
+        behind = self._behind_live_s
+        if self._live_clock is not None and oldest_t1 is not None and not self._source_ended:
+            behind = max(behind or 0.0, self._live_clock() - oldest_t1)
+        out["window_lag_s"] = behind
         return out
 
     def _check_running(self) -> None:
         if self._thread is None or self._stopping:
             raise QueryError("not_ready", "the stream session is not running")
+
+
+class _Closed(Exception):
+    """Raised on the model thread to abandon an answer when the session closes."""
 
 
 class AnswerStream:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import os
 import sys
+from typing import NoReturn
 
 from omnizip_stream.cli import UserError
 from omnizip_stream.cli._common import tiny_notice
@@ -69,9 +73,30 @@ def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
         mqtt_errors = ()
     user_errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors)
     try:
-        return asyncio.run(run_stream(config, options))
+        result = asyncio.run(run_stream(config, options))
     except user_errors as exc:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    except KeyboardInterrupt:  # Ctrl-C (once or twice): the run was cancelled and its contexts exited
+        exit_now(130, "interrupted")
+    if result.terminated:  # SIGTERM: stopped gracefully, the summary is printed
+        exit_now(0)
+    return result
+
+
+def exit_now(code: int, message: str | None = None) -> NoReturn:
+    """End the process at once, after the run's own cleanup.
+
+    Used on Ctrl-C and SIGTERM, where the stream, the MQTT server and any embedded broker have
+    already been closed: the interpreter's own teardown (torch, transformers) takes seconds on a
+    busy machine, and Ctrl-C must stop within one.
+    """
+    if message:
+        print(("\n" if sys.stderr.isatty() else "") + message, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:

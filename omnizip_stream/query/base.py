@@ -11,8 +11,9 @@ class QueryError(Exception):
     """A query that could not be answered, with a machine-readable code.
 
     Codes: ``bad_request`` (malformed or invalid input), ``too_long`` (the question does not fit the
-    context), ``busy`` (the query queue is full), ``rate_limited``, ``not_ready`` (no window ingested
-    yet is allowed; this code is for a session that is not running), ``internal``.
+    context), ``busy`` (the query queue is full), ``rate_limited``, ``not_ready`` (no window of the stream has been
+    ingested yet, after waiting ``StreamConfig.first_window_wait_s``, or the session is not running),
+    ``internal``.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -29,12 +30,18 @@ class Answer:
         text: the generated answer.
         ttft_ms: time from the question reaching the model thread's queue to the first token.
         total_ms: time from submission to the last token.
-        window_range: ``(first_window_index, last_window_index)`` visible to the answer, or None
-            when no window had been ingested yet.
-        time_range_s: ``(t0_s, t1_s)`` of stream time the visible windows span (evicted middles
-            excluded), or None.
+        window_range: ``(first_window_index, last_window_index)`` of the windows in the cache (the
+            sink's first to the newest), or None when no window had been ingested yet. Windows
+            evicted in between are not visible: see the ``sink_*`` / ``recent_*`` fields.
+        time_range_s: ``(t0_s, t1_s)`` of stream time from the first to the last cached window
+            (evicted middles included in the span), or None.
         tokens_generated: number of generated tokens.
         extra: further counters (queue wait, prompt tokens ...).
+        sink_window_range / sink_time_range_s: the sink windows (kept forever), or None.
+        recent_window_range / recent_time_range_s: the contiguous run of recent windows after the
+            sink (what eviction has left), or None.
+        windows_cached: windows visible to the answer (sink plus recent).
+        windows_evicted: windows evicted from the cache so far (not visible).
     """
 
     text: str
@@ -44,6 +51,18 @@ class Answer:
     time_range_s: tuple[float, float] | None
     tokens_generated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    sink_window_range: tuple[int, int] | None = None
+    sink_time_range_s: tuple[float, float] | None = None
+    recent_window_range: tuple[int, int] | None = None
+    recent_time_range_s: tuple[float, float] | None = None
+    windows_cached: int = 0
+    windows_evicted: int = 0
+
+    @property
+    def has_gap(self) -> bool:
+        """Whether windows between the sink and the recent span were evicted."""
+        return (self.sink_window_range is not None and self.recent_window_range is not None
+                and self.recent_window_range[0] > self.sink_window_range[1] + 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

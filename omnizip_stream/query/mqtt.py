@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from omnizip_stream.query.base import Answer, QueryError, QueryService
@@ -396,8 +396,7 @@ class MqttQueryServer:
             final = carried
         if final is None:
             final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
-        return Answer(final.text, final.ttft_ms, final.total_ms, final.window_range, final.time_range_s,
-                      final.tokens_generated, {**final.extra, "partials": len(parts)})
+        return replace(final, extra={**final.extra, "partials": len(parts)})
 
     def _fail(self, job: _Job, code: str, message: str) -> None:
         self.errors[code] += 1

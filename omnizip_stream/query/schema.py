@@ -15,7 +15,10 @@ Replies (JSON objects on the reply topic, CorrelationData echoed under MQTT 5)::
     {"type": "partial", "id": ..., "seq": 0, "delta": "text"}
     {"type": "final", "ok": true, "id": ..., "stream_id": ..., "answer": ..., "ttft_ms": ...,
      "total_ms": ..., "server_ms": ..., "window_range": [i, j] | null,
-     "time_range_s": [t0, t1] | null, "tokens_generated": n}
+     "time_range_s": [t0, t1] | null, "tokens_generated": n,
+     "sink_window_range": [i, j] | null, "sink_time_range_s": [t0, t1] | null,
+     "recent_window_range": [i, j] | null, "recent_time_range_s": [t0, t1] | null,
+     "windows_cached": n, "windows_evicted": n}
     {"type": "final", "ok": false, "id": ..., "stream_id": ..., "error": {"code": ..., "message": ...}}
 """
 
@@ -226,6 +229,13 @@ def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: flo
         "window_range": json_safe(answer.window_range),
         "time_range_s": json_safe(answer.time_range_s),
         "tokens_generated": answer.tokens_generated,
+        # What the answer could see: the sink and the recent windows apart (evicted ones in between are gone).
+        "sink_window_range": json_safe(answer.sink_window_range),
+        "sink_time_range_s": json_safe(answer.sink_time_range_s),
+        "recent_window_range": json_safe(answer.recent_window_range),
+        "recent_time_range_s": json_safe(answer.recent_time_range_s),
+        "windows_cached": answer.windows_cached,
+        "windows_evicted": answer.windows_evicted,
     }
 
 

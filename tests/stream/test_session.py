@@ -89,7 +89,10 @@ async def test_concurrent_questions_are_answered_in_order(tiny25):
 
 
 async def test_busy_when_the_question_queue_is_full(tiny25):
+    wav, frames = synthetic_clip(2.0, seed=3)
     async with _session(tiny25, query_queue=2) as session:
+        await session.push_window(clip_windows(wav, frames)[0])
+        await session.drain()
         gate, entered = threading.Event(), threading.Event()
         original = session.engine.answer
 
