@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 
 from omnizip_stream.query.base import QueryError
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", help="MQTT client id (also the rate-limit identity)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (default 60)")
     p.add_argument("--json", action="store_true", help="print the final reply as JSON instead of the text")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log the MQTT exchange (-vv: debug)")
     return p
 
 
@@ -104,6 +106,8 @@ async def ask(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.timeout <= 0:
         print("error: --timeout must be > 0", file=sys.stderr)
         return 2
