@@ -37,6 +37,7 @@ class MqttOptions:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    reply_prefix: str | None = None  # replies only to topics under it (MqttConfig.reply_prefix)
     demo_question: str | None = None  # asked once through a real MQTT client (the demo)
 
 
@@ -299,7 +300,7 @@ async def _start_mqtt(
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
-                                 protocol=protocol)
+                                 protocol=protocol, reply_prefix=opts.reply_prefix)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
     stack.push_async_callback(_cancel, task)

@@ -4,7 +4,8 @@
     python scripts/mqtt_query.py --broker mqtt://127.0.0.1:1883 --stream-id cam1 "What is on the table?"
 
 Exit codes: 0 answered; 1 the service replied with an error; 2 bad arguments or broker unreachable;
-3 no reply within --timeout.
+3 no reply within --timeout. The broker password is read from --password-file, --password, the URL or
+the OMNIZIP_MQTT_PASSWORD environment variable (the flag and the URL are visible in `ps`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.query.mqtt_client import MqttQueryClient
-from omnizip_stream.query.mqtt_config import MqttConfig
+from omnizip_stream.query.mqtt_config import MqttConfig, cli_credentials
+from omnizip_stream.query.preflight import check_broker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--stream-id", required=True, help="stream to ask (topic omnizip/<ID>/query)")
     p.add_argument("--username")
-    p.add_argument("--password")
+    p.add_argument("--password", help="visible in `ps`: prefer OMNIZIP_MQTT_PASSWORD or --password-file")
+    p.add_argument("--password-file", help="file whose first line is the broker password")
     p.add_argument("--cafile", help="CA certificate (PEM) that signed the broker's certificate (mqtts://)")
     p.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     p.add_argument("--key", help="client key (PEM) for mutual TLS")
@@ -36,14 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", help="MQTT client id (also the rate-limit identity)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (default 60)")
     p.add_argument("--json", action="store_true", help="print the final reply as JSON instead of the text")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log the MQTT exchange (-vv: debug)")
     return p
 
 
 async def ask(args: argparse.Namespace) -> int:
     try:
+        creds = cli_credentials(args.broker, args.username, args.password, args.password_file)
         config = MqttConfig.from_url(
-            args.broker, stream_id=args.stream_id, username=args.username, password=args.password,
-            ca_file=args.cafile, cert_file=args.cert, key_file=args.key, tls_insecure=args.insecure or None,
+            args.broker, stream_id=args.stream_id, **creds, ca_file=args.cafile, cert_file=args.cert, key_file=args.key, tls_insecure=args.insecure or None,
             protocol="3.1.1" if args.v311 else "5", client_id=args.client_id,
         )
     except ValueError as exc:
@@ -64,7 +69,12 @@ async def ask(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout, on_partial=on_partial if args.stream else None,
             )
     except ConnectionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        try:  # a port that speaks the other protocol (TLS vs plain) looks like a flaky network: say which
+            await asyncio.to_thread(check_broker, config, 2.0)
+        except ValueError as why:
+            message = str(why)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except QueryError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
@@ -96,6 +106,8 @@ async def ask(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.timeout <= 0:
         print("error: --timeout must be > 0", file=sys.stderr)
         return 2

@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_broker_port_argument(parser)
     parser.add_argument("--stream-id", default="default", help="topics omnizip/<ID>/query and omnizip/<ID>/status")
     parser.add_argument("--username", default=None)
-    parser.add_argument("--password", default=None)
+    parser.add_argument("--password", default=None,
+                        help="broker password (visible in `ps`: prefer OMNIZIP_MQTT_PASSWORD or --password-file)")
+    parser.add_argument("--password-file", default=None, help="file whose first line is the broker password")
+    parser.add_argument("--reply-prefix", default=None,
+                        help="publish replies only to topics under this prefix (e.g. devices/); default: any topic "
+                             "outside omnizip/ except omnizip/<ID>/reply/...")
     parser.add_argument("--cafile", default=None, help="CA certificate for mqtts://")
     parser.add_argument("--cert", default=None, help="client certificate for mutual TLS")
     parser.add_argument("--key", default=None, help="client key for mutual TLS")
@@ -29,23 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until the source ends and Ctrl-C (a live source runs until Ctrl-C)."""
     from omnizip_stream.app import MqttOptions, RunOptions
-    from omnizip_stream.query.mqtt_config import MqttConfig
+    from omnizip_stream.query.mqtt_config import MqttConfig, cli_credentials
+    from omnizip_stream.query.preflight import check_broker
 
     config = build_config(args)
     check_broker_port(args.broker_port, args.broker)
-    if args.broker is not None:
-        try:  # validate the URL and TLS options before loading anything
-            MqttConfig.from_url(args.broker, stream_id=args.stream_id, username=args.username, password=args.password,
-                                ca_file=args.cafile, cert_file=args.cert, key_file=args.key)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    else:
-        try:
-            MqttConfig.from_url("mqtt://127.0.0.1:1883", stream_id=args.stream_id)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    mqtt = MqttOptions(stream_id=args.stream_id, broker=args.broker, username=args.username, password=args.password,
-                       ca_file=args.cafile, cert_file=args.cert, key_file=args.key, broker_port=args.broker_port)
+    try:  # validate the URL, credentials and TLS options, and look at the broker, before loading anything
+        url = args.broker if args.broker is not None else "mqtt://127.0.0.1:1883"
+        creds: dict[str, str | None] = {}
+        if args.broker is not None:
+            creds = cli_credentials(url, args.username, args.password, args.password_file)
+        mqtt_config = MqttConfig.from_url(url, stream_id=args.stream_id, ca_file=args.cafile, cert_file=args.cert,
+                                          key_file=args.key, reply_prefix=args.reply_prefix, **creds)
+        if args.broker is not None:
+            check_broker(mqtt_config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    mqtt = MqttOptions(stream_id=args.stream_id, broker=args.broker, username=args.username,
+                       password=creds.get("password"), ca_file=args.cafile, cert_file=args.cert, key_file=args.key,
+                       reply_prefix=args.reply_prefix, broker_port=args.broker_port)
     options = RunOptions(source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
                          realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side,
                          status_interval_s=args.status_interval, mqtt=mqtt)

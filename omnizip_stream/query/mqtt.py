@@ -44,6 +44,7 @@ from omnizip_stream.query.schema import (
     parse_request,
     partial,
     payload_route,
+    salvage_route,
 )
 
 __all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "parse_broker_url"]
@@ -85,7 +86,7 @@ class MqttQueryServer:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._outbox = Outbox(config.max_outbox)
         self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-        self._forbidden = (config.query_topic, config.status_topic)
+        self._routes = config.route_policy()
         self._in_flight = 0
         self._started_s = time.monotonic()
         self._workers: list[asyncio.Task[None]] = []
@@ -260,27 +261,28 @@ class MqttQueryServer:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if response_topic is not None:
             try:
-                route = Route(check_reply_topic(response_topic, self._forbidden),
+                route = Route(check_reply_topic(response_topic, self._routes),
                               getattr(props, "CorrelationData", None))
             except RequestError as exc:
                 self._reject(None, None, exc.code, f"ResponseTopic: {exc.message}")
                 return
         obj: Any = None
-        too_big = len(payload) > cfg.max_payload_bytes
-        if not too_big or (route is None and len(payload) <= 16 * cfg.max_payload_bytes):
+        error: RequestError | None = None
+        if len(payload) > cfg.max_payload_bytes:
+            error = RequestError("too_long", f"payload is {len(payload)} bytes, limit {cfg.max_payload_bytes}")
+        else:
             try:
                 obj = decode_payload(payload)
             except RequestError as exc:
-                if not too_big:
-                    self._reject(route, None, exc.code, exc.message)
-                    return
-        reply_to, request_id = payload_route(obj, self._forbidden)
+                error = exc
+        if error is not None:  # recover reply_to/id from the complete members before the damage
+            reply_to, request_id = salvage_route(payload, self._routes)
+            self._reject(route or (Route(reply_to) if reply_to is not None else None), request_id, error.code,
+                         error.message)
+            return
+        reply_to, request_id = payload_route(obj, self._routes)
         if route is None and reply_to is not None:
             route = Route(reply_to)
-        if too_big:
-            self._reject(route, request_id, "too_long",
-                         f"payload is {len(payload)} bytes, limit {cfg.max_payload_bytes}")
-            return
         declared = obj.get("client_id") if isinstance(obj, dict) else None
         key = client_key(declared if isinstance(declared, str) and len(declared) <= 64 else None, route)
         if key is not None and not self._limiter.allow(key):
@@ -293,7 +295,7 @@ class MqttQueryServer:
             request = parse_request(obj, max_question_chars=cfg.max_question_chars,
                                     default_max_new_tokens=cfg.default_max_new_tokens,
                                     max_new_tokens_limit=cfg.max_new_tokens_limit,
-                                    forbidden_topics=self._forbidden)
+                                    routes=self._routes)
         except RequestError as exc:
             self._reject(route, request_id, exc.code, exc.message)
             return
@@ -352,7 +354,8 @@ class MqttQueryServer:
                 answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
                                                 self.config.query_timeout_s)
             reply = final_answer(self.config.stream_id, req.request_id, answer,
-                                 (time.monotonic() - job.received_s) * 1e3)
+                                 (time.monotonic() - job.received_s) * 1e3, max_new_tokens_used=req.max_new_tokens,
+                                 note=req.note)
             if req.stream:
                 reply["partials"] = answer.extra.get("partials", 0)
             payload = encode(reply)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from omnizip_stream.credentials import redact_url, resolve_password
+from omnizip_stream.query.routes import DEFAULT_MAX_REPLY_TOPIC_BYTES, RoutePolicy
+
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # paho does not disable Nagle; without this every reply waits for the peer's delayed ACK (~40 ms).
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -39,21 +42,22 @@ def parse_broker_url(url: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.strip():
         raise ValueError("broker URL is empty; expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     url = url.strip()
+    shown = redact_url(url)  # errors never carry the password
     if "://" not in url:
-        raise ValueError(f"broker URL {url!r} has no scheme; expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        raise ValueError(f"broker URL {shown!r} has no scheme; expected mqtt://HOST:PORT or mqtts://HOST:PORT")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"broker URL {url!r}: scheme must be mqtt or mqtts, not {parts.scheme!r}")
+        raise ValueError(f"broker URL {shown!r}: scheme must be mqtt or mqtts, not {parts.scheme!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"broker URL {url!r}: only mqtt(s)://[user[:password]@]host[:port] is allowed")
+        raise ValueError(f"broker URL {shown!r}: only mqtt(s)://[user[:password]@]host[:port] is allowed")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"broker URL {url!r}: port must be a number in 1..65535") from None
+        raise ValueError(f"broker URL {shown!r}: port must be a number in 1..65535") from None
     host = parts.hostname
     if not host:
-        raise ValueError(f"broker URL {url!r} has no host")
+        raise ValueError(f"broker URL {shown!r} has no host")
     out: dict[str, Any] = {
         "host": host,
         "port": port if port is not None else DEFAULT_PORTS[scheme],
@@ -64,6 +68,24 @@ def parse_broker_url(url: str) -> dict[str, Any]:
     if parts.password is not None:
         out["password"] = unquote(parts.password)
     return out
+
+
+def cli_credentials(url: str, username: str | None, password: str | None,
+                    password_file: str | None) -> dict[str, str | None]:
+    """``username``/``password`` overrides for :meth:`MqttConfig.from_url` from the command-line flags.
+
+    The password comes from ``--password-file``, ``--password``, the URL, or the
+    ``OMNIZIP_MQTT_PASSWORD`` environment variable, in that order (see
+    :func:`~omnizip_stream.credentials.resolve_password`; command-line passwords log a warning).
+
+    Raises:
+        ValueError: a bad URL, both ``password`` and ``password_file``, or an unreadable file.
+    """
+    fields = parse_broker_url(url)
+    user = username if username is not None else fields.get("username")
+    secret = resolve_password(password, password_file, url_has_password="password" in fields,
+                              has_username=user is not None)
+    return {"username": username, "password": secret}
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,10 @@ class MqttConfig:
         max_outbox: answers waiting for the broker while disconnected; beyond that the oldest
             partial answers, then the oldest answers, are dropped (and counted).
         topic_prefix: first topic level (default ``omnizip``).
+        reply_prefix: when set, replies are published only to topics under it (e.g. ``devices/``);
+            requests routed elsewhere are refused. Without it any topic outside the service's own
+            namespace is allowed (see :class:`~omnizip_stream.query.routes.RoutePolicy`).
+        max_reply_topic_bytes: longest reply topic accepted (UTF-8 bytes; MQTT allows 65535).
     """
 
     stream_id: str
@@ -140,6 +166,8 @@ class MqttConfig:
     reconnect_max_s: float = 30.0
     max_outbox: int = 10_000
     topic_prefix: str = "omnizip"
+    reply_prefix: str | None = None
+    max_reply_topic_bytes: int = DEFAULT_MAX_REPLY_TOPIC_BYTES
 
     def __post_init__(self) -> None:
         """Validate every field; raises ValueError with a one-line reason."""
@@ -190,6 +218,8 @@ class MqttConfig:
                 f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s ({self.reconnect_min_s})"
             )
         _check_int(self.max_outbox, "max_outbox", 1, 10_000_000)
+        self.route_policy()  # validates reply_prefix and max_reply_topic_bytes
+        self.ssl_context()  # a CA file that is not PEM or a certificate that does not match its key fails here
 
     @classmethod
     def from_url(cls, url: str, *, stream_id: str, **overrides: Any) -> MqttConfig:
@@ -217,6 +247,10 @@ class MqttConfig:
         """The broker URL without credentials, for logs."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    def route_policy(self) -> RoutePolicy:
+        """Where this server may publish replies (topic-name rules and confinement)."""
+        return RoutePolicy(self.topic_prefix, self.stream_id, self.reply_prefix, self.max_reply_topic_bytes)
 
     @property
     def query_topic(self) -> str:
@@ -247,10 +281,18 @@ class MqttConfig:
             return None
         try:
             ctx = ssl.create_default_context(cafile=self.ca_file)
-            if self.cert_file is not None:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
         except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"cannot load TLS files: {exc}") from None
+            raise ValueError(f"CA file {self.ca_file!r} is not a PEM certificate ({_ssl_reason(exc)})") from None
+        if self.cert_file is not None:
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as exc:
+                reason = _ssl_reason(exc)
+                if "KEY_VALUES_MISMATCH" in str(exc):
+                    raise ValueError(f"client certificate {self.cert_file!r} and key {self.key_file!r} do not "
+                                     "match (the key is not the certificate's private key)") from None
+                raise ValueError(f"cannot load the client certificate {self.cert_file!r} / key "
+                                 f"{self.key_file!r}: not PEM, or a key with a passphrase ({reason})") from None
         if self.tls_insecure:
             ctx.check_hostname = False
         return ctx
@@ -261,6 +303,11 @@ class MqttConfig:
         if out["password"] is not None:
             out["password"] = "***"
         return out
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(reason).replace("_", " ").lower()
 
 
 def _check_int(value: Any, name: str, lo: int, hi: int) -> None:

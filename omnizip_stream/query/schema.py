@@ -15,10 +15,11 @@ Replies (JSON objects on the reply topic, CorrelationData echoed under MQTT 5)::
     {"type": "partial", "id": ..., "seq": 0, "delta": "text"}
     {"type": "final", "ok": true, "id": ..., "stream_id": ..., "answer": ..., "ttft_ms": ...,
      "total_ms": ..., "server_ms": ..., "window_range": [i, j] | null,
-     "time_range_s": [t0, t1] | null, "tokens_generated": n,
+     "time_range_s": [t0, t1] | null, "tokens_generated": n, "max_new_tokens_used": n,
      "sink_window_range": [i, j] | null, "sink_time_range_s": [t0, t1] | null,
      "recent_window_range": [i, j] | null, "recent_time_range_s": [t0, t1] | null,
-     "windows_cached": n, "windows_evicted": n}
+     "windows_cached": n, "windows_evicted": n,
+     "note": str}                  note only when the request was adjusted (e.g. its budget capped)
     {"type": "final", "ok": false, "id": ..., "stream_id": ..., "error": {"code": ..., "message": ...}}
 """
 
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnizip_stream.query.base import Answer
+from omnizip_stream.query.routes import RoutePolicy, salvage_fields
 
 REQUEST_FIELDS = frozenset({"question", "max_new_tokens", "stream", "id", "reply_to", "client_id"})
 MAX_ID_CHARS = 128
-MAX_TOPIC_BYTES = 512
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
 ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "internal")
@@ -72,6 +73,8 @@ class QueryRequest:
         stream: whether partial answers were asked for.
         request_id: the client's ``id`` (str or int), echoed back; None if not given.
         client_id: the client's declared identity, or None.
+        note: what the server changed about the request (e.g. a ``max_new_tokens`` above the limit
+            was capped), or None; sent back in the final reply.
     """
 
     question: str
@@ -79,29 +82,25 @@ class QueryRequest:
     stream: bool = False
     request_id: str | int | None = None
     client_id: str | None = None
+    note: str | None = None
 
 
-def check_reply_topic(topic: Any, forbidden: tuple[str, ...]) -> str:
+def check_reply_topic(topic: Any, routes: RoutePolicy) -> str:
     """Validate a reply topic (from the payload or the ResponseTopic property).
 
     Args:
         topic: candidate topic.
-        forbidden: topics the server must never publish replies to (its own query/status topics).
+        routes: the topic-name rules and the confinement (see :class:`RoutePolicy`).
 
     Returns:
         The topic.
 
     Raises:
-        RequestError: ``bad_request`` if it is not a publishable topic name.
+        RequestError: ``bad_request`` if it is not a topic name replies may be published to.
     """
-    if not isinstance(topic, str) or not topic:
-        raise RequestError("bad_request", "'reply_to' must be a non-empty topic string")
-    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
-        raise RequestError("bad_request", f"reply topic is longer than {MAX_TOPIC_BYTES} bytes")
-    if "+" in topic or "#" in topic or "\x00" in topic or topic.startswith("$"):
-        raise RequestError("bad_request", "reply topic must not contain wildcards, NUL or start with '$'")
-    if topic in forbidden:
-        raise RequestError("bad_request", f"replies cannot go to the service's own topic {topic!r}")
+    problem = routes.problem(topic)
+    if problem is not None:
+        raise RequestError("bad_request", f"reply topic {problem}")
     return topic
 
 
@@ -121,7 +120,7 @@ def decode_payload(payload: bytes) -> Any:
         raise RequestError("bad_request", f"payload is not valid JSON ({_short(exc)})") from None
 
 
-def payload_route(obj: Any, forbidden: tuple[str, ...]) -> tuple[str | None, str | int | None]:
+def payload_route(obj: Any, routes: RoutePolicy) -> tuple[str | None, str | int | None]:
     """Best-effort ``(reply_to, id)`` from a decoded payload, for replying to an invalid request.
 
     Invalid values are dropped rather than raised, so the error about the rest of the request can
@@ -130,14 +129,22 @@ def payload_route(obj: Any, forbidden: tuple[str, ...]) -> tuple[str | None, str
     if not isinstance(obj, dict):
         return None, None
     reply_to = obj.get("reply_to")
-    try:
-        reply_to = check_reply_topic(reply_to, forbidden) if reply_to is not None else None
-    except RequestError:
+    if reply_to is not None and routes.problem(reply_to) is not None:
         reply_to = None
     rid = obj.get("id")
     if not _valid_id(rid):
         rid = None
     return reply_to, rid
+
+
+def salvage_route(payload: bytes, routes: RoutePolicy) -> tuple[str | None, str | int | None]:
+    """``(reply_to, id)`` recovered from a payload that is not valid JSON or is too large to parse.
+
+    Only members that come complete before the damage count (see
+    :func:`~omnizip_stream.query.routes.salvage_fields`), and the route is checked like any other,
+    so an error reply can reach a 3.1.1 client whose request was truncated or oversized.
+    """
+    return payload_route(salvage_fields(payload), routes)
 
 
 def parse_request(
@@ -146,7 +153,7 @@ def parse_request(
     max_question_chars: int,
     default_max_new_tokens: int,
     max_new_tokens_limit: int,
-    forbidden_topics: tuple[str, ...] = (),
+    routes: RoutePolicy | None = None,
 ) -> QueryRequest:
     """Validate a decoded request object.
 
@@ -154,8 +161,9 @@ def parse_request(
         obj: the decoded JSON value.
         max_question_chars: longer questions are refused with ``too_long``.
         default_max_new_tokens: budget when the request gives none.
-        max_new_tokens_limit: largest budget a request may ask for.
-        forbidden_topics: topics ``reply_to`` may not name.
+        max_new_tokens_limit: largest budget; a request asking for more is served with this limit
+            and told so (``note``), rather than refused.
+        routes: where ``reply_to`` may point (default: :class:`RoutePolicy` defaults).
 
     Returns:
         The validated request (``reply_to`` is checked here but routed by the caller).
@@ -176,6 +184,8 @@ def parse_request(
     question = obj["question"]
     if not isinstance(question, str):
         raise RequestError("bad_request", f"'question' must be a string, not {_json_type(question)}")
+    if not _well_formed(question):
+        raise RequestError("bad_request", "'question' is not well-formed Unicode (it contains a lone surrogate)")
     question = question.strip()
     if not question:
         raise RequestError("bad_request", "'question' is empty")
@@ -184,8 +194,12 @@ def parse_request(
     max_new = obj.get("max_new_tokens", default_max_new_tokens)
     if not isinstance(max_new, int) or isinstance(max_new, bool):
         raise RequestError("bad_request", f"'max_new_tokens' must be an integer, not {_json_type(max_new)}")
-    if not 1 <= max_new <= max_new_tokens_limit:
+    note = None
+    if max_new < 1:
         raise RequestError("bad_request", f"'max_new_tokens' must be in 1..{max_new_tokens_limit}, not {max_new}")
+    if max_new > max_new_tokens_limit:
+        note = f"max_new_tokens {max_new} is above this server's limit; answered with {max_new_tokens_limit}"
+        max_new = max_new_tokens_limit
     stream = obj.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("bad_request", f"'stream' must be true or false, not {_json_type(stream)}")
@@ -193,11 +207,11 @@ def parse_request(
     if rid is not None and not _valid_id(rid):
         raise RequestError("bad_request", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
     if "reply_to" in obj:
-        check_reply_topic(obj["reply_to"], forbidden_topics)
+        check_reply_topic(obj["reply_to"], routes if routes is not None else RoutePolicy())
     client_id = obj.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not _CLIENT_ID_RE.match(client_id)):
         raise RequestError("bad_request", "'client_id' must be 1-64 characters of letters, digits or '_.:@-'")
-    return QueryRequest(question, max_new, stream, rid, client_id)
+    return QueryRequest(question, max_new, stream, rid, client_id, note)
 
 
 def client_key(client_id: str | None, route: Route | None) -> str | None:
@@ -215,9 +229,14 @@ def client_key(client_id: str | None, route: Route | None) -> str | None:
     return None
 
 
-def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: float) -> dict[str, Any]:
-    """Build the ``type: final, ok: true`` reply for an answer."""
-    return {
+def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: float, *,
+                 max_new_tokens_used: int | None = None, note: str | None = None) -> dict[str, Any]:
+    """Build the ``type: final, ok: true`` reply for an answer.
+
+    ``max_new_tokens_used`` (the budget the answer was generated with) and ``note`` (what the server
+    changed about the request) are added when given.
+    """
+    reply: dict[str, Any] = {
         "type": "final",
         "ok": True,
         "id": request_id,
@@ -237,6 +256,11 @@ def final_answer(stream_id: str, request_id: Any, answer: Answer, server_ms: flo
         "windows_cached": answer.windows_cached,
         "windows_evicted": answer.windows_evicted,
     }
+    if max_new_tokens_used is not None:
+        reply["max_new_tokens_used"] = max_new_tokens_used
+    if note is not None:
+        reply["note"] = note
+    return reply
 
 
 def final_error(stream_id: str, request_id: Any, code: str, message: str) -> dict[str, Any]:
@@ -292,7 +316,16 @@ def _valid_id(rid: Any) -> bool:
         return False
     if isinstance(rid, int):
         return abs(rid) < 2**63
-    return isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS
+    return isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS and _well_formed(rid)
+
+
+def _well_formed(text: str) -> bool:
+    """False if ``text`` has a lone surrogate (JSON may escape one; UTF-8 cannot carry it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> Any:

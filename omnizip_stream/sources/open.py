@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from omnizip_stream.clock import Clock, MonotonicClock
+from omnizip_stream.credentials import redact_url
 from omnizip_stream.sources._av import OPEN_TIMEOUT_S
 from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
@@ -266,7 +267,7 @@ async def open_windows(
     policy = backpressure if backpressure != "auto" else ("drop-video" if live else "block")
     stream = WindowStream(sources, windower, live=live, backpressure=policy, clock=clock, session_t0=session_t0,
                           max_latency_s=max_latency_s, max_queue_windows=max_queue_windows)
-    logger.info("opened %s: %s, window %.1f s, %g fps, %s", spec, "+".join(sorted(kinds)), window_s, fps,
+    logger.info("opened %s: %s, window %.1f s, %g fps, %s", redact_url(spec), "+".join(sorted(kinds)), window_s, fps,
                 "live" if live else "as fast as consumed")
     stream.start()
     try:

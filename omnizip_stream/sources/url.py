@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from omnizip_stream.clock import Clock
+from omnizip_stream.credentials import redact_url
 from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import AudioChunk, MediaError, SourceError, StreamCounters
@@ -24,14 +25,8 @@ URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", 
 
 
 def redact(url: str) -> str:
-    """``url`` with any ``user:password@`` removed (for logs and errors)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    host, slash, path = rest.partition("/")
-    if "@" in host:
-        host = "***@" + host.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{host}{slash}{path}"
+    """``url`` with any ``user:password@`` removed (for logs and errors); see :func:`redact_url`."""
+    return redact_url(url)
 
 
 class UrlSource(ThreadedSource):

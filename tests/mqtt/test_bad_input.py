@@ -33,7 +33,6 @@ BAD_PAYLOADS = {
     "max_tokens_bool": (b'{"question": "hi", "max_new_tokens": true}', "bad_request", "integer"),
     "max_tokens_float": (b'{"question": "hi", "max_new_tokens": 2.5}', "bad_request", "integer"),
     "max_tokens_zero": (b'{"question": "hi", "max_new_tokens": 0}', "bad_request", "1..32"),
-    "max_tokens_huge": (b'{"question": "hi", "max_new_tokens": 100000}', "bad_request", "1..32"),
     "stream_not_bool": (b'{"question": "hi", "stream": "yes"}', "bad_request", "'stream'"),
     "unknown_field": (b'{"question": "hi", "temperature": 2}', "bad_request", "unknown field"),
     "id_object": (b'{"question": "hi", "id": {"a": 1}}', "bad_request", "'id'"),

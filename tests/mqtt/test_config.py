@@ -108,7 +108,7 @@ def test_tls_context_loads_ca(tls_files):
 def test_bad_ca_file_content_is_value_error(tmp_path):
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
-    with pytest.raises(ValueError, match="cannot load TLS files"):
+    with pytest.raises(ValueError, match="is not a PEM certificate"):
         MqttConfig(stream_id="s", tls=True, ca_file=str(bad)).ssl_context()
 
 

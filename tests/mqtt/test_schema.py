@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from omnizip_stream.query.base import Answer
 from omnizip_stream.query.outbox import Outbox, OutMessage
 from omnizip_stream.query.ratelimit import RateLimiter
+from omnizip_stream.query.routes import RoutePolicy
 from omnizip_stream.query.schema import (
     RequestError,
     Route,
@@ -28,7 +29,7 @@ LIMITS = {"max_question_chars": 50, "default_max_new_tokens": 8, "max_new_tokens
 
 
 def parse(obj):
-    return parse_request(obj, forbidden_topics=("omnizip/s/query",), **LIMITS)
+    return parse_request(obj, routes=RoutePolicy(stream_id="s"), **LIMITS)
 
 
 def test_valid_request_is_normalised():
@@ -44,7 +45,7 @@ def test_valid_request_is_normalised():
     [
         ([], "bad_request"), ("q", "bad_request"), (None, "bad_request"), ({}, "bad_request"),
         ({"question": ""}, "bad_request"), ({"question": ["a"]}, "bad_request"),
-        ({"question": "x" * 51}, "too_long"), ({"question": "q", "max_new_tokens": 33}, "bad_request"),
+        ({"question": "x" * 51}, "too_long"), ({"question": "q", "max_new_tokens": 0}, "bad_request"),
         ({"question": "q", "max_new_tokens": -1}, "bad_request"), ({"question": "q", "id": True}, "bad_request"),
         ({"question": "q", "id": "x" * 129}, "bad_request"), ({"question": "q", "reply_to": ""}, "bad_request"),
         ({"question": "q", "reply_to": "$SYS/x"}, "bad_request"),
@@ -93,7 +94,7 @@ def test_arbitrary_objects_are_accepted_only_when_valid(obj):
         return
     assert isinstance(req.question, str) and 0 < len(req.question) <= 50
     assert 1 <= req.max_new_tokens <= 32 and isinstance(req.stream, bool)
-    reply_to, rid = payload_route(obj, ())
+    reply_to, rid = payload_route(obj, RoutePolicy())
     assert rid == req.request_id
 
 
