@@ -7,6 +7,7 @@ positions, and decode greedily from the uncompressed model's next position.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +25,76 @@ from omnizip.types import count_kept
 
 class ContextTooLongError(ValueError):
     """The prompt (or question) does not fit the model's context."""
+
+
+class EmptyClipError(ValueError):
+    """The clip is shorter than one model time step (a still image, a 0.1-s clip): nothing to answer from."""
+
+
+def min_video_fps(adapter: OmniAdapter) -> float:
+    """Lowest frame rate the model's layout accepts (0: any).
+
+    Qwen2.5-Omni interleaves audio and video per ``seconds_per_chunk`` chunk; a temporal grid step longer
+    than a chunk (frames sampled below ``temporal_patch_size / seconds_per_chunk`` = 1 fps) leaves chunks
+    without whole frames. Qwen3-Omni orders tokens per grid step and takes any rate.
+    """
+    spec = adapter.spec
+    if spec.family != "qwen2_5_omni":
+        return 0.0
+    return spec.temporal_patch_size / spec.seconds_per_chunk
+
+
+def check_clip(
+    adapter: OmniAdapter,
+    audio_samples: int,
+    n_frames: int,
+    *,
+    video_fps: float | None = None,
+    text_tokens: int = 0,
+    max_new_tokens: int = 0,
+) -> int:
+    """Check that a clip can be encoded and fits the context, before any encoding (cheap).
+
+    Args:
+        adapter: the model adapter (its :class:`ModelSpec`).
+        audio_samples: 16 kHz mono samples of the clip (0 when it has none).
+        n_frames: frames sampled from the clip (0 when it has none).
+        video_fps: rate the frames were sampled at (default: the model's).
+        text_tokens: prompt text tokens around the A/V block.
+        max_new_tokens: decoding budget.
+
+    Returns:
+        The estimated last position id of the prompt plus the answer.
+
+    Raises:
+        EmptyClipError: the clip is shorter than one temporal grid step of the model.
+        ContextTooLongError: frames sampled too sparsely for the layout, or positions beyond the model's
+            range; the message says how long the clip is and the limit.
+    """
+    spec = adapter.spec
+    fps = video_fps or spec.fps
+    media_s = max(audio_samples / 16000.0, n_frames / fps if n_frames else 0.0)
+    if media_s < spec.second_per_grid - 1e-6:
+        raise EmptyClipError(
+            f"the clip holds {media_s:.2f} s of media ({n_frames} frame(s), {audio_samples / 16000.0:.2f} s of "
+            f"audio), less than the model's {spec.second_per_grid:g}-s time step: nothing to answer from"
+        )
+    needed = int(text_tokens + media_s * spec.position_id_per_seconds + 4 + max_new_tokens)
+    if needed >= spec.max_positions:
+        limit_s = (spec.max_positions - text_tokens - 4 - max_new_tokens) / spec.position_id_per_seconds
+        raise ContextTooLongError(
+            f"the clip is {media_s:.0f} s; it needs positions up to {needed}, more than the model's "
+            f"{spec.max_positions} (about {limit_s:.0f} s of media): cut the clip, or follow it live with the "
+            "rolling cache (omnizip stream --source file:PATH --no-realtime)"
+        )
+    low = min_video_fps(adapter)
+    if n_frames > 1 and fps < low - 1e-9:
+        raise ContextTooLongError(
+            f"the clip is {media_s:.0f} s but only {n_frames} frames were sampled ({fps:.2f} fps); the model "
+            f"needs at least {low:g} fps: pass --max-frames {math.ceil(media_s * low)} or more, or follow it live with "
+            "the rolling cache (omnizip stream --source file:PATH --no-realtime)"
+        )
+    return needed
 
 
 @dataclass(frozen=True)
@@ -102,13 +173,20 @@ def prepare_clip_prompt(
         video_fps: rate the frames were sampled at (default: the model's 2 fps).
 
     Raises:
-        ContextTooLongError: the full prompt plus ``max_new_tokens`` exceeds the model's positions.
+        ContextTooLongError: the full prompt plus ``max_new_tokens`` exceeds the model's positions
+            (checked before encoding, see :func:`check_clip`, and exactly after it).
+        EmptyClipError: the clip is shorter than one model time step.
     """
     has_audio, has_video = _check(audio, frames)
     parts = adapter.prompt_parts(question, system_prompt)
     open_ids = adapter.open_ids(has_audio, has_video)
     close_ids = adapter.close_ids(has_audio, has_video)
     p_open = len(parts.prefix)
+    check_clip(
+        adapter, len(audio) if audio is not None else 0, len(frames) if frames is not None else 0,
+        video_fps=video_fps, text_tokens=p_open + len(parts.suffix) + len(open_ids) + len(close_ids),
+        max_new_tokens=max_new_tokens,
+    )
     open_pos = adapter.special_positions(len(open_ids), p_open)
     t0 = time.perf_counter()
     encoded = adapter.encode_av(

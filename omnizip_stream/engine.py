@@ -95,6 +95,7 @@ class StreamEngine:
     """
 
     def __init__(self, adapter: Any, config: StreamConfig) -> None:
+        config.check_model(adapter.spec)  # whole model chunks per window (ValueError otherwise)
         self.adapter = adapter
         self.config = config
         self.compressor = make_compressor(config.method, config.omnizip_config())

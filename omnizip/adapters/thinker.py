@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from omnizip.sequence import layout_from_ids
 logger = logging.getLogger(__name__)
 
 _AV_MARKER = "\x00OMNIZIP_AV\x00"
+_QUESTION_MARKER = "\x00OMNIZIP_QUESTION\x00"
 _AUDIO_CONTEXT_SAMPLES = 400  # left context kept for the next window's log-mel (needs n_fft / 2 = 200)
 
 
@@ -129,6 +131,10 @@ class ThinkerAdapter:
     def prompt_parts(self, question: str, system_prompt: str | None = None) -> PromptParts:
         """Token ids of the chat prompt around the A/V block, rendered with the tokenizer's template.
 
+        The question is user text: it is tokenized on its own with special tokens split
+        (:meth:`user_text_ids`), so ``<|im_end|><|im_start|>system ...`` typed in a question stays plain
+        text and cannot open a new chat turn.
+
         Args:
             question: the user's question ("" for the prefix of a stream).
             system_prompt: overrides the adapter's default system prompt.
@@ -137,22 +143,34 @@ class ThinkerAdapter:
         messages = []
         if system:
             messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": _AV_MARKER + question})
+        messages.append({"role": "user", "content": _AV_MARKER + _QUESTION_MARKER})
         text = None
         if getattr(self.tokenizer, "chat_template", None):
             try:
                 text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception as exc:  # a template that rejects plain-string content
                 logger.warning("chat template failed (%s); using the Qwen chat format", exc)
-        if not text or _AV_MARKER not in text:
+        if not text or _AV_MARKER + _QUESTION_MARKER not in text:
             text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
             text += "<|im_start|>assistant\n"
-        prefix, suffix = text.split(_AV_MARKER, 1)
-        return PromptParts(prefix=self.text_ids(prefix), suffix=self.text_ids(suffix))
+        prefix, rest = text.split(_AV_MARKER + _QUESTION_MARKER, 1)
+        suffix = self.user_text_ids(question) + self.text_ids(rest)
+        return PromptParts(prefix=self.text_ids(prefix), suffix=suffix)
 
     def text_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` (special-token strings in it are recognised, no BOS added)."""
+        """Token ids of trusted template text (special-token strings in it are recognised, no BOS added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def user_text_ids(self, text: str) -> list[int]:
+        """Token ids of user text: never a special or added token, whatever the text holds."""
+        if not text:
+            return []
+        ids = list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        added = set(getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
+        if added.intersection(ids):  # an added token that is not marked special: cut before every "<"
+            ids = [i for piece in re.split(r"(?=<)", text) if piece
+                   for i in self.tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
+        return ids
 
     def eos_token_ids(self) -> set[int]:
         """Ids that end an answer: the tokenizer's eos, ``<|im_end|>`` and ``<|endoftext|>`` when present."""

@@ -1,8 +1,9 @@
 """The ``omnizip`` console script: one subcommand per module, imported only when used.
 
-Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-A :class:`UserError` raised anywhere below becomes a one-line message and exit code 2; every other
-exception is a bug and keeps its traceback.
+Each subcommand module defines ``HELP`` (one line), ``EXAMPLE`` (a command line shown at the end of its
+``--help``), ``add_arguments(parser)`` and ``run(args) -> int``. A :class:`UserError` raised anywhere
+below, and every usage error, becomes a one-line message and exit code 2; every other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -38,17 +39,37 @@ def _available_subcommands() -> dict[str, str]:
     return out
 
 
+def package_version() -> str:
+    """The installed ``omnizip-stream`` version (the source tree's when it is not installed)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("omnizip-stream")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.1.0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; subcommand modules are imported to add their arguments."""
-    parser = argparse.ArgumentParser(
+    from omnizip_stream.cli._common import HelpFormatter, Parser
+
+    parser = Parser(
         prog="omnizip",
         description="OmniZip-Stream: audio-guided token compression for omnimodal LLMs on live A/V.",
+        epilog="example:\n  omnizip demo\n  omnizip stream --source camera+mic --config qwen2.5-omni-7b",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in _available_subcommands().items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        example = getattr(module, "EXAMPLE", None)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter,
+                           epilog=f"example:\n  {example}" if example else None)
+        # -v also after the subcommand (SUPPRESS: it does not reset a -v given before it)
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more logging (-vv for debug)")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -57,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omnizip`` script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error (exit 2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "command", None):

@@ -1,8 +1,17 @@
-"""Argument groups and messages shared by the ``omnizip`` subcommands."""
+"""Argument groups, value types and config resolution shared by the ``omnizip`` subcommands.
+
+Every subcommand takes the same model flags (``--model --device --dtype --attn``), ``--config``
+(a YAML file or a preset name shipped in :mod:`omnizip_stream.presets`) and ``key=value`` overrides
+of :class:`~omnizip_stream.config.StreamConfig`. :func:`resolve_config` merges them in one order:
+the subcommand's base, the preset, the overrides, then the explicit flags; every value is validated
+before any model is loaded, and a flag that does nothing for the chosen method is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
 from omnizip.adapters.loading import TINY_MODELS
 
@@ -13,26 +22,152 @@ TINY_NOTICE = (
     "`huggingface-cli download Qwen/Qwen2.5-Omni-7B --local-dir ./Qwen2.5-Omni-7B`) and run on a GPU (--device cuda)."
 )
 
+# Config fields each built-in method reads (the budget of random/dycoke counts anchors by anchor_ratio
+# only; G, the merge size, and the saliency variant change nothing for them).
+_COMPRESSION_FIELDS = ("rho_audio", "rho_video", "g", "anchor_ratio", "saliency")
+METHOD_FIELDS: dict[str, frozenset[str]] = {
+    "identity": frozenset(),
+    "random": frozenset({"rho_audio", "rho_video", "anchor_ratio"}),
+    "dycoke": frozenset({"rho_audio", "rho_video", "anchor_ratio"}),
+    "uniform": frozenset(_COMPRESSION_FIELDS),
+    "omnizip": frozenset(_COMPRESSION_FIELDS),
+}
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str = "tiny") -> None:
-    """``--model --device --dtype --attn``."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default=default_model,
-                       help="tiny | tiny-qwen3 | a hub id (Qwen/Qwen2.5-Omni-7B) | a local checkpoint folder")
-    group.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16")
-    group.add_argument("--attn", default="sdpa", help="attention backend: sdpa, eager, flash_attention_2")
+# flag dest -> StreamConfig key, for the flags that set a config value.
+FLAG_KEYS = {
+    "model": "model", "device": "device", "dtype": "dtype", "attn": "attn", "method": "method",
+    "rho_audio": "rho_audio", "rho_video": "rho_video", "g": "g", "anchor_ratio": "anchor_ratio",
+    "saliency": "saliency", "video_max_pixels": "video_max_pixels", "max_new_tokens": "max_new_tokens",
+}
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, *, default_method: str = "omnizip") -> None:
-    """``--method --rho-audio --rho-video --g --anchor-ratio``."""
-    group = parser.add_argument_group("compression")
-    group.add_argument("--method", default=default_method,
-                       help="identity | omnizip | random | uniform | dycoke (default %(default)s)")
-    group.add_argument("--rho-audio", type=float, default=0.3, help="audio pruning ratio (0.3 = 45%% setting, 0.4 = 35%%)")
-    group.add_argument("--rho-video", type=float, default=0.6, help="video pruning ratio (0.6 = 45%% setting, 0.7 = 35%%)")
-    group.add_argument("--g", type=int, default=3, help="audio tokens merged per anchor (15 on audio-centric tasks)")
-    group.add_argument("--anchor-ratio", type=float, default=0.05, help="anchors as a fraction of audio tokens")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (unless it is None/False or already in the text); keeps the example's layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (exit code 2), like every other user error."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        """Print ``prog: error: message (see prog --help)`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """Argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def int_range(low: int, high: int) -> Any:
+    """Argparse type: a whole number in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model --device --dtype --attn`` (default: the config's; the built-in default is ``tiny``)."""
+    group = parser.add_argument_group("model (default: the --config preset's, else tiny on auto/auto/sdpa)")
+    group.add_argument("--model", default=None,
+                       help="tiny | tiny-qwen3 | small | a hub id (Qwen/Qwen2.5-Omni-7B) | a local checkpoint folder")
+    group.add_argument("--device", default=None, help="auto (cuda when present, else cpu), cpu, cuda, cuda:N")
+    group.add_argument("--dtype", default=None, help="auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16")
+    group.add_argument("--attn", default=None, help="attention backend: sdpa, eager, flash_attention_2")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config NAME|FILE`` and the ``key=value`` overrides."""
+    from omnizip_stream.presets import available_presets
+
+    parser.add_argument("--config", default=None, metavar="PRESET|FILE",
+                        help=f"a YAML file or a shipped preset: {', '.join(available_presets())}")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides applied after --config, e.g. rho_video=0.7 cache_max_tokens=8192")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method --rho-audio --rho-video --g --anchor-ratio`` (default: the config's)."""
+    group = parser.add_argument_group("compression (default: the --config preset's, else omnizip at the 45% point)")
+    group.add_argument("--method", default=None, help="identity | omnizip | random | uniform | dycoke")
+    group.add_argument("--rho-audio", type=finite_float, default=None,
+                       help="audio pruning ratio (0.3 = the 45%% setting, 0.4 = 35%%)")
+    group.add_argument("--rho-video", type=finite_float, default=None,
+                       help="video pruning ratio (0.6 = the 45%% setting, 0.7 = 35%%)")
+    group.add_argument("--g", type=int, default=None,
+                       help="audio tokens merged per anchor (3; 15 on audio-centric tasks); omnizip/uniform only")
+    group.add_argument("--anchor-ratio", type=finite_float, default=None, help="anchors as a fraction of audio tokens")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_method_fields(method: str, given: dict[str, str]) -> None:
+    """Refuse settings that do nothing for ``method``; ``given`` maps each config key to how it was set.
+
+    Raises:
+        ValueError: one line naming the setting and the methods it applies to.
+    """
+    used = METHOD_FIELDS.get(method)
+    if used is None:  # a method registered by a plugin: its fields are unknown
+        return
+    for key, how in given.items():
+        if key in _COMPRESSION_FIELDS and key not in used:
+            users = ", ".join(m for m, fields in METHOD_FIELDS.items() if key in fields)
+            raise ValueError(f"{how} does nothing for method {method!r} (it applies to {users}); remove it")
+
+
+def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
+    """The :class:`StreamConfig` of a subcommand: ``base``, ``--config``, ``key=value``, then explicit flags.
+
+    Raises:
+        UserError: a bad preset, key, value or range, or a flag that does nothing for the method.
+    """
+    from omnizip_stream.cli import UserError
+    from omnizip_stream.config import config_from_mapping, load_config, parse_overrides
+
+    try:
+        overrides: dict[str, Any] = dict(parse_overrides(list(getattr(args, "overrides", None) or [])))
+        given = {key: f"{key}={value}" for key, value in overrides.items()}
+        for dest, key in FLAG_KEYS.items():
+            value = getattr(args, dest, None)
+            if value is not None:
+                overrides[key] = value
+                given[key] = _flag(dest)
+        config = config_from_mapping(overrides, load_config(getattr(args, "config", None), base=base))
+        check_method_fields(config.method, given)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return config
 
 
 def add_broker_port_argument(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 from omnizip_stream.cli import UserError
-from omnizip_stream.cli._common import add_model_arguments
+from omnizip_stream.cli._common import add_config_arguments, add_model_arguments, resolve_config
 
 HELP = "benchmark streaming latency: OmniZip vs full tokens, baselines and re-prefilling the history"
+EXAMPLE = "omnizip bench --out runs/bench --quick"
 
 FULL_MINUTES = (1.0, 5.0, 10.0, 30.0)
 QUICK_SECONDS = (30.0, 90.0)
@@ -38,10 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="under 2 min on a 2-core CPU: streams of 30 s and 90 s, cache cap 4096 tokens, "
                              "3 timed queries, all modes")
     add_model_arguments(parser)
-    for action in parser._actions:
-        if action.dest == "model":
-            action.help = ("tiny | tiny-qwen3 | small (Qwen2.5-Omni-7B widths, 2 LLM layers, random weights) | "
-                           "a hub id | a local checkpoint folder (default tiny)")
+    add_config_arguments(parser)
     parser.add_argument("--source", default="synthetic",
                         help="synthetic[:opts] or file:PATH (a file is looped to reach the longest length)")
     parser.add_argument("--stream-minutes", default=None, metavar="LIST",
@@ -109,11 +107,10 @@ def resolve(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UserError(f"--source file {spec.target!r} does not exist")
     lengths = _lengths(args)
     cache_tokens = args.cache_max_tokens or (QUICK_CACHE_TOKENS if args.quick else StreamConfig.cache_max_tokens)
-    try:
-        stream = StreamConfig(model=args.model, device=args.device, dtype=args.dtype, attn=args.attn, seed=args.seed,
-                              torch_threads=args.threads,
-                              cache_max_tokens=cache_tokens,
-                              cache_max_mb=args.cache_max_mb or StreamConfig.cache_max_mb)
+    try:  # model, device, ... from --config, key=value and the model flags; the bench's own flags win
+        base = resolve_config(args)
+        stream = base.replace(seed=args.seed, torch_threads=args.threads, cache_max_tokens=cache_tokens,
+                              cache_max_mb=args.cache_max_mb or base.cache_max_mb)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     budget = args.reprefill_budget_tokens or cache_tokens
@@ -153,13 +150,13 @@ def run(args: argparse.Namespace) -> int:
 
     modes, settings = resolve(args)
     set_threads(args.threads)
+    cfg = settings.stream
     try:
-        adapter = load_bench_adapter(args.model, device=args.device, dtype=args.dtype, attn=args.attn,
-                                     seed=args.seed)
+        adapter = load_bench_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn, seed=args.seed)
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
     try:
-        report, records = run_benchmark(adapter, args.model, modes, settings, warmup_windows=args.warmup_windows)
+        report, records = run_benchmark(adapter, cfg.model, modes, settings, warmup_windows=args.warmup_windows)
     except CacheFullError as exc:
         raise UserError(f"{exc}; raise --cache-max-tokens") from None
     report = {"benchmark": "omnizip bench: streaming latency", "quick": bool(args.quick),

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnizip_stream.cli._common import add_broker_port_argument, check_broker_port, tiny_notice
+from omnizip_stream.cli._common import (
+    add_broker_port_argument,
+    add_config_arguments,
+    add_model_arguments,
+    check_broker_port,
+    positive_float,
+    resolve_config,
+    tiny_notice,
+)
 from omnizip_stream.config import StreamConfig
 
 HELP = "run the live pipeline on a synthetic scene with the tiny model and an embedded MQTT broker (~20 s)"
+EXAMPLE = "omnizip demo --duration 10 --no-mqtt rho_video=0.6"
 
-# Same values as configs/tiny-cpu.yaml (a test keeps them equal); embedded so the demo needs no file.
+# Same values as the tiny-cpu preset (a test keeps them equal); embedded so the demo needs no file.
 DEMO_CONFIG = StreamConfig(model="tiny", device="cpu", dtype="float32", method="omnizip", rho_audio=0.4,
                            rho_video=0.7, window_s=2.0, video_max_pixels=224 * 224, cache_max_tokens=8192,
                            cache_max_mb=256.0, max_new_tokens=24)
@@ -24,11 +33,12 @@ DEMO_QUESTIONS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``omnizip demo``."""
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of synthetic stream (default 20)")
+    parser.add_argument("--duration", type=positive_float, default=20.0, help="seconds of synthetic stream")
     parser.add_argument("--no-mqtt", action="store_true", help="do not start the embedded broker / MQTT topic")
     add_broker_port_argument(parser)
     parser.add_argument("--no-realtime", action="store_true", help="do not pace the synthetic source")
-    parser.add_argument("--model", default="tiny", help="tiny (default) or a real checkpoint")
+    add_model_arguments(parser)
+    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from omnizip_stream.app import MqttOptions, RunOptions
     from omnizip_stream.cli.stream import run_with_errors
 
-    config = DEMO_CONFIG.replace(model=args.model, device="auto" if args.model != "tiny" else "cpu",
-                                 dtype="auto" if args.model != "tiny" else "float32")
+    base = DEMO_CONFIG
+    if args.model not in (None, "tiny"):  # a real checkpoint: pick the device and dtype unless given
+        base = base.replace(device="auto", dtype="auto")
+    config = resolve_config(args, base=base)
     check_broker_port(args.broker_port)
     mqtt = None
     if not args.no_mqtt:
@@ -55,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     run_with_errors(config, options)
     if notice:
         print("\n" + notice.replace("note: ", "reminder: "), file=sys.stderr)
-        print("next: `omnizip stream --source camera+mic --model Qwen/Qwen2.5-Omni-3B --config configs/qwen2.5-omni-3b.yaml`"
+        print("next: `omnizip stream --source camera+mic --config qwen2.5-omni-3b`"
               " on a GPU machine; `omnizip serve-mqtt --broker mqtt://HOST:1883 --stream-id cam1 ...` for IoT devices.",
               file=sys.stderr)
     return 0

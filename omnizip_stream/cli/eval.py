@@ -17,12 +17,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from omnizip_stream.cli import UserError
-from omnizip_stream.cli._common import add_model_arguments, tiny_notice
+from omnizip_stream.cli._common import add_config_arguments, add_model_arguments, resolve_config, tiny_notice
 
 if TYPE_CHECKING:
     from omnizip_stream.evaluation import EvalItem, EvalSetting, ResultStore, RunStats
 
 HELP = "accuracy of compression methods on WorldSense / AVUT / VideoMME / ShortVid-Bench / JSONL (resumable)"
+EXAMPLE = ("omnizip eval --model Qwen/Qwen2.5-Omni-7B --device cuda --benchmark avut --data-root data/AVUT "
+           "--out runs/table1")
 logger = logging.getLogger(__name__)
 
 # Settings that change answers: results made with different values cannot share an --out folder.
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="results folder: results.jsonl (resumable), config.json, summary.json, report.md")
     add_model_arguments(parser)
+    add_config_arguments(parser)
     group = parser.add_argument_group("sweep")
     group.add_argument("--methods", default="full,omnizip,random,uniform,dycoke",
                        help="comma list; full = the uncompressed model, run once (default %(default)s)")
@@ -104,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     _check_numbers(args)
+    cfg = resolve_config(args)  # the model flags, --config and key=value (methods and ratios come from the sweep)
+    args.model, args.device, args.dtype, args.attn = cfg.model, cfg.device, cfg.dtype, cfg.attn
+    args.video_max_pixels = cfg.video_max_pixels
     notice = tiny_notice(args.model)
     try:
         store = ResultStore(args.out)

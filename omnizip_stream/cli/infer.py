@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
 from omnizip_stream.cli import UserError
-from omnizip_stream.cli._common import add_method_arguments, add_model_arguments, tiny_notice
+from omnizip_stream.cli._common import (
+    add_config_arguments,
+    add_method_arguments,
+    add_model_arguments,
+    int_range,
+    resolve_config,
+    tiny_notice,
+)
 
 HELP = "answer a question about a video or audio file (offline OmniZip)"
+EXAMPLE = ('omnizip infer --model Qwen/Qwen2.5-Omni-7B --device cuda --video clip.mp4 '
+           '--question "What is the man saying?" --rho-audio 0.4 --rho-video 0.7 --json')
 logger = logging.getLogger(__name__)
 
 
@@ -21,30 +31,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", required=True, help="the question about the clip")
     add_model_arguments(parser)
     add_method_arguments(parser)
-    parser.add_argument("--saliency", choices=("global", "block"), default="global",
-                        help="audio saliency: global (reference) or block (the encoder's 2-s blocks)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
-    parser.add_argument("--max-frames", type=int, default=768,
+    add_config_arguments(parser)
+    parser.add_argument("--saliency", choices=("global", "block"), default=None,
+                        help="audio saliency: global (reference; default) or block (the encoder's 2-s blocks)")
+    parser.add_argument("--max-new-tokens", type=int_range(1, 8192), default=None,
+                        help="answer length limit (default: the config's, 64)")
+    parser.add_argument("--max-frames", type=int_range(2, 100_000), default=768,
                         help="cap on sampled frames for long videos (sampling becomes sparser)")
     parser.add_argument("--video-max-pixels", type=int, default=None,
                         help="pixel budget per frame (default 128*28*28, the paper's setting)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _retention(kept: int, total: int) -> float | None:
+    return round(kept / total, 4) if total else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Decode, load, compress, answer; exit 0, or raise UserError (exit 2) for bad input."""
-    from omnizip import OmniZipConfig, make_compressor
+    from omnizip import make_compressor
     from omnizip.adapters.base import ModelLoadError
     from omnizip.adapters.loading import load_adapter
-    from omnizip.qa import ContextTooLongError, answer_clip
+    from omnizip.qa import ContextTooLongError, EmptyClipError, answer_clip
+    from omnizip_stream.config import StreamConfig
     from omnizip_stream.media import MediaError, decode_clip
 
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
+    question = args.question.strip()
+    if not question:
+        raise UserError("--question is empty")
+    # offline default: the reference's global saliency (a stream can only use block)
+    cfg = resolve_config(args, base=StreamConfig(saliency="global"))
     try:
-        config = OmniZipConfig(rho_audio=args.rho_audio, rho_video=args.rho_video, g=args.g,
-                               anchor_ratio=args.anchor_ratio, mode="offline", saliency=args.saliency)
-        compressor = make_compressor(args.method, config)
+        compressor = make_compressor(cfg.method, dataclasses.replace(cfg.omnizip_config(), mode="offline"))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -52,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     except (MediaError, ValueError) as exc:
         raise UserError(str(exc)) from None
     try:
-        adapter = load_adapter(args.model, device=args.device, dtype=args.dtype, attn=args.attn,
-                               video_max_pixels=args.video_max_pixels)
+        adapter = load_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn,
+                               video_max_pixels=cfg.video_max_pixels, system_prompt=cfg.system_prompt,
+                               seed=cfg.seed)
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
     video_fps = None
@@ -62,15 +81,25 @@ def run(args: argparse.Namespace) -> int:
     audio = clip.audio if clip.has_audio and clip.audio.size else None
     frames = clip.frames if clip.has_video and clip.frames.shape[0] else None
     try:
-        result = answer_clip(adapter, audio, frames, args.question, compressor, saliency=args.saliency,
-                             max_new_tokens=args.max_new_tokens, video_fps=video_fps)
-    except ContextTooLongError as exc:
-        raise UserError(str(exc)) from None
-    notice = tiny_notice(args.model)
+        result = answer_clip(adapter, audio, frames, question, compressor, saliency=cfg.saliency,
+                             max_new_tokens=cfg.max_new_tokens, video_fps=video_fps)
+    except (ContextTooLongError, EmptyClipError) as exc:
+        raise UserError(f"{args.video}: {exc}") from None
+    notice = tiny_notice(cfg.model)
+    audio_ret = _retention(result.audio_tokens_kept, result.audio_tokens_total)
+    video_ret = _retention(result.video_tokens_kept, result.video_tokens_total)
+    av_total = result.audio_tokens_total + result.video_tokens_total
+    av_ret = _retention(result.audio_tokens_kept + result.video_tokens_kept, av_total)
     if args.json:
         out = result.to_dict()
-        out.update({"model": args.model, "file": args.video, "duration_s": round(clip.duration_s, 3),
-                    "random_weights": notice is not None})
+        out.update({
+            "model": cfg.model, "file": args.video, "duration_s": round(clip.duration_s, 3),
+            "random_weights": notice is not None,
+            "retention": {"audio_video": av_ret, "audio": audio_ret, "video": video_ret},
+            "settings": {"method": cfg.method, "rho_audio": cfg.rho_audio, "rho_video": cfg.rho_video, "g": cfg.g,
+                         "anchor_ratio": cfg.anchor_ratio, "saliency": cfg.saliency,
+                         "video_fps": round(video_fps or 2.0, 4), "frames": int(clip.frames.shape[0])},
+        })
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
         if notice:
@@ -78,12 +107,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if notice:
         print(notice, file=sys.stderr)
-    kept = result.tokens_kept / max(1, result.tokens_total)
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
+
     print(result.answer)
     print(
-        f"[{result.method}] tokens {result.tokens_kept}/{result.tokens_total} ({kept:.1%}); "
-        f"audio {result.audio_tokens_kept}/{result.audio_tokens_total}, "
-        f"video {result.video_tokens_kept}/{result.video_tokens_total}; "
+        f"[{result.method}] A/V tokens kept {result.audio_tokens_kept + result.video_tokens_kept}/{av_total} "
+        f"({pct(av_ret)}): audio {result.audio_tokens_kept}/{result.audio_tokens_total} ({pct(audio_ret)}), "
+        f"video {result.video_tokens_kept}/{result.video_tokens_total} ({pct(video_ret)}); "
+        f"prompt {result.tokens_kept}/{result.tokens_total} tokens with the text; "
         f"encode {result.encode_ms:.0f} ms, compress {result.compress_ms:.1f} ms, "
         f"prefill {result.prefill_ms:.0f} ms, decode {result.decode_ms:.0f} ms"
     )

@@ -10,6 +10,8 @@ from omnizip_stream.cli._common import add_broker_port_argument, check_broker_po
 from omnizip_stream.cli.stream import add_source_arguments, build_config, run_with_errors
 
 HELP = "serve questions about a live stream on an MQTT topic (omnizip/<stream-id>/query)"
+EXAMPLE = ("omnizip serve-mqtt --broker mqtt://broker.local:1883 --stream-id cam1 --source rtsp://cam1/stream "
+           "--config qwen2.5-omni-7b")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

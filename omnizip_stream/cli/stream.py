@@ -11,9 +11,17 @@ import sys
 from typing import NoReturn
 
 from omnizip_stream.cli import UserError
-from omnizip_stream.cli._common import tiny_notice
+from omnizip_stream.cli._common import (
+    add_config_arguments,
+    add_model_arguments,
+    int_range,
+    positive_float,
+    resolve_config,
+    tiny_notice,
+)
 
 HELP = "watch and listen to a live source and answer questions about it"
+EXAMPLE = 'omnizip stream --source file:lecture.mp4 --model tiny --ask "What is on the slide?" --duration 60'
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +31,14 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                              "synthetic[:seed=N,...] (default %(default)s)")
     parser.add_argument("--mic", default=None, help="microphone device (index or name) for camera+mic / mic")
     parser.add_argument("--camera-size", default=None, help="camera capture size, e.g. 640x480")
-    parser.add_argument("--model", default=None, help="tiny | tiny-qwen3 | hub id | checkpoint folder "
-                                                      "(overrides the config's model)")
-    parser.add_argument("--config", default=None, help="YAML preset from configs/ (keys of StreamConfig)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rho_video=0.7")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds of stream")
+    add_model_arguments(parser)
+    add_config_arguments(parser)
+    parser.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds of stream (default: when the source ends)")
     parser.add_argument("--no-realtime", action="store_true", help="replay files/synthetic as fast as possible")
     parser.add_argument("--loop", action="store_true", help="replay a file forever")
-    parser.add_argument("--max-side", type=int, default=640, help="scale frames at decode to this longer side")
-    parser.add_argument("--status-interval", type=float, default=2.0, help="seconds between status lines")
+    parser.add_argument("--max-side", type=int_range(16, 8192), default=640,
+                        help="scale frames at decode to this longer side")
+    parser.add_argument("--status-interval", type=positive_float, default=2.0, help="seconds between status lines")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,23 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
     parser.add_argument("--ask", action="append", default=[], metavar="QUESTION",
                         help="a scripted question (repeatable), asked every --ask-every seconds of stream")
-    parser.add_argument("--ask-every", type=float, default=5.0, help="stream seconds between scripted questions")
+    parser.add_argument("--ask-every", type=positive_float, default=5.0, help="stream seconds between scripted questions")
     parser.add_argument("--interactive", dest="interactive", action="store_true", default=None,
                         help="answer questions typed on stdin (default when stdin is a terminal)")
-    parser.add_argument("--no-interactive", dest="interactive", action="store_false")
+    parser.add_argument("--no-interactive", dest="interactive", action="store_false",
+                        help="do not read questions from stdin (default when stdin is not a terminal)")
 
 
 def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """StreamConfig from --config, key=value overrides and --model; bad input is a UserError."""
-    from omnizip_stream.config import load_config
-
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model={args.model}")
-    try:
-        return load_config(args.config, overrides)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    """StreamConfig from --config, key=value overrides and the model flags; bad input is a UserError."""
+    return resolve_config(args)
 
 
 def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
@@ -105,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
-    if args.duration is not None and args.duration <= 0:
-        raise UserError("--duration must be positive")
     options = RunOptions(
         source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
         realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side, questions=list(args.ask),

@@ -40,10 +40,10 @@ def test_infer_text_output_and_identity_keeps_everything(capsys, media_dir):
     code, out, err = _infer(capsys, "--video", media_dir["av"], "--method", "identity")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[-1].startswith("[identity] tokens ")
-    total = lines[-1].split("tokens ")[1].split(" ")[0]
+    assert lines[-1].startswith("[identity] A/V tokens kept ")
+    total = lines[-1].split("tokens kept ")[1].split(" ")[0]
     kept, all_ = total.split("/")
-    assert kept == all_
+    assert kept == all_ and "(100.0%)" in lines[-1]
 
 
 @pytest.mark.parametrize("kind,message", [
@@ -58,7 +58,7 @@ def test_bad_media_is_a_one_line_error(capsys, media_dir, kind, message):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--method", "nope"], "unknown compression method"),
+    (["--method", "nope"], "unknown method 'nope'; valid methods: dycoke, identity, omnizip, random, uniform"),
     (["--rho-video", "1.5"], "rho_video"),
     (["--model", "/no/such/checkpoint"], "cannot load model"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
