@@ -69,7 +69,8 @@ class EmbeddedBroker:
     Both run as child processes in their own session (a Ctrl-C in the terminal reaches only omnizip,
     which stops its MQTT server first and the broker last). :meth:`stop` leaves no process and no temp
     folder behind, also when the task running it is cancelled; an interpreter exit without
-    :meth:`stop` kills the broker too, and the amqtt child exits by itself when its parent dies.
+    :meth:`stop` kills the broker too. If omnizip is killed outright, the amqtt child exits when its
+    stdin closes and mosquitto gets SIGTERM from the kernel (``setpriv --pdeathsig``, where available).
 
     Args:
         port: TCP port, or None for a free one (the start is retried on another port if it was taken
@@ -162,7 +163,7 @@ class EmbeddedBroker:
         log_path = Path(self._tmp.name) / "mosquitto.log"
         # Spawned synchronously (a few ms): no await between the fork and _track, so a cancellation
         # cannot leave an untracked child behind.
-        self._track(_spawn([binary, "-c", str(conf)], log_path))
+        self._track(_spawn([*_die_with_parent(), binary, "-c", str(conf)], log_path))
         self.kind = "mosquitto"
         try:
             await self._wait_listening(lambda: log_path.read_text(errors="replace"))
@@ -267,6 +268,16 @@ def _kill_now(proc: subprocess.Popen[bytes], tmp: tempfile.TemporaryDirectory[st
     _reap(proc, 2.0)
     if tmp is not None:
         tmp.cleanup()
+
+
+def _die_with_parent() -> list[str]:
+    """``setpriv --pdeathsig TERM --`` (util-linux, Linux) where available, else nothing.
+
+    The kernel then stops mosquitto if omnizip dies without cleaning up (SIGKILL). The signal is tied
+    to the thread that spawns: spawn from the event loop's thread, not from a worker.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -111,7 +111,7 @@ def test_reprefill_ratio_without_the_defined_length_is_reported_but_not_judged()
     assert t["pass"] is None and pair["pass"] is None  # 2x at 8 s would FAIL a >= 10x target: not judged
     assert pair["at_s"] == 8.0 and pair["ratio"] == pytest.approx(2.0)
     assert t["defined_at_s"] == 600.0 and t["target"] == ">= 10x at 10 min"
-    assert "not judged: measured at 8 s" in t["note"] and "defined at 10 min" in t["note"]
+    assert "not judged: the target is defined at 10 min" in t["note"] and "reprefill 2.0x at 8 s" in t["note"]
 
 
 def test_ttft_flatness_judges_omnizip_and_reports_after_cap_ratio():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -82,11 +83,12 @@ def test_every_preset_loads():
         load_config(path)
 
 
-@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"),
-                    reason="mosquitto (Debian package) is not installed")
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto")
+                    and importlib.util.find_spec("amqtt") is None,
+                    reason="neither mosquitto (Debian package) nor amqtt (pip) is installed")
 @pytest.mark.broker
 def test_serve_mqtt_answers_a_device(media_dir, tmp_path):
-    """serve-mqtt on a file with an embedded broker; the scripts/mqtt_query.py client asks."""
+    """serve-mqtt on a file with an embedded broker (mosquitto, else amqtt); the scripts/mqtt_query.py client asks."""
     import socket
     import time
 
@@ -109,8 +111,10 @@ def test_serve_mqtt_answers_a_device(media_dir, tmp_path):
         host, port = url.split("//")[1].split(":")
         with socket.create_connection((host, int(port)), timeout=5):
             pass
+        log.seek(0)
+        v311 = ["--v311"] if "MQTT 3.1.1 only" in log.read() else []  # amqtt
         asked = subprocess.run([sys.executable, str(REPO / "scripts" / "mqtt_query.py"), "--broker", url,
-                                "--stream-id", "cam1", "--json", "What moved?"],
+                                "--stream-id", "cam1", *v311, "--json", "What moved?"],
                                capture_output=True, text=True, timeout=120)
         assert asked.returncode == 0, asked.stderr
         assert '"answer"' in asked.stdout and '"window_range"' in asked.stdout
