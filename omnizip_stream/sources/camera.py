@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, ReadError, av_reason, import_av, open_within
+from omnizip_stream.sources._av import Decoder, ReadError
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S, av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import SourceError, StreamCounters
 from omnizip_stream.sources.devices import camera_backend, list_devices

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from omnizip_stream.clock import Clock, MonotonicClock
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S
 from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
 from omnizip_stream.sources.url import URL_SCHEMES

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av, open_within
+from omnizip_stream.sources._av import Decoder, ReadError
+from omnizip_stream.sources._avopen import av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import AudioChunk, MediaError, SourceError, StreamCounters
 from omnizip_stream.windowing import FrameSampler
