@@ -173,7 +173,8 @@ class Decoder:
                 packets = self.container.demux(*streams)  # the container resynchronises on the next read
                 continue
             except (av.FFmpegError, OSError) as exc:
-                raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {av_reason(exc)}") from exc
+                reason = "no data within the read timeout" if isinstance(exc, av.error.ExitError) else av_reason(exc)
+                raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {reason}") from exc
             bad_reads = 0
             try:
                 frames = packet.decode()

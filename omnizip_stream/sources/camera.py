@@ -128,6 +128,9 @@ class CameraSource(ThreadedSource):
                 lambda: av.open(url, mode="r", format=self.format, options=opts, timeout=(self.open_timeout_s, 5.0)),
                 self.open_timeout_s + 5.0, f"camera {self.device} gave no frame within {self.open_timeout_s + 5.0:g} s "
                 "(in use by another program, or a driver that does not answer?)", discard=lambda c: c.close())
+        except av.error.ExitError as exc:  # FFmpeg's interrupt: the device gave nothing in time
+            raise SourceError(f"camera {self.device} gave no frame within {self.open_timeout_s:g} s (in use by "
+                              "another program, or a driver that does not answer?)") from exc
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise SourceError(f"cannot open camera {self.device}: {av_reason(exc)}; "
                               f"{list_devices().describe_cameras()}") from exc

@@ -94,6 +94,8 @@ class UrlSource(ThreadedSource):
             container = open_within(
                 lambda: av.open(self.url, mode="r", options=dict(self.options), timeout=self.timeout),
                 deadline_s, f"no answer within {deadline_s:g} s", discard=lambda c: c.close())
+        except av.error.ExitError as exc:  # FFmpeg's interrupt: the server accepted but sent no media in time
+            raise SourceError(f"no media within {self.timeout[0]:g} s of connecting") from exc
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(av_reason(exc)) from exc
         try:
