@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, open_file
+from omnizip_stream.sources._av import Decoder
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S, open_file
 from omnizip_stream.sources.base import SAMPLE_RATE_HZ, AudioChunk, MediaError
 from omnizip_stream.windowing import AudioTimeline, stack_frames
 

@@ -9,29 +9,23 @@ windows get exact sample counts.
 from __future__ import annotations
 
 import logging
-import os
-import stat
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from omnizip_stream.sources._avopen import av_reason, import_av
 from omnizip_stream.sources.base import (
     SAMPLE_RATE_HZ,
     AudioChunk,
     MediaError,
-    SourceError,
     StreamCounters,
     VideoFrame,
-    one_line,
 )
 from omnizip_stream.windowing import FrameSampler
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-OPEN_TIMEOUT_S = 10.0  # opening a file, URL or device (probing included) may take this long
 KEYFRAME_WARN_S = 2.0  # a live stream without a decodable video keyframe this long is warned about
 _MAX_CONSECUTIVE_BAD_READS = 64  # unreadable packets in a row before a damaged input counts as lost
 _AUDIO_JUMP_S = 0.1  # an input timestamp this far from the sample count re-anchors the audio clock
@@ -39,150 +33,8 @@ _AUDIO_JUMP_S = 0.1  # an input timestamp this far from the sample count re-anch
 _RELIABLE_DURATION_FORMATS = ("mov", "mp4", "matroska", "webm", "wav", "avi", "flac", "ogg")
 
 
-def import_av() -> Any:
-    """Import PyAV lazily, turning its absence into a one-line :class:`SourceError`."""
-    try:
-        import av
-    except ImportError as exc:  # pragma: no cover - av is installed in every test environment
-        raise SourceError(
-            f"PyAV is required for media input: pip install 'omnizip-stream[stream]' ({one_line(exc)})"
-        ) from exc
-    return av
-
-
 class ReadError(MediaError):
     """Reading from the container failed mid-stream (network loss, I/O error, truncated data)."""
-
-
-def av_reason(exc: BaseException) -> str:
-    """Return a short one-line reason from a PyAV/FFmpeg exception."""
-    strerror = getattr(exc, "strerror", None)
-    return one_line(strerror or exc or type(exc).__name__)
-
-
-def _sniff(path: str) -> str:
-    """Guess what a file that FFmpeg rejected is, from its first bytes (for the error message)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return ""
-    if not head:
-        return "the file is empty"
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
-        return "an MP4/MOV file that is corrupt or truncated"
-    for magic, what in ((b"RIFF", "a RIFF (WAV/AVI) file"), (b"\x1aE\xdf\xa3", "a Matroska/WebM file"),
-                        (b"OggS", "an Ogg file"), (b"ID3", "an MP3 file"), (b"fLaC", "a FLAC file"),
-                        (b"\x47", "an MPEG-TS file")):
-        if head.startswith(magic):
-            return f"{what} that is corrupt or truncated"
-    return "not a media file FFmpeg recognises, or a corrupt/truncated one"
-
-
-def open_within(fn: Callable[[], T], timeout_s: float, message: str, *,
-                unblock: Callable[[], None] | None = None, discard: Callable[[T], None] | None = None,
-                error: type[SourceError] = SourceError) -> T:
-    """Run the blocking open ``fn()`` in a daemon thread and give up after ``timeout_s``.
-
-    FFmpeg's own timeouts do not cover a blocking ``open(2)`` (a FIFO without a writer) or a stalled
-    read while probing, so the deadline is kept here. An abandoned open that finishes later has its
-    result passed to ``discard`` (e.g. closing the container).
-
-    Args:
-        fn: the blocking open.
-        timeout_s: deadline in seconds.
-        message: the one-line error when the deadline passes.
-        unblock: called on timeout to wake the blocked thread (e.g. open a FIFO's write end once).
-        discard: releases a result that arrives after the deadline.
-        error: the exception class raised on timeout (:class:`MediaError` for files).
-
-    Returns:
-        What ``fn`` returned; its exceptions propagate unchanged.
-    """
-    box: dict[str, Any] = {}
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = exc
-        else:
-            with lock:
-                late = box.get("abandoned", False)
-                box["value"] = value
-            if late and discard is not None:
-                try:
-                    discard(value)
-                except Exception:  # releasing an abandoned open must never raise anywhere
-                    logger.debug("discarding a late open failed", exc_info=True)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="open-with-deadline", daemon=True).start()
-    if not done.wait(timeout_s):
-        with lock:
-            box["abandoned"] = True
-            finished = "value" in box
-        if not finished:
-            if unblock is not None:
-                try:
-                    unblock()
-                except OSError:
-                    pass
-            raise error(message)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-def _unblock_fifo(path: str) -> Callable[[], None]:
-    """Return a function that wakes a reader blocked opening the FIFO ``path`` (it then reads EOF)."""
-    def unblock() -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-    return unblock
-
-
-def open_file(path: str | os.PathLike[str], *, open_timeout_s: float = OPEN_TIMEOUT_S) -> Any:
-    """Open a local media file for reading.
-
-    Args:
-        path: file path.
-        open_timeout_s: how long opening (and probing) may take; a FIFO nobody writes to or a stalled
-            mount is an error after this long instead of a hang.
-
-    Returns:
-        A PyAV input container.
-
-    Raises:
-        MediaError: missing file, a directory, unreadable, not media, corrupt/truncated, or opening
-            stalled beyond ``open_timeout_s``.
-    """
-    av = import_av()
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise MediaError(f"{p}: no such file")
-    if os.path.isdir(p):
-        raise MediaError(f"{p}: is a directory, not a media file")
-    fifo = stat.S_ISFIFO(os.stat(p).st_mode)
-    if fifo:
-        why = (f"{p}: a named pipe (FIFO) that gave no media within {open_timeout_s:g} s: start the "
-               "program that writes to it first, or pass a regular file")
-    else:
-        why = (f"{p}: opening stalled for {open_timeout_s:g} s (a network mount or device that does "
-               "not answer?)")
-    try:
-        return open_within(lambda: av.open(p, mode="r"), open_timeout_s, why,
-                           unblock=_unblock_fifo(p) if fifo else None, discard=lambda c: c.close(),
-                           error=MediaError)
-    except av.error.InvalidDataError as exc:
-        raise MediaError(f"{p}: cannot be read: {_sniff(p)} ({av_reason(exc)})") from exc
-    except av.error.PermissionError as exc:
-        raise MediaError(f"{p}: permission denied") from exc
-    except (av.FFmpegError, OSError) as exc:
-        raise MediaError(f"{p}: cannot be opened: {av_reason(exc)}") from exc
 
 
 def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -321,7 +173,8 @@ class Decoder:
                 packets = self.container.demux(*streams)  # the container resynchronises on the next read
                 continue
             except (av.FFmpegError, OSError) as exc:
-                raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {av_reason(exc)}") from exc
+                reason = "no data within the read timeout" if isinstance(exc, av.error.ExitError) else av_reason(exc)
+                raise ReadError(f"{self.name}: read failed at {self.end_s:.2f} s: {reason}") from exc
             bad_reads = 0
             try:
                 frames = packet.decode()
@@ -339,18 +192,27 @@ class Decoder:
             if packet.is_corrupt and not self.strict:  # damage the demuxer saw (e.g. an MPEG-TS continuity error)
                 self._corrupt(f"damaged {packet.stream.type} packet")
             for frame in frames:
-                if isinstance(frame, av.VideoFrame):
-                    item = self._video(frame)
-                    if item is not None:
-                        yield item
-                else:
-                    yield from self._audio(frame)
+                try:
+                    items = self._convert(frame)
+                except (av.FFmpegError, ValueError) as exc:  # a damaged frame (odd size/format): skip it
+                    if self.strict:
+                        raise MediaError(f"{self.name}: corrupt media at {self.end_s:.2f} s ({av_reason(exc)})") from exc
+                    self._corrupt(f"bad {packet.stream.type} frame: {av_reason(exc)}")
+                    continue
+                yield from items
         yield from self._flush_audio()
         missing = self._missing()
         if missing is not None:
             if self.strict:
                 raise MediaError(f"{self.name}: truncated or corrupt: {missing}")
             logger.warning("%s: truncated: %s", self.name, missing)
+
+    def _convert(self, frame: Any) -> list[AudioChunk | VideoFrame]:
+        """The items of one decoded frame (a sampled video frame, or resampled audio blocks)."""
+        if isinstance(frame, self.av.VideoFrame):
+            item = self._video(frame)
+            return [] if item is None else [item]
+        return list(self._audio(frame))
 
     def _corrupt(self, what: str) -> None:
         """Count one damaged packet that was skipped (non-strict); warn on the first one."""

@@ -139,8 +139,9 @@ class StreamCounters:
         audio_late_samples: samples that arrived after their window had been emitted (discarded).
         windows_out: windows delivered.
         windows_skipped_empty: windows with neither audio nor video (all sources lost) not delivered.
-        windows_without_video: windows delivered with audio only although the source has video (a lost
-            camera, a live stream waiting for its first keyframe, a damaged stretch of a file).
+        windows_without_video: windows built with audio only although the source has video (a lost
+            camera, a live stream waiting for its first keyframe, a damaged stretch of a file); windows
+            whose video was dropped later under backpressure are counted in ``video_dropped`` instead.
         source_restarts: successful reconnects / reopens of a lost device or stream.
         corrupt_packets: damaged packets skipped (corrupt files in ``stream``, live streams); ``decode_clip``
             raises instead.

@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, ReadError, av_reason, import_av, open_within
+from omnizip_stream.sources._av import Decoder, ReadError
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S, av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import SourceError, StreamCounters
 from omnizip_stream.sources.devices import camera_backend, list_devices
@@ -127,6 +128,9 @@ class CameraSource(ThreadedSource):
                 lambda: av.open(url, mode="r", format=self.format, options=opts, timeout=(self.open_timeout_s, 5.0)),
                 self.open_timeout_s + 5.0, f"camera {self.device} gave no frame within {self.open_timeout_s + 5.0:g} s "
                 "(in use by another program, or a driver that does not answer?)", discard=lambda c: c.close())
+        except av.error.ExitError as exc:  # FFmpeg's interrupt: the device gave nothing in time
+            raise SourceError(f"camera {self.device} gave no frame within {self.open_timeout_s:g} s (in use by "
+                              "another program, or a driver that does not answer?)") from exc
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise SourceError(f"cannot open camera {self.device}: {av_reason(exc)}; "
                               f"{list_devices().describe_cameras()}") from exc

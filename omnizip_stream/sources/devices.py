@@ -76,7 +76,7 @@ def camera_backend(platform: str | None = None) -> tuple[str, str]:
 
 def _ffmpeg_listing(fmt: str, url: str) -> list[str]:
     """Log lines FFmpeg prints when asked to list the devices of input format ``fmt``."""
-    from omnizip_stream.sources._av import import_av
+    from omnizip_stream.sources._avopen import import_av
 
     av = import_av()
     import av.logging as avlog

@@ -14,7 +14,8 @@ import os
 from typing import Any
 
 from omnizip_stream.clock import Clock
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S, Decoder, open_file
+from omnizip_stream.sources._av import Decoder
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S, open_file
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import AudioChunk, MediaError, StreamCounters
 from omnizip_stream.windowing import FrameSampler

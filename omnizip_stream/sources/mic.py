@@ -146,7 +146,7 @@ class MicSource:
         self._rate, self._anchor_s, self._count = rate, None, 0
         self._resampler = None
         if rate != SAMPLE_RATE_HZ:
-            from omnizip_stream.sources._av import import_av
+            from omnizip_stream.sources._avopen import import_av
 
             self._resampler = import_av().AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
 
@@ -213,7 +213,7 @@ class MicSource:
         self._buffer.put(chunk)
 
     def _resample(self, mono: np.ndarray) -> np.ndarray:
-        from omnizip_stream.sources._av import import_av
+        from omnizip_stream.sources._avopen import import_av
 
         av = import_av()
         frame = av.AudioFrame.from_ndarray(mono[None, :], format="flt", layout="mono")

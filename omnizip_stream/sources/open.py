@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.credentials import redact_url
-from omnizip_stream.sources._av import OPEN_TIMEOUT_S
+from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S
 from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
 from omnizip_stream.sources.url import URL_SCHEMES

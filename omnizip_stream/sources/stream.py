@@ -146,7 +146,7 @@ class WindowStream:
     # ------------------------------------------------------------------ producers
     async def _read(self, src: Source) -> None:
         try:
-            while not self._closed:
+            while not self._closed and self._error is None:
                 # After the last window (the duration reached) items are still taken, and ignored by the
                 # windower, until the source stops: a full buffer would count them as drops.
                 item = await src.recv()

@@ -14,7 +14,8 @@ import logging
 
 from omnizip_stream.clock import Clock
 from omnizip_stream.credentials import redact_url
-from omnizip_stream.sources._av import Decoder, ReadError, av_reason, import_av, open_within
+from omnizip_stream.sources._av import Decoder, ReadError
+from omnizip_stream.sources._avopen import av_reason, import_av, open_within
 from omnizip_stream.sources._buffer import ThreadedSource
 from omnizip_stream.sources.base import AudioChunk, MediaError, SourceError, StreamCounters
 from omnizip_stream.windowing import FrameSampler
@@ -88,6 +89,8 @@ class UrlSource(ThreadedSource):
             container = open_within(
                 lambda: av.open(self.url, mode="r", options=dict(self.options), timeout=self.timeout),
                 deadline_s, f"no answer within {deadline_s:g} s", discard=lambda c: c.close())
+        except av.error.ExitError as exc:  # FFmpeg's interrupt: the server accepted but sent no media in time
+            raise SourceError(f"no media within {self.timeout[0]:g} s of connecting") from exc
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(av_reason(exc)) from exc
         try:

@@ -202,3 +202,20 @@ async def test_duration_is_exact_and_the_end_is_not_a_drop():
     assert np.count_nonzero(wins[-1].audio[:16000]) > 15000 and np.count_nonzero(wins[-1].audio[16000:]) == 0
     assert counters["video_dropped"] == 0 and counters["audio_dropped_samples"] == 0
     assert not any(th.name.startswith("src:synthetic") for th in threading.enumerate())
+
+
+@pytest.mark.timeout(30)
+async def test_url_server_that_accepts_but_sends_nothing_is_a_clear_error():
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        port = srv.getsockname()[1]
+        t = time.monotonic()
+        with pytest.raises(SourceError) as info:
+            async with open_windows(f"tcp://127.0.0.1:{port}", url_attempts=1, open_timeout_s=1.0):
+                pass
+    assert time.monotonic() - t < 10
+    assert str(info.value) == (f"tcp://127.0.0.1:{port}: no usable stream after 1 attempts "
+                               "(no media within 1 s of connecting)")
