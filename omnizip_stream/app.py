@@ -135,8 +135,8 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
                 result.stats = session.stats()
                 result.source_counters = windows.counters.snapshot()
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if not terminate.received or task is None or task.uncancel() > 0:
+        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
+        if not terminate.received or (uncancel is not None and uncancel() > 0):
             raise  # Ctrl-C, or a cancellation from outside
         # SIGTERM while the model was loading (or a second SIGTERM): stopped, the contexts are exited.
     finally:
@@ -253,10 +253,12 @@ class _Terminate:
         self.serving = False
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous: Any = signal.SIG_DFL
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            self._previous = signal.getsignal(signal.SIGTERM)
             loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
             return
@@ -266,6 +268,8 @@ class _Terminate:
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGTERM)
             self._loop = None
+            with contextlib.suppress(TypeError, ValueError):  # the handler that was there before the run
+                signal.signal(signal.SIGTERM, self._previous)
 
     def _on_sigterm(self) -> None:
         logger.info("SIGTERM: stopping")

@@ -349,15 +349,16 @@ class StreamSession:
         if self._snapshot.get("windows_ingested", 0):
             return
         wait_s = self.config.first_window_wait_s
+
+        async def first_window() -> None:
+            while not self._snapshot.get("windows_ingested", 0) and not self._source_ended:
+                self._progress.clear()
+                await self._progress.wait()
+                self._check_running()
+
         try:
-            async with asyncio.timeout(wait_s):
-                while not self._snapshot.get("windows_ingested", 0):
-                    if self._source_ended:
-                        break
-                    self._progress.clear()
-                    await self._progress.wait()
-                    self._check_running()
-        except TimeoutError:
+            await asyncio.wait_for(first_window(), wait_s)
+        except asyncio.TimeoutError:
             pass
         if not self._snapshot.get("windows_ingested", 0):
             raise QueryError("not_ready", "no window of the stream has been ingested yet "

@@ -3,8 +3,9 @@
 
     python scripts/webcam_assistant.py --model Qwen/Qwen2.5-Omni-3B --config configs/qwen2.5-omni-3b.yaml
 
-Type a question at the prompt; the answer streams token by token with its latency and the stretch of
-the stream it could see. ``quit`` or Ctrl-D ends. Without a camera (or microphone) it exits with code 2
+Type a question at the prompt, at any time: it is answered while the stream goes on, token by token,
+with its latency and the windows it could see (the sink and the recent ones). ``quit`` or Ctrl-D
+ends, Ctrl-C exits at once (code 130), SIGTERM stops gracefully. Without a camera (or microphone) it exits with code 2
 and lists the devices that exist. ``--source`` swaps the webcam for any other source (a file, a URL,
 ``synthetic``) to try it on a machine without a camera.
 """

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -59,7 +60,12 @@ def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
-    """Run the app; turn the user-facing failures into UserError (exit 2)."""
+    """Run the app; turn the user-facing failures into UserError (exit 2).
+
+    Ctrl-C exits 130 and SIGTERM exits 0, both after the run has closed what it opened (see
+    :func:`~omnizip_stream.app.run_stream`); a SIGTERM before the run starts (while importing) exits 0 too.
+    """
+    stop_on_sigterm()
     from omnizip.adapters.base import ModelLoadError
     from omnizip_stream.app import run_stream
     from omnizip_stream.kv import CacheFullError
@@ -83,6 +89,17 @@ def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
     return result
 
 
+def stop_on_sigterm() -> None:
+    """Until the run installs its graceful handler, SIGTERM exits 0 at once (nothing is open yet)."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _terminated_early)
+
+
+def _terminated_early(signum: int, frame: object) -> None:
+    """SIGTERM before the run has started: nothing to close yet."""
+    exit_now(0, "stopped (SIGTERM)")
+
+
 def exit_now(code: int, message: str | None = None) -> NoReturn:
     """End the process at once, after the run's own cleanup.
 
@@ -103,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the live pipeline; exit 0 at the end of the stream, 2 for bad input."""
     from omnizip_stream.app import RunOptions
 
+    stop_on_sigterm()
     config = build_config(args)
     interactive = sys.stdin.isatty() if args.interactive is None else args.interactive
     options = RunOptions(

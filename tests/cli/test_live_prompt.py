@@ -6,6 +6,7 @@ Also the process lifecycle: Ctrl-C (SIGINT through the terminal) exits 130 at on
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import re
@@ -36,7 +37,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
         env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, *(os.environ.get("LIVE_WRAP", "-m omnizip_stream.cli").split()), *args], stdin=slave, stdout=slave, stderr=slave,
+            [sys.executable, "-m", "omnizip_stream.cli", *args], stdin=slave, stdout=slave, stderr=slave,
             env=env, start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(slave)
@@ -252,3 +253,47 @@ def test_sigterm_stops_serve_mqtt_and_its_embedded_broker(tmp_path):
     assert not [pid for pid in brokers if _alive(pid)], "the embedded mosquitto outlived serve-mqtt"
     assert not [d for d in temp_dirs if d.exists()], "the embedded broker's temp dir was left behind"
     assert "summary: " in text and "Traceback" not in text
+
+
+async def _retained(url: str, topic: str) -> dict:
+    import json
+
+    import aiomqtt
+
+    host, port = url.split("//")[1].split(":")
+    async with aiomqtt.Client(host, int(port)) as client, asyncio.timeout(10):
+        await client.subscribe(topic)
+        async for message in client.messages:
+            return json.loads(bytes(message.payload))
+    raise AssertionError("no retained status")
+
+
+@pytest.mark.broker
+def test_sigterm_on_serve_mqtt_publishes_status_offline_shutdown(tmp_path):
+    from omnizip_stream.query.broker import EmbeddedBroker, find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("an external broker that outlives serve-mqtt needs mosquitto")
+    broker = EmbeddedBroker()
+    asyncio.run(broker.start())
+    log = tmp_path / "serve.log"
+    try:
+        with open(log, "w") as flog:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "omnizip_stream.cli", "serve-mqtt", "--broker", broker.url, "--stream-id",
+                 "term2", "--source", "synthetic", *TINY],
+                stdin=subprocess.DEVNULL, stdout=flog, stderr=subprocess.STDOUT, env=_env())
+            try:
+                _wait_in_file(log, r"MQTT: questions on omnizip/term2/query", proc, LOAD_S)
+                assert asyncio.run(_retained(broker.url, "omnizip/term2/status"))["state"] == "online"
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        status = asyncio.run(_retained(broker.url, "omnizip/term2/status"))
+        assert status["state"] == "offline" and status["reason"] == "shutdown"
+    finally:
+        asyncio.run(broker.stop())

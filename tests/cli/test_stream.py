@@ -149,3 +149,15 @@ def test_webcam_assistant_answers_typed_questions_on_a_file(media_dir):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Q: What is there?" in proc.stdout and "[first token" in proc.stdout
+
+
+def test_webcam_assistant_answers_while_an_endless_source_runs():
+    """The prompt is live from the first window: with a source that never ends the answer still comes."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "webcam_assistant.py"), "--source", "synthetic", "--model", "tiny",
+         "max_new_tokens=3", "video_max_pixels=12544"],
+        input="What is there?\nquit\n", capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Q: What is there?" in proc.stdout and "saw windows 0-" in proc.stdout
+

@@ -205,3 +205,72 @@ async def test_model_load_error_surfaces_on_enter():
 async def _push_all(session, windows):
     for w in windows:
         await session.push_window(w)
+
+
+async def test_a_question_before_the_first_window_waits_for_it_then_is_not_ready(tiny25):
+    wav, frames = synthetic_clip(2.0, seed=7)
+    async with _session(tiny25, first_window_wait_s=0.2) as session:
+        with pytest.raises(QueryError) as err:
+            await session.ask("anything yet?", 2)  # nothing comes within 0.2 s
+        assert err.value.code == "not_ready"
+        session.config = session.config.replace(first_window_wait_s=30.0)
+        early = asyncio.ensure_future(session.ask("and now?", 2))
+        await asyncio.sleep(0.05)
+        assert not early.done()  # waiting for a window, not answering from nothing
+        await session.push_window(clip_windows(wav, frames)[0])
+        answer = await early
+        assert answer.window_range == (0, 0) and answer.windows_cached == 1
+
+
+async def test_the_answer_reports_the_windows_left_after_eviction(tiny25):
+    from omnizip_stream.query.schema import final_answer
+
+    wav, frames = synthetic_clip(24.0, seed=8)
+    async with _session(tiny25, cache_max_tokens=250, sink_windows=1) as session:
+        for w in clip_windows(wav, frames):
+            await session.push_window(w)
+        await session.drain()
+        answer = await session.ask("What did you see?", 2)
+    evicted = session.stats()["windows_evicted"]
+    assert evicted > 0 and answer.windows_evicted == evicted
+    assert answer.sink_window_range == (0, 0) and answer.sink_time_range_s == (0.0, 2.0)
+    assert answer.recent_window_range == (evicted + 1, 11) and answer.recent_time_range_s == (2.0 * (evicted + 1), 24.0)
+    assert answer.windows_cached == 12 - evicted and answer.has_gap
+    assert answer.window_range == (0, 11)  # kept for compatibility: first to last cached window
+    reply = final_answer("cam1", "r1", answer, 1.0)
+    assert reply["sink_window_range"] == [0, 0] and reply["recent_window_range"] == [evicted + 1, 11]
+    assert reply["windows_cached"] == 12 - evicted and reply["windows_evicted"] == evicted
+    assert reply["window_range"] == [0, 11]
+
+
+async def test_behind_live_is_measured_on_the_live_clock_and_stops_with_the_source(tiny25):
+    wav, frames = synthetic_clip(6.0, seed=9)
+    windows = clip_windows(wav, frames)
+    live_now = [2.5]
+    async with _session(tiny25) as session:
+        assert session.stats()["window_lag_s"] is None  # no live clock: a replay has no "behind live"
+        session.attach_source(live_clock=lambda: live_now[0])
+        await session.push_window(windows[0])  # t = 0-2 s, in the cache at live time 2.5 s
+        await session.drain()
+        live_now[0] = 3.9  # later, with nothing waiting: the number does not climb
+        assert session.stats()["window_lag_s"] == pytest.approx(0.5)
+        gate, entered = threading.Event(), threading.Event()
+        original = session.engine.ingest
+
+        def stuck_ingest(window):
+            entered.set()
+            gate.wait(5)
+            return original(window)
+
+        session.engine.ingest = stuck_ingest
+        live_now[0] = 4.2
+        await session.push_window(windows[1])  # t = 2-4 s; the model is stuck on it
+        assert await asyncio.to_thread(entered.wait, 5)
+        live_now[0] = 9.0
+        assert session.stats()["window_lag_s"] == pytest.approx(5.0)  # grows while the model is stuck
+        gate.set()
+        await session.drain()
+        session.end_of_source()
+        live_now[0] = 60.0
+        stats = session.stats()
+        assert stats["source_ended"] and stats["window_lag_s"] == pytest.approx(5.0)  # frozen at the end
