@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # failures are reported below in one line; paho's socket errors would repeat them
+        logging.getLogger("mqtt").disabled = True  # (aiomqtt resets its level on import)
     if args.timeout <= 0:
         print("error: --timeout must be > 0", file=sys.stderr)
         return 2
