@@ -1,14 +1,18 @@
 """Load an omni thinker (thinker only, no talker) from a hub id, a local folder, or ``tiny``.
 
 ``tiny`` / ``tiny-qwen3`` / ``small`` build random-weight models from configs (no download; answers are noise).
+A hub id is looked up in the local Hugging Face cache only (no network, no retries: a missing model
+fails at once with the download command); a folder must hold ``config.json``.
 A hub id or folder holding a full Qwen2.5-Omni / Qwen3-Omni checkpoint loads only the thinker's
 weights (the talker and token2wav weights are skipped), so a 7B Qwen2.5-Omni needs ~18 GB in bf16.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -43,13 +47,81 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _missing_weights_message(model: str, exc: BaseException) -> str:
-    return (
-        f"cannot load model {model!r}: it is not a local checkpoint folder and no cached copy was found "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). On a machine with "
-        f"internet run `huggingface-cli download {model} --local-dir ./{model.split('/')[-1]}` and pass "
-        f"--model ./{model.split('/')[-1]}; use --model tiny to try the pipeline with random weights"
-    )
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_EXAMPLE_ID = "Qwen/Qwen2.5-Omni-7B"
+
+
+def _download_advice(repo_id: str, folder: str) -> str:
+    return f"`huggingface-cli download {repo_id} --local-dir {folder}` on a machine with internet"
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The local snapshot folder of ``repo_id`` when its config.json is in the hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir())
+    except Exception:  # noqa: BLE001 - a malformed id or cache is "not cached"
+        return None
+    return os.path.dirname(path) if isinstance(path, str) else None
+
+
+def resolve_checkpoint(model: str) -> str:
+    """The local folder to load ``model`` from: the folder itself, or a hub id's cached snapshot.
+
+    Never touches the network: a hub id that is not in the local cache fails at once (no retries).
+
+    Raises:
+        ModelLoadError: one line that fits the case (a file, a missing folder, a folder without
+            config.json, a hub id not in the cache, something that is neither).
+    """
+    local = os.path.expanduser(model)
+    if os.path.isdir(local):
+        if os.path.isfile(os.path.join(local, "config.json")):
+            return local
+        inner = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(glob.escape(local), "*", "config.json")))
+        if inner:
+            raise ModelLoadError(
+                f"cannot load model {model!r}: the folder has no config.json, but {inner[0]!r} has one; "
+                f"pass --model {inner[0]}"
+            )
+        raise ModelLoadError(
+            f"cannot load model {model!r}: the folder has no config.json, so it is not a checkpoint (an unfinished "
+            f"download?); fill it with {_download_advice(_EXAMPLE_ID, local)} (or the checkpoint you want)"
+        )
+    if os.path.exists(local):
+        raise ModelLoadError(f"--model {model!r} is a file; pass a checkpoint folder or a hub id")
+    if model.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in model):
+        base = os.path.basename(os.path.normpath(local))
+        repo_id = f"Qwen/{base}" if base.lower().startswith("qwen") else _EXAMPLE_ID
+        raise ModelLoadError(
+            f"cannot load model {model!r}: no such folder; create it with {_download_advice(repo_id, model)}"
+        )
+    if not _HUB_ID.match(model):
+        raise ModelLoadError(
+            f"cannot load model {model!r}: no such folder, and it is not a hub id (ORG/NAME); use tiny, "
+            f"{_EXAMPLE_ID} or a checkpoint folder"
+        )
+    snapshot = _cached_snapshot(model)
+    if snapshot is None:
+        name = "./" + model.split("/")[-1]
+        raise ModelLoadError(
+            f"cannot load model {model!r}: it is not in the local Hugging Face cache ({hub_cache_dir()}) and "
+            f"weights are never downloaded here; run {_download_advice(model, name)}, then pass --model {name} "
+            "(or --model tiny to try the pipeline with random weights)"
+        )
+    return snapshot
 
 
 def load_adapter(
@@ -98,6 +170,10 @@ def load_adapter(
     return _load_checkpoint(model, dev, dt, attn, kwargs)
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 def _wrap(family: str, thinker: torch.nn.Module, tokenizer: Any, kwargs: dict[str, Any]) -> ThinkerAdapter:
     if family == "qwen2_5_omni":
         from omnizip.adapters.qwen2_5_omni import Qwen2_5OmniAdapter
@@ -115,13 +191,12 @@ def _load_checkpoint(
 ) -> ThinkerAdapter:
     import transformers
 
-    local = os.path.isdir(model)
-    if not local and os.path.exists(model):
-        raise ModelLoadError(f"--model {model!r} is a file; pass a checkpoint folder or a hub id")
+    folder = resolve_checkpoint(model)
     try:
-        config = transformers.AutoConfig.from_pretrained(model)
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(_missing_weights_message(model, exc)) from None
+        raise ModelLoadError(f"cannot load model {model!r}: its config.json cannot be read "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from None
     model_type = getattr(config, "model_type", "")
     families = {
         "qwen2_5_omni": ("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", True),
@@ -143,9 +218,13 @@ def _load_checkpoint(
         load_kwargs["device_map"] = {"": dev.index or 0}
     logger.info("loading %s thinker from %s (%s, %s, attn=%s)", family, model, dev, dt, attn)
     try:
-        thinker = cls.from_pretrained(model, **load_kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+        thinker = cls.from_pretrained(folder, local_files_only=True, **load_kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except OSError as exc:
-        raise ModelLoadError(_missing_weights_message(model, exc)) from None
+        raise ModelLoadError(
+            f"cannot load model {model!r}: {folder} has a config.json but its weights or tokenizer files are "
+            f"missing or unreadable ({_first_line(exc)}); complete it with "
+            f"{_download_advice(model if _HUB_ID.match(model) else _EXAMPLE_ID, folder)}"
+        ) from None
     thinker = thinker.to(dev).eval()
     return _wrap(family, thinker, tokenizer, kwargs)

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--question is empty")
     # offline default: the reference's global saliency (a stream can only use block)
     cfg = resolve_config(args, base=StreamConfig(saliency="global"))
+    logger.info("model %s (device %s, dtype %s); %s rho_audio=%s rho_video=%s g=%s saliency=%s", cfg.model,
+                cfg.device, cfg.dtype, cfg.method, cfg.rho_audio, cfg.rho_video, cfg.g, cfg.saliency)
     try:
         compressor = make_compressor(cfg.method, dataclasses.replace(cfg.omnizip_config(), mode="offline"))
     except ValueError as exc:
