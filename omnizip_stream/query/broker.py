@@ -127,7 +127,8 @@ class EmbeddedBroker:
             BrokerUnavailableError: neither broker is available, the port is taken, or it did not come up.
         """
         binary = find_mosquitto() if self.prefer == "mosquitto" else None
-        if binary is None and importlib.util.find_spec("amqtt") is None:
+        have_amqtt = importlib.util.find_spec("amqtt") is not None
+        if binary is None and not have_amqtt:
             raise BrokerUnavailableError(
                 "no MQTT broker to embed: install mosquitto (apt-get install mosquitto) or amqtt "
                 "(pip install amqtt), or pass --broker mqtt://HOST:PORT"
@@ -145,8 +146,14 @@ class EmbeddedBroker:
                 else:
                     await self._start_amqtt()
                 break
-            except BrokerUnavailableError:
-                if self._fixed_port or attempt == 2 or port_is_free(self.host, self.port):
+            except BrokerUnavailableError as exc:
+                if port_is_free(self.host, self.port):  # not a port clash: the broker itself failed
+                    if binary is None or not have_amqtt or attempt == 2:
+                        raise
+                    logger.warning("mosquitto did not start (%s); using amqtt instead", exc)
+                    binary = None
+                    continue
+                if self._fixed_port or attempt == 2:
                     raise
                 self.port = free_port()  # someone took the free port between the check and the bind
         logger.warning(

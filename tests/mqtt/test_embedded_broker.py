@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -192,6 +193,17 @@ async def test_a_free_port_taken_before_the_start_is_replaced(monkeypatch):
         b.port = taken  # as if another program took the free port between __init__ and start()
         async with b:
             assert b.port != taken and port_open(b.port)
+
+
+async def test_a_mosquitto_that_cannot_start_falls_back_to_amqtt(monkeypatch, caplog):
+    pytest.importorskip("amqtt.broker", reason="amqtt is not installed (pip install amqtt)")
+    broken = shutil.which("false")
+    assert broken is not None
+    monkeypatch.setattr(broker_mod, "find_mosquitto", lambda: broken)  # exits at once, like a broken install
+    caplog.set_level(logging.WARNING, logger="omnizip_stream.query.broker")
+    async with EmbeddedBroker() as b:
+        assert b.kind == "amqtt" and port_open(b.port)
+    assert "mosquitto did not start" in caplog.text and "using amqtt instead" in caplog.text
 
 
 @pytest.mark.parametrize(
