@@ -209,7 +209,8 @@ async def _serve(session: StreamSession, windows: Any, options: RunOptions, cons
     async def mqtt_demo() -> None:
         assert options.mqtt is not None and mqtt_config is not None
         await _first_of(session.wait_windows(count=2), source_done.wait())
-        result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
+        async with terminal:
+            result.mqtt_answer = await _ask_over_mqtt(mqtt_config, options.mqtt, console)
 
     finite: list[Awaitable[Any]] = [pump(), scripted()]
     if options.mqtt is not None and options.mqtt.demo_question:

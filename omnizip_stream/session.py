@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from omnizip_stream.answer_stream import AnswerStream
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.status import LiveStatus
 from omnizip_stream.window import Window
 
 logger = logging.getLogger(__name__)
-
-_STOP = object()
 
 
 @dataclass
@@ -73,12 +73,8 @@ class StreamSession:
         self._last_lag_s = 0.0
         self._clock_origin: float | None = None  # perf_counter() at stream time 0 (first push)
         self._exited: asyncio.Future[None] | None = None  # set when the model thread has returned
-        self._source_counters: Any = None  # the sources' StreamCounters (see attach_source)
-        self._live_clock: Callable[[], float] | None = None
-        self._source_ended = False
-        self._last_t1_s: float | None = None  # end of the newest ingested window (stream seconds)
+        self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
-        self._behind_live_s: float | None = None  # live clock minus t1 when the last window landed
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None) -> StreamSession:
@@ -98,12 +94,12 @@ class StreamSession:
             live_clock: seconds of live stream time now (``WindowStream.session_time``), or None for a
                 replay faster than real time, where "behind live" has no meaning.
         """
-        self._source_counters = counters
-        self._live_clock = live_clock
+        self.live.counters = counters
+        self.live.live_clock = live_clock
 
     def end_of_source(self) -> None:
         """Mark the source as ended: "behind live" stops growing, ``stats()["source_ended"]`` is True."""
-        self._source_ended = True
+        self.live.source_ended = True
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> StreamSession:
@@ -210,9 +206,7 @@ class StreamSession:
             report = self.engine.ingest(window)
             self.reports.append(report)
             self._last_lag_s = time.perf_counter() - pushed_at
-            self._last_t1_s = report.t1_s
-            if self._live_clock is not None:
-                self._behind_live_s = max(0.0, self._live_clock() - report.t1_s)
+            self.live.window_landed(report.t1_s)
         except Exception:  # a bad window must not stop the stream
             self.counters["windows_failed"] += 1
             logger.exception("window at t=%.1fs failed; the stream continues", window.t0_s)
@@ -293,7 +287,7 @@ class StreamSession:
         while True:
             self._progress.clear()
             ingested = self._snapshot.get("windows_ingested", 0) + self.counters["windows_failed"]
-            last_t1 = self._last_t1_s or 0.0
+            last_t1 = self.live.last_t1_s or 0.0
             done = (count is None or ingested >= count) and (until_s is None or last_t1 >= until_s)
             if done:
                 return
@@ -351,7 +345,7 @@ class StreamSession:
         wait_s = self.config.first_window_wait_s
 
         async def first_window() -> None:
-            while not self._snapshot.get("windows_ingested", 0) and not self._source_ended:
+            while not self._snapshot.get("windows_ingested", 0) and not self.live.source_ended:
                 self._progress.clear()
                 await self._progress.wait()
                 self._check_running()
@@ -379,12 +373,9 @@ class StreamSession:
     def stats(self) -> dict[str, Any]:
         """Live counters: the one status model (the terminal's status line and the MQTT status topic).
 
-        Engine stats (last snapshot), session queues and drops, and once :meth:`attach_source` was
-        called: ``source`` (the sources' drop counters) and ``window_lag_s``, how far the cache is
-        behind the live source: when the newest window landed, the live clock minus its end, or,
-        while a window waits for the model, the live clock minus the end of the oldest waiting one
-        (so it grows while the model is stuck). None on a replay faster than real time; frozen once
-        the source has ended.
+        Engine stats (last snapshot), session queues and drops, and :class:`LiveStatus`'s fields:
+        ``window_lag_s`` (how far the cache is behind the live source; None without a live clock),
+        ``source_ended`` and, once :meth:`attach_source` was called, ``source`` (its drop counters).
         """
         with self._cond:
             queued_windows, queued_queries = len(self._windows), len(self._queries)
@@ -393,17 +384,10 @@ class StreamSession:
         out = dict(self._snapshot)
         out.update(self.counters)
         out.update({"windows_queued": queued_windows, "queries_queued": queued_queries,
-                    "ingest_lag_s": self._last_lag_s, "source_ended": self._source_ended})
+                    "ingest_lag_s": self._last_lag_s})
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
-        if self._last_t1_s is not None:
-            out["last_window_t1_s"] = self._last_t1_s
-        if self._source_counters is not None:
-            out["source"] = self._source_counters.snapshot()
-        behind = self._behind_live_s
-        if self._live_clock is not None and oldest_t1 is not None and not self._source_ended:
-            behind = max(behind or 0.0, self._live_clock() - oldest_t1)
-        out["window_lag_s"] = behind
+        out.update(self.live.fields(oldest_t1))
         return out
 
     def _check_running(self) -> None:
@@ -413,37 +397,6 @@ class StreamSession:
 
 class _Closed(Exception):
     """Raised on the model thread to abandon an answer when the session closes."""
-
-
-class AnswerStream:
-    """Async iterator of answer pieces (``str``); ``answer`` is the final :class:`Answer` once exhausted."""
-
-    def __init__(self, session: StreamSession, question: str, max_new_tokens: int | None) -> None:
-        self._session = session
-        self._question = question
-        self._max_new_tokens = max_new_tokens
-        self._pieces: asyncio.Queue[Any] = asyncio.Queue()
-        self._task: asyncio.Future[Answer] | None = None
-        self.answer: Answer | None = None
-
-    def __aiter__(self) -> AnswerStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._task is None:
-            self._task = asyncio.ensure_future(
-                self._session.ask(self._question, self._max_new_tokens, on_text=self._pieces.put_nowait))
-            self._task.add_done_callback(lambda _t: self._pieces.put_nowait(_STOP))
-        piece = await self._pieces.get()
-        if piece is _STOP:
-            self.answer = self._task.result()  # re-raises a QueryError
-            raise StopAsyncIteration
-        return str(piece)
-
-    async def aclose(self) -> None:
-        """Stop waiting for the answer (the model finishes it; the result is discarded)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
 
 
 def _set_torch_threads(requested: int) -> None:

@@ -285,7 +285,10 @@ def test_sigterm_on_serve_mqtt_publishes_status_offline_shutdown(tmp_path):
                 stdin=subprocess.DEVNULL, stdout=flog, stderr=subprocess.STDOUT, env=_env())
             try:
                 _wait_in_file(log, r"MQTT: questions on omnizip/term2/query", proc, LOAD_S)
-                assert asyncio.run(_retained(broker.url, "omnizip/term2/status"))["state"] == "online"
+                online = asyncio.run(_retained(broker.url, "omnizip/term2/status"))
+                assert online["state"] == "online"
+                # One status model: the sources' counters and "behind live" are in the published session stats.
+                assert "source" in online["session"] and "window_lag_s" in online["session"]
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait(30)
             finally:

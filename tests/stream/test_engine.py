@@ -250,6 +250,10 @@ def test_two_hour_stream_stays_within_positions_and_memory(tiny25):
     answer = engine.answer(Q, 4)
     assert answer.window_range is not None and answer.window_range[1] == 899
     assert answer.time_range_s is not None and answer.time_range_s[1] == 7200.0
+    # What the answer saw: the sink and the recent run, not "windows 0-899".
+    assert answer.spans["sink_window_range"] == (0, 0) and answer.spans["sink_time_range_s"] == (0.0, 8.0)
+    assert answer.spans["recent_window_range"] == (stats["windows_evicted"] + 1, 899)
+    assert answer.spans["windows_cached"] == 900 - stats["windows_evicted"]
 
 
 def _one_shot_any(engine: StreamEngine, question: str) -> torch.Tensor:
@@ -301,3 +305,11 @@ def test_qwen3_stream_with_eviction_and_reanchoring_equals_one_shot(tiny3):
     assert checked >= 1 and engine.cache.events.windows_evicted > 0
     assert any(s.extras for s in engine.cache.segments[1:]), "deepstack must travel with the kept video"
     assert engine.answer(Q, 4).window_range[1] == 24
+
+
+def test_a_question_before_any_window_is_not_ready(tiny25):
+    engine = _engine(tiny25)
+    with pytest.raises(QueryError) as err:
+        engine.answer(Q, 4)
+    assert err.value.code == "not_ready"
+
