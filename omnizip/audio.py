@@ -145,9 +145,14 @@ def _row_blocks(video: torch.Tensor, rows: torch.Tensor | None, block_rows: int)
     n = int(rows.numel())
     if n == 0:
         return []
-    breaks = (torch.nonzero(rows[1:] - rows[:-1] != 1, as_tuple=True)[0] + 1).tolist()
-    bounds = [0, *breaks, n]
-    firsts = rows[bounds[:-1]].tolist()
+    start = contiguous_start(rows)  # the common case (a window's video), one host sync
+    if start is not None:
+        return [(s, start + s, min(block_rows, n - s)) for s in range(0, n, block_rows)]
+    is_start = torch.ones_like(rows, dtype=torch.bool)
+    is_start[1:] = rows[1:] - rows[:-1] != 1
+    at = torch.nonzero(is_start, as_tuple=True)[0]
+    offsets, firsts = torch.stack([at, rows[at]]).tolist()
+    bounds = [*offsets, n]
     out = []
     for a, b, first in zip(bounds[:-1], bounds[1:], firsts, strict=True):
         for s in range(a, b, block_rows):
@@ -229,8 +234,10 @@ def select_audio(
     keep[anchors] = True
     pool_local = torch.ones(r, dtype=torch.bool, device=dev)
     pool_local[init_pos] = False
-    pool = remaining[pool_local]
-    m = int(pool.numel())
+    # The c anchor positions are distinct, so the pool has r - c tokens: a stable sort puts them first
+    # in order (no data-dependent size, no host sync).
+    m = r - c
+    pool = remaining[torch.sort(pool_local.to(torch.int8), descending=True, stable=True).indices[:m]]
     if m == 0:
         return AudioSelection(keep, anchors, no_anchor, no_anchor.clone(), torch.zeros(0, dtype=torch.float32, device=dev))
     a_norm = normalise_rows(audio[torch.cat([anchors, pool])], score_dtype)
@@ -245,9 +252,10 @@ def select_audio(
     counts = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(0, assign, torch.ones_like(assign))
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(m, dtype=torch.int64, device=dev) - starts[grp]
-    chosen = order[rank < g]
+    picked = torch.nonzero(rank < g, as_tuple=True)[0]  # one data-dependent size
+    chosen = order[picked]
     grp_c = assign[chosen]
-    slot = rank[rank < g]
+    slot = rank[picked]
     # Softmax per anchor over its chosen members: one padded [C, G] row per anchor.
     padded = torch.full((c, min(g, m)), -torch.inf, dtype=torch.float32, device=dev)
     padded[grp_c, slot] = score[chosen]

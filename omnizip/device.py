@@ -34,6 +34,8 @@ where CUDA would raise. In ``strict`` mode the audit also raises on any factory 
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -45,7 +47,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
-_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent) + os.sep
 _THIS_FILE = str(Path(__file__).resolve())
 _TAG = "_omnizip_simulated_device"
 
@@ -99,6 +101,12 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _tensors(item)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real(path: str) -> str:
+    """``path`` with symlinks resolved (a virtualenv may be a symlink)."""
+    return os.path.realpath(path)
 
 
 def _simulated(t: torch.Tensor) -> bool:
@@ -161,7 +169,7 @@ class DeviceAudit(TorchFunctionMode):
         """``file:line`` of the first frame outside torch and this module."""
         frame = sys._getframe(2)
         while frame is not None:
-            name = frame.f_code.co_filename
+            name = _real(frame.f_code.co_filename)
             if not (name.startswith(_TORCH_DIR) or name == _THIS_FILE):
                 return f"{name}:{frame.f_lineno}"
             frame = frame.f_back  # type: ignore[assignment]

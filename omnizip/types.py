@@ -78,6 +78,19 @@ class TokenLayout:
                     f"got shape {tuple(self.audio_saliency.shape)}"
                 )
 
+    def to(self, device: torch.device | str) -> TokenLayout:
+        """The same layout with every tensor on ``device`` (a layout lives on one device)."""
+        sal, pos = self.audio_saliency, self.positions
+        return TokenLayout(
+            embeds=self.embeds.to(device),
+            modality=self.modality.to(device),
+            chunk_id=self.chunk_id.to(device),
+            frame_id=self.frame_id.to(device),
+            audio_saliency=None if sal is None else sal.to(device),
+            positions=None if pos is None else pos.to(device),
+            t0_s=self.t0_s,
+        )
+
     @property
     def num_tokens(self) -> int:
         """``N``, the number of tokens in the layout."""

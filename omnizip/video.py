@@ -173,13 +173,11 @@ def istc_keep(
         raise ValueError(f"keep counts must lie in [0, {p}]")
     first_row = list(range(0, n, p)) if grid is None else host[2]
     dev = video.device
-    keep = torch.zeros(f, p, dtype=torch.bool, device=dev)
-    full = [i for i, c in enumerate(counts) if c >= p]
-    if full:
-        keep[full] = True
+    # Rank r of frame i is kept iff r < count_i (all for a full frame, none for an empty one).
+    ranked_keep = torch.arange(p, device=dev).unsqueeze(0) < keep_counts.to(dev).unsqueeze(1)  # [F, P]
     todo = [i for i, c in enumerate(counts) if 0 < c < p]
     if not todo:
-        return keep.view(-1)
+        return ranked_keep.reshape(-1)
     for i in todo:
         if pos[i] % 2 == 1 and (i == 0 or pos[i - 1] != pos[i] - 1):
             raise ValueError("a temporally pruned frame needs the previous frame of its chunk")
@@ -193,7 +191,8 @@ def istc_keep(
             return video.view(f, p, -1)[frames]
         return video[grid[frames]]
 
-    priority = torch.empty(len(todo), p, dtype=torch.float32, device=dev)
+    # Frames outside ``todo`` keep all or none of their tokens, so their (zero) priority is never used.
+    priority = torch.zeros(f, p, dtype=torch.float32, device=dev)
     for start in range(0, len(todo), frame_batch):
         batch = todo[start : start + frame_batch]
         temporal = [pos[i] % 2 == 1 for i in batch]
@@ -207,17 +206,17 @@ def istc_keep(
         elif row_norms is None:
             norms = x.norm(dim=-1).clamp_min(1e-12)
         else:
-            norms = row_norms.view(f, p)[need].clamp_min(1e-12)
-        spatial_rows = [start + j for j, t in enumerate(temporal) if not t]
-        temporal_rows = [start + j for j, t in enumerate(temporal) if t]
+            norms = _take(row_norms.view(f, p), need).clamp_min(1e-12)
+        spatial_rows = [i for i, t in zip(batch, temporal, strict=True) if not t]
+        temporal_rows = [i for i, t in zip(batch, temporal, strict=True) if t]
         if spatial_rows:
-            at = [slot[todo[r]] for r in spatial_rows]
+            at = [slot[r] for r in spatial_rows]
             scores = _dpc_from_normed(_take(x, at), knn_k) if exact else _dpc_from_raw(
                 _take(x, at), _take(norms, at), knn_k)
             _put(priority, spatial_rows, scores)
         if temporal_rows:
-            at = [slot[todo[r]] for r in temporal_rows]
-            at_prev = [slot[todo[r] - 1] for r in temporal_rows]
+            at = [slot[r] for r in temporal_rows]
+            at_prev = [slot[r - 1] for r in temporal_rows]
             if exact:
                 sim = F.cosine_similarity(_take(x, at), _take(x, at_prev), dim=-1)
             else:
@@ -225,7 +224,4 @@ def istc_keep(
                 sim = dot / (_take(norms, at) * _take(norms, at_prev))
             _put(priority, temporal_rows, -sim)
     order = torch.sort(priority, dim=1, descending=True, stable=True).indices
-    todo_counts = torch.tensor([counts[i] for i in todo], device=dev)
-    ranked_keep = torch.arange(p, device=dev).unsqueeze(0) < todo_counts.unsqueeze(1)
-    keep[todo] = torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep)
-    return keep.view(-1)
+    return torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep).view(-1)

@@ -200,6 +200,12 @@ def build_plan(
     else:
         dst_rel, src_rel, w = merges
         dst, src = index.audio_idx[dst_rel], index.audio_idx[src_rel]
+    if len(chunk_video_ratio[:c]) != c or len(chunk_audio_retention[:c]) != c:
+        raise ValueError(f"chunk_video_ratio and chunk_audio_retention need one value per chunk ({c})")
+    # Both per-chunk vectors reach the device in one copy.
+    per_chunk = torch.tensor(
+        [*chunk_video_ratio[:c], *chunk_audio_retention[:c]], dtype=torch.float32, device=dev
+    ).view(2, c)
     counters: dict[str, float] = {k: float(v) for k, v in count_kept(layout, keep).items()}
     counters["merged"] = float(src.numel())
     if stats:
@@ -209,8 +215,8 @@ def build_plan(
         merge_dst=dst,
         merge_src=src,
         merge_weight=w.to(torch.float32),
-        chunk_video_ratio=torch.tensor(chunk_video_ratio[:c], dtype=torch.float32, device=dev).reshape(c),
-        chunk_audio_retention=torch.tensor(chunk_audio_retention[:c], dtype=torch.float32, device=dev).reshape(c),
+        chunk_video_ratio=per_chunk[0],
+        chunk_audio_retention=per_chunk[1],
         stats=counters,
     )
 
