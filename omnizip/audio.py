@@ -64,16 +64,17 @@ def nominal_audio_keep(n: int, rho_audio: float, anchor_ratio: float, g: int) ->
     return k + min(anchor_count(n, anchor_ratio), n - k)
 
 
-def normalise_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x / (||x|| + 1e-6)`` row-wise in float32 (the reference's cosine normalisation).
+def normalise_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x / (||x|| + 1e-6)`` row-wise in ``dtype`` (the reference's cosine normalisation).
 
     Args:
         x: ``[n, D]`` any float dtype.
+        dtype: the score dtype (float32, or bfloat16 to mimic the reference's bf16 arithmetic).
 
     Returns:
-        ``[n, D]`` float32, a new tensor.
+        ``[n, D]`` in ``dtype``, a new tensor.
     """
-    x = x.to(torch.float32)
+    x = x.to(dtype)
     return x / (x.norm(dim=-1, keepdim=True) + EPS)
 
 
@@ -92,31 +93,36 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k]
 
 
-def evenly_spaced(n: int, k: int) -> torch.Tensor:
+def evenly_spaced(n: int, k: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """``k`` indices spread evenly over ``range(n)`` (the no-saliency fallback), ascending.
 
     Returns:
-        ``[k]`` int64 with ``idx_i = floor((i + 1/2) * n / k)``.
+        ``[k]`` int64 on ``device`` with ``idx_i = floor((i + 1/2) * n / k)``.
     """
     k = max(0, min(int(k), n))
     if k == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    return torch.div((2 * torch.arange(k, dtype=torch.int64) + 1) * n, 2 * k, rounding_mode="floor")
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.div((2 * torch.arange(k, dtype=torch.int64, device=device) + 1) * n, 2 * k, rounding_mode="floor")
 
 
-def salient_mask(saliency: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
+def salient_mask(
+    saliency: torch.Tensor | None, n: int, k: int, *, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Boolean mask of the ``k`` most salient of ``n`` tokens (evenly spaced when ``saliency`` is None).
 
     Args:
         saliency: ``[n]`` float or ``None``.
         n: token count.
         k: how many to mark.
+        device: where the mask lives when ``saliency`` is None (else on ``saliency.device``).
 
     Returns:
         ``[n]`` bool.
     """
-    mask = torch.zeros(n, dtype=torch.bool)
-    idx = evenly_spaced(n, k) if saliency is None else top_indices(saliency, k)
+    if saliency is not None:
+        device = saliency.device
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    idx = evenly_spaced(n, k, device=device) if saliency is None else top_indices(saliency, k)
     mask[idx] = True
     return mask
 
@@ -126,7 +132,8 @@ def contiguous_start(rows: torch.Tensor) -> int | None:
     n = int(rows.numel())
     if n == 0:
         return None
-    first, last = int(rows[0]), int(rows[-1])
+    ends = rows[:: max(1, n - 1)].tolist()  # [first, last] ([first] when n == 1): one host sync
+    first, last = ends[0], ends[-1]
     return first if last - first + 1 == n else None
 
 
@@ -138,9 +145,14 @@ def _row_blocks(video: torch.Tensor, rows: torch.Tensor | None, block_rows: int)
     n = int(rows.numel())
     if n == 0:
         return []
-    breaks = (torch.nonzero(rows[1:] - rows[:-1] != 1, as_tuple=True)[0] + 1).tolist()
-    bounds = [0, *breaks, n]
-    firsts = rows[bounds[:-1]].tolist()
+    start = contiguous_start(rows)  # the common case (a window's video), one host sync
+    if start is not None:
+        return [(s, start + s, min(block_rows, n - s)) for s in range(0, n, block_rows)]
+    is_start = torch.ones_like(rows, dtype=torch.bool)
+    is_start[1:] = rows[1:] - rows[:-1] != 1
+    at = torch.nonzero(is_start, as_tuple=True)[0]
+    offsets, firsts = torch.stack([at, rows[at]]).tolist()
+    bounds = [*offsets, n]
     out = []
     for a, b, first in zip(bounds[:-1], bounds[1:], firsts, strict=True):
         for s in range(a, b, block_rows):
@@ -159,7 +171,8 @@ def max_cosine(
     """Best cosine similarity of each query to any video token, blockwise over the video.
 
     Args:
-        queries_normed: ``[M, D]`` float32 rows already normalised by :func:`normalise_rows`.
+        queries_normed: ``[M, D]`` rows already normalised by :func:`normalise_rows`; their dtype is
+            the score dtype (float32, or bfloat16 to mimic the reference).
         video: ``[N, D]`` embeddings holding the video tokens (any float dtype); read block by block
             so that no normalised copy of the whole video is made.
         rows: ``[Nv]`` int64 increasing indices of the video tokens in ``video`` (``None``: every
@@ -170,10 +183,10 @@ def max_cosine(
     Returns:
         ``[M]`` float32 (``-inf`` when there is no video row).
     """
-    best = torch.full((queries_normed.shape[0],), -torch.inf, dtype=torch.float32)
+    best = torch.full((queries_normed.shape[0],), -torch.inf, dtype=torch.float32, device=queries_normed.device)
     for start, first, length in _row_blocks(video, rows, block_rows):
         # A block is a contiguous range of rows: a view, never a gathered copy.
-        block = video[first : first + length].to(torch.float32)
+        block = video[first : first + length].to(queries_normed.dtype)
         block_norms = block.norm(dim=-1) if norms is None else norms[start : start + length]
         # cos = (q . v) / (||v|| + eps): the normalisation is applied to the [M, B] scores instead of
         # writing a normalised copy of the block (same value up to float rounding).
@@ -189,6 +202,7 @@ def select_audio(
     anchor_num: int,
     g: int,
     cross_modal: CrossModalFn | None,
+    score_dtype: torch.dtype = torch.float32,
 ) -> AudioSelection:
     """Anchors, cross-modal scores and the top-``G`` merge of one audio set (spec Stage B, steps 2-7).
 
@@ -199,29 +213,34 @@ def select_audio(
         g: max tokens merged per anchor; ``0`` disables anchors (the v2 rule).
         cross_modal: maps ``[M, D]`` normalised pool rows to their ``[M]`` score (best cosine to the
             video); ``None`` means no video: the score is the best cosine to the anchors.
+        score_dtype: dtype of the cosine scores (float32; bfloat16 mimics the reference). The merge
+            weights are a float32 softmax of the scores either way.
 
     Returns:
         The :class:`AudioSelection`.
     """
     n = int(audio.shape[0])
     keep = salient.clone()
-    no_anchor = torch.zeros(0, dtype=torch.int64)
+    dev = audio.device
+    no_anchor = torch.zeros(0, dtype=torch.int64, device=dev)
     remaining = torch.nonzero(~salient, as_tuple=True)[0]
     r = int(remaining.numel())
     if r == 0 or anchor_num <= 0 or g <= 0 or n == 0:
-        return AudioSelection(keep, no_anchor, no_anchor, no_anchor.clone(), torch.zeros(0, dtype=torch.float32))
+        return AudioSelection(keep, no_anchor, no_anchor, no_anchor.clone(), torch.zeros(0, dtype=torch.float32, device=dev))
     c = min(anchor_num, r)
     step = max(1, r // c)
-    init_pos = torch.arange(0, r, step, dtype=torch.int64)[:c]
+    init_pos = torch.arange(0, r, step, dtype=torch.int64, device=dev)[:c]
     anchors = remaining[init_pos]
     keep[anchors] = True
-    pool_local = torch.ones(r, dtype=torch.bool)
+    pool_local = torch.ones(r, dtype=torch.bool, device=dev)
     pool_local[init_pos] = False
-    pool = remaining[pool_local]
-    m = int(pool.numel())
+    # The c anchor positions are distinct, so the pool has r - c tokens: a stable sort puts them first
+    # in order (no data-dependent size, no host sync).
+    m = r - c
+    pool = remaining[torch.sort(pool_local.to(torch.int8), descending=True, stable=True).indices[:m]]
     if m == 0:
-        return AudioSelection(keep, anchors, no_anchor, no_anchor.clone(), torch.zeros(0, dtype=torch.float32))
-    a_norm = normalise_rows(audio[torch.cat([anchors, pool])])
+        return AudioSelection(keep, anchors, no_anchor, no_anchor.clone(), torch.zeros(0, dtype=torch.float32, device=dev))
+    a_norm = normalise_rows(audio[torch.cat([anchors, pool])], score_dtype)
     anc_norm, pool_norm = a_norm[:c], a_norm[c:]
     sim_aa = pool_norm @ anc_norm.T  # [M, C]
     assign = sim_aa.argmax(dim=1)
@@ -230,14 +249,15 @@ def select_audio(
     by_score = torch.sort(score, descending=True, stable=True).indices
     order = by_score[torch.sort(assign[by_score], stable=True).indices]
     grp = assign[order]
-    counts = torch.bincount(assign, minlength=c)
+    counts = torch.zeros(c, dtype=torch.int64, device=dev).index_add_(0, assign, torch.ones_like(assign))
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(m, dtype=torch.int64) - starts[grp]
-    chosen = order[rank < g]
+    rank = torch.arange(m, dtype=torch.int64, device=dev) - starts[grp]
+    picked = torch.nonzero(rank < g, as_tuple=True)[0]  # one data-dependent size
+    chosen = order[picked]
     grp_c = assign[chosen]
-    slot = rank[rank < g]
+    slot = rank[picked]
     # Softmax per anchor over its chosen members: one padded [C, G] row per anchor.
-    padded = torch.full((c, min(g, m)), -torch.inf, dtype=torch.float32)
+    padded = torch.full((c, min(g, m)), -torch.inf, dtype=torch.float32, device=dev)
     padded[grp_c, slot] = score[chosen]
     weight = torch.softmax(padded, dim=1)[grp_c, slot]
     return AudioSelection(keep, anchors, anchors[grp_c], pool[chosen], weight)

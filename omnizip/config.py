@@ -8,6 +8,7 @@ from typing import Literal
 Mode = Literal["offline", "streaming"]
 SaliencyVariant = Literal["global", "block"]
 StreamAudioScope = Literal["trailing", "window"]
+ScoreDtype = Literal["float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class OmniZipConfig:
             (top ``1 - rho_audio`` of the saliencies of this window and the previous
             ``controller_horizon - 1`` windows, so the retention score varies with content) or
             ``window`` (top ``1 - rho_audio`` of the window alone, a constant retention score).
+        score_dtype: dtype of OmniZip's similarity scores (audio-anchor and cross-modal cosines, ISTC's
+            DPC-kNN and temporal cosines): ``float32`` (default; the embeddings are upcast, so the masks
+            do not depend on the model dtype) or ``bfloat16`` (the reference's arithmetic with a bf16
+            model: scores rounded to bf16, so near-ties resolve as the reference resolves them).
+            Merge weights and the budget arithmetic stay float32.
     """
 
     rho_audio: float = 0.3
@@ -55,6 +61,7 @@ class OmniZipConfig:
     seed: int = 0
     controller_tolerance: float = 0.02
     stream_audio_scope: StreamAudioScope = "trailing"
+    score_dtype: ScoreDtype = "float32"
 
     def __post_init__(self) -> None:
         for name in ("rho_audio", "rho_video", "anchor_ratio", "rho_min", "rho_max"):
@@ -79,6 +86,9 @@ class OmniZipConfig:
             raise ValueError(
                 f"stream_audio_scope must be 'trailing' or 'window', got {self.stream_audio_scope!r}"
             )
+
+        if self.score_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"score_dtype must be 'float32' or 'bfloat16', got {self.score_dtype!r}")
 
     @property
     def nominal_retention(self) -> float:

@@ -45,8 +45,9 @@ def _merged_anchors(embeds: torch.Tensor, plan: KeepPlan) -> tuple[torch.Tensor,
     anchors, slot = torch.unique(plan.merge_dst, return_inverse=True)
     w = plan.merge_weight.to(torch.float32)
     src = embeds[plan.merge_src].to(torch.float32) * w.unsqueeze(-1)
-    merged = torch.zeros(int(anchors.numel()), embeds.shape[1], dtype=torch.float32).index_add_(0, slot, src)
-    wsum = torch.zeros(int(anchors.numel()), dtype=torch.float32).index_add_(0, slot, w)
+    dev = embeds.device
+    merged = torch.zeros(int(anchors.numel()), embeds.shape[1], dtype=torch.float32, device=dev).index_add_(0, slot, src)
+    wsum = torch.zeros(int(anchors.numel()), dtype=torch.float32, device=dev).index_add_(0, slot, w)
     new = (embeds[anchors].to(torch.float32) + merged) / (1.0 + wsum).unsqueeze(-1)
     return anchors, new.to(embeds.dtype)
 

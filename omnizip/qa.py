@@ -213,9 +213,9 @@ def prepare_clip_prompt(
     ])
     assert kept_pos is not None
     positions = torch.cat([
-        adapter.positions_1d([float(i) for i in range(p_open)] + open_pos),
+        adapter.positions_1d([float(i) for i in range(p_open)] + open_pos).to(kept_pos.device),
         kept_pos.to(adapter.position_dtype),
-        adapter.positions_1d(close_pos + [suffix_start + i for i in range(n_suffix)]),
+        adapter.positions_1d(close_pos + [suffix_start + i for i in range(n_suffix)]).to(kept_pos.device),
     ], dim=1)
     extras = adapter.av_extras(
         encoded, kept_index, offset=p_open + len(open_ids), total=int(embeds.shape[0])

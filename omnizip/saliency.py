@@ -66,9 +66,9 @@ def _block_column_sums(q: torch.Tensor, k: torch.Tensor, max_chunk_bytes: int) -
     t, h, dh = q.shape
     scale = 1.0 / math.sqrt(dh)
     hc, rc = _chunk_sizes(h, t, dh, max_chunk_bytes)
-    col = torch.zeros(t, dtype=torch.float64)
+    col = torch.zeros(t, dtype=torch.float64, device=q.device)
     # One logits buffer for the whole block, reused by every chunk (so the allocator never holds two).
-    buf = torch.empty(hc * rc * t, dtype=torch.float32)
+    buf = torch.empty(hc * rc * t, dtype=torch.float32, device=q.device)
     for h0 in range(0, h, hc):
         h1 = min(h, h0 + hc)
         keys = k[:, h0:h1, :].permute(1, 2, 0).to(torch.float32, memory_format=torch.contiguous_format)
@@ -121,14 +121,14 @@ def audio_saliency(
         raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes}")
     t, h, _ = q.shape
     if t == 0:
-        return torch.zeros(0, dtype=torch.float32)
+        return torch.zeros(0, dtype=torch.float32, device=q.device)
     if variant == "global" or block_lengths is None:
         lengths = [t]
     else:
         lengths = [int(b) for b in block_lengths]
         if any(b <= 0 for b in lengths) or sum(lengths) != t:
             raise ValueError(f"block_lengths must be positive and sum to T={t}, got {block_lengths}")
-    out = torch.empty(t, dtype=torch.float32)
+    out = torch.empty(t, dtype=torch.float32, device=q.device)
     start = 0
     with torch.no_grad():
         for length in lengths:
@@ -169,4 +169,4 @@ def pool_saliency(s: torch.Tensor, stream_lengths: list[int] | None = None) -> t
         seg = s[start : start + even].to(torch.float32)
         parts.append(seg.reshape(-1, 2).mean(dim=1))
         start += length
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float32)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float32, device=s.device)

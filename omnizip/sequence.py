@@ -18,13 +18,13 @@ from omnizip.types import Modality, TokenLayout
 
 
 def _run_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Run index (0, 1, ...) of each True entry of ``mask`` among its maximal contiguous runs."""
-    idx = torch.nonzero(mask, as_tuple=True)[0]
-    if idx.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    breaks = torch.zeros(int(idx.numel()), dtype=torch.int64)
-    breaks[1:] = (idx[1:] - idx[:-1] > 1).to(torch.int64)
-    return torch.cumsum(breaks, 0)
+    """``[L]`` run index (0, 1, ...) of each True entry of ``mask`` among its maximal runs, -1 elsewhere.
+
+    Full length and free of data-dependent sizes (no host sync on a GPU).
+    """
+    starts = mask.clone()
+    starts[1:] &= ~mask[:-1]
+    return torch.where(mask, torch.cumsum(starts.to(torch.int64), 0) - 1, -1)
 
 
 def layout_from_ids(
@@ -60,36 +60,36 @@ def layout_from_ids(
     if audio_token_id == video_token_id:
         raise ValueError("audio_token_id and video_token_id must differ")
     n = int(input_ids.shape[0])
+    dev = input_embeds.device
+    input_ids = input_ids.to(dev)  # the layout lives on the embeddings' device (omnizip.device)
     is_audio = input_ids == audio_token_id
     is_video = input_ids == video_token_id
-    modality = torch.full((n,), int(Modality.TEXT), dtype=torch.int64)
-    modality[is_audio] = int(Modality.AUDIO)
-    modality[is_video] = int(Modality.VIDEO)
-    chunk_id = torch.full((n,), -1, dtype=torch.int64)
-    chunk_id[is_audio] = _run_ids(is_audio)
-    chunk_id[is_video] = _run_ids(is_video)
-    frame_id = torch.full((n,), -1, dtype=torch.int64)
-    nv = int(is_video.sum())
+    text = torch.full((n,), int(Modality.TEXT), dtype=torch.int64, device=dev)
+    modality = torch.where(is_audio, int(Modality.AUDIO), torch.where(is_video, int(Modality.VIDEO), text))
+    chunk_id = torch.where(is_audio, _run_ids(is_audio), _run_ids(is_video))
+    frame_id = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    na, nv = torch.stack([is_audio.sum(), is_video.sum()]).tolist()
     if nv:
         if video_grid_thw is None:
             raise ValueError("video_grid_thw is required when the sequence has video tokens")
-        grid = torch.as_tensor(video_grid_thw).reshape(-1)
+        grid = torch.as_tensor(video_grid_thw, device="cpu").reshape(-1)  # host metadata
         if grid.numel() != 3:
-            raise ValueError(f"video_grid_thw must be [1, 3] (t, h, w), got shape {tuple(torch.as_tensor(video_grid_thw).shape)}")
+            raise ValueError(f"video_grid_thw must be [1, 3] (t, h, w), got shape {tuple(grid.shape)}")
         t, h, w = (int(x) for x in grid.tolist())
         p = (h // 2) * (w // 2)
         if p <= 0 or t * p != nv:
             raise ValueError(f"video_grid_thw {(t, h, w)} gives {t} x {p} tokens but the sequence has {nv} video tokens")
-        run_lengths = torch.bincount(chunk_id[is_video])
-        if bool((run_lengths % p != 0).any()):
+        # Runs hold whole frames iff every run starts at a multiple of p (the frames tile the video).
+        order = torch.cumsum(is_video.to(torch.int64), 0) - 1  # rank among the video tokens
+        run_start = is_video.clone()
+        run_start[1:] &= ~is_video[:-1]
+        if bool(((order % p != 0) & run_start).any()):
             raise ValueError(f"every contiguous run of video tokens must hold whole frames of {p} tokens")
-        frame_id[is_video] = torch.arange(nv, dtype=torch.int64) // p
+        frame_id = torch.where(is_video, order // p, frame_id)
     if audio_saliency is not None:
-        audio_saliency = audio_saliency.reshape(-1)
-        if audio_saliency.numel() != int(is_audio.sum()):
-            raise ValueError(
-                f"audio_saliency has {audio_saliency.numel()} values for {int(is_audio.sum())} audio tokens"
-            )
+        audio_saliency = audio_saliency.reshape(-1).to(dev)
+        if audio_saliency.numel() != na:
+            raise ValueError(f"audio_saliency has {audio_saliency.numel()} values for {na} audio tokens")
     return TokenLayout(
         embeds=input_embeds,
         modality=modality,

@@ -57,6 +57,13 @@ class TokenLayout:
         n = self.embeds.shape[0]
         if self.embeds.dim() != 2:
             raise ValueError(f"embeds must be [N, D], got shape {tuple(self.embeds.shape)}")
+        for name in ("modality", "chunk_id", "frame_id", "audio_saliency", "positions"):
+            t = getattr(self, name)
+            if t is not None and t.device != self.embeds.device:
+                raise ValueError(
+                    f"{name} is on {t.device} but embeds on {self.embeds.device}: a layout lives on one "
+                    "device (see omnizip.device)"
+                )
         for name in ("modality", "chunk_id", "frame_id"):
             t = getattr(self, name)
             if t.shape != (n,):
@@ -71,6 +78,19 @@ class TokenLayout:
                     f"got shape {tuple(self.audio_saliency.shape)}"
                 )
 
+    def to(self, device: torch.device | str) -> TokenLayout:
+        """The same layout with every tensor on ``device`` (a layout lives on one device)."""
+        sal, pos = self.audio_saliency, self.positions
+        return TokenLayout(
+            embeds=self.embeds.to(device),
+            modality=self.modality.to(device),
+            chunk_id=self.chunk_id.to(device),
+            frame_id=self.frame_id.to(device),
+            audio_saliency=None if sal is None else sal.to(device),
+            positions=None if pos is None else pos.to(device),
+            t0_s=self.t0_s,
+        )
+
     @property
     def num_tokens(self) -> int:
         """``N``, the number of tokens in the layout."""
@@ -79,7 +99,7 @@ class TokenLayout:
     @property
     def num_chunks(self) -> int:
         """Number of interleave chunks (windows) present in the layout."""
-        return int(self.chunk_id.max().item()) + 1 if self.num_tokens and bool((self.chunk_id >= 0).any()) else 0
+        return max(0, int(self.chunk_id.max()) + 1) if self.num_tokens else 0
 
 
 @dataclass(frozen=True)
@@ -125,9 +145,11 @@ def count_kept(layout: TokenLayout, keep: torch.Tensor) -> dict[str, int]:
     Returns:
         ``{"audio_total", "audio_kept", "video_total", "video_kept", "text_total", "text_kept"}``.
     """
+    names = ("audio", "video", "text")
+    sel = torch.stack([layout.modality == code for code in (Modality.AUDIO, Modality.VIDEO, Modality.TEXT)])
+    counts = torch.stack([sel.sum(dim=1), (sel & keep).sum(dim=1)], dim=1).tolist()  # one host sync
     out: dict[str, int] = {}
-    for name, code in (("audio", Modality.AUDIO), ("video", Modality.VIDEO), ("text", Modality.TEXT)):
-        sel = layout.modality == code
-        out[f"{name}_total"] = int(sel.sum())
-        out[f"{name}_kept"] = int((sel & keep).sum())
+    for name, (total, kept) in zip(names, counts, strict=True):
+        out[f"{name}_total"] = total
+        out[f"{name}_kept"] = kept
     return out

@@ -53,7 +53,7 @@ def _dpc_from_raw(frames: torch.Tensor, norms: torch.Tensor, knn_k: int) -> torc
 def _dpc_from_dist(dist: torch.Tensor, knn_k: int) -> torch.Tensor:
     """DPC-kNN scores ``[B, P]`` from cosine distances ``[B, P, P]``."""
     b, p, _ = dist.shape
-    diag = torch.eye(p, dtype=torch.bool).expand(b, p, p)
+    diag = torch.eye(p, dtype=torch.bool, device=dist.device).expand(b, p, p)
     dist_inf = dist.masked_fill(diag, float("inf"))
     k = min(knn_k, p - 1)
     knn = torch.topk(dist_inf, k, dim=-1, largest=False).values
@@ -120,6 +120,7 @@ def istc_keep(
     frame_batch: int = DEFAULT_FRAME_BATCH,
     exact: bool = True,
     row_norms: torch.Tensor | None = None,
+    score_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """ISTC keep-mask over all frames of a layout.
 
@@ -142,6 +143,8 @@ def istc_keep(
             results differ only by float rounding, i.e. on exact near-ties).
         row_norms: ``[F * P]`` float32 precomputed ``||x||`` of the video tokens for the fast path
             (saves a pass over the frames), or ``None``.
+        score_dtype: dtype of the DPC-kNN and temporal scores (float32; bfloat16 mimics the
+            reference's arithmetic with a bf16 model).
 
     Returns:
         ``[F * P]`` bool keep-mask.
@@ -154,27 +157,27 @@ def istc_keep(
     if p <= 0:
         if n:
             raise ValueError("tokens_per_frame must be positive when there are video tokens")
-        return torch.zeros(0, dtype=torch.bool)
+        return torch.zeros(0, dtype=torch.bool, device=video.device)
     if n % p:
         raise ValueError(f"{n} video tokens are not a whole number of {p}-token frames")
     f = n // p
     if frame_pos.shape != (f,) or keep_counts.shape != (f,):
         raise ValueError(f"frame_pos and keep_counts must have shape [{f}]")
     # Per-frame bookkeeping in Python ints (frames, never tokens): a stream window has 2 frames and
-    # tiny tensor ops would cost more than the arithmetic.
-    counts = keep_counts.tolist()
-    pos = frame_pos.tolist()
+    # tiny tensor ops would cost more than the arithmetic. One host sync reads all three.
+    grid = None if rows is None else rows.to(torch.int64).view(f, p)
+    per_frame = [keep_counts.to(torch.int64), frame_pos.to(torch.int64)] + ([] if grid is None else [grid[:, 0]])
+    host = torch.stack(per_frame).tolist() if f else [[] for _ in per_frame]
+    counts, pos = host[0], host[1]
     if any(c < 0 or c > p for c in counts):
         raise ValueError(f"keep counts must lie in [0, {p}]")
-    grid = None if rows is None else rows.to(torch.int64).view(f, p)
-    first_row = list(range(0, n, p)) if grid is None else grid[:, 0].tolist()
-    keep = torch.zeros(f, p, dtype=torch.bool)
-    full = [i for i, c in enumerate(counts) if c >= p]
-    if full:
-        keep[full] = True
+    first_row = list(range(0, n, p)) if grid is None else host[2]
+    dev = video.device
+    # Rank r of frame i is kept iff r < count_i (all for a full frame, none for an empty one).
+    ranked_keep = torch.arange(p, device=dev).unsqueeze(0) < keep_counts.to(dev).unsqueeze(1)  # [F, P]
     todo = [i for i, c in enumerate(counts) if 0 < c < p]
     if not todo:
-        return keep.view(-1)
+        return ranked_keep.reshape(-1)
     for i in todo:
         if pos[i] % 2 == 1 and (i == 0 or pos[i - 1] != pos[i] - 1):
             raise ValueError("a temporally pruned frame needs the previous frame of its chunk")
@@ -188,7 +191,8 @@ def istc_keep(
             return video.view(f, p, -1)[frames]
         return video[grid[frames]]
 
-    priority = torch.empty(len(todo), p, dtype=torch.float32)
+    # Frames outside ``todo`` keep all or none of their tokens, so their (zero) priority is never used.
+    priority = torch.zeros(f, p, dtype=torch.float32, device=dev)
     for start in range(0, len(todo), frame_batch):
         batch = todo[start : start + frame_batch]
         temporal = [pos[i] % 2 == 1 for i in batch]
@@ -196,23 +200,23 @@ def istc_keep(
         # spatial frame of the same batch); F.normalize row by row, exactly like the reference.
         need = sorted(set(batch) | {i - 1 for i, t in zip(batch, temporal, strict=True) if t})
         slot = {fr: j for j, fr in enumerate(need)}
-        x = gather(need).to(torch.float32)
+        x = gather(need).to(score_dtype)
         if exact:
             x = F.normalize(x, p=2, dim=-1)
         elif row_norms is None:
             norms = x.norm(dim=-1).clamp_min(1e-12)
         else:
-            norms = row_norms.view(f, p)[need].clamp_min(1e-12)
-        spatial_rows = [start + j for j, t in enumerate(temporal) if not t]
-        temporal_rows = [start + j for j, t in enumerate(temporal) if t]
+            norms = _take(row_norms.view(f, p), need).clamp_min(1e-12)
+        spatial_rows = [i for i, t in zip(batch, temporal, strict=True) if not t]
+        temporal_rows = [i for i, t in zip(batch, temporal, strict=True) if t]
         if spatial_rows:
-            at = [slot[todo[r]] for r in spatial_rows]
+            at = [slot[r] for r in spatial_rows]
             scores = _dpc_from_normed(_take(x, at), knn_k) if exact else _dpc_from_raw(
                 _take(x, at), _take(norms, at), knn_k)
             _put(priority, spatial_rows, scores)
         if temporal_rows:
-            at = [slot[todo[r]] for r in temporal_rows]
-            at_prev = [slot[todo[r] - 1] for r in temporal_rows]
+            at = [slot[r] for r in temporal_rows]
+            at_prev = [slot[r - 1] for r in temporal_rows]
             if exact:
                 sim = F.cosine_similarity(_take(x, at), _take(x, at_prev), dim=-1)
             else:
@@ -220,6 +224,4 @@ def istc_keep(
                 sim = dot / (_take(norms, at) * _take(norms, at_prev))
             _put(priority, temporal_rows, -sim)
     order = torch.sort(priority, dim=1, descending=True, stable=True).indices
-    ranked_keep = torch.arange(p).unsqueeze(0) < torch.tensor([counts[i] for i in todo]).unsqueeze(1)
-    keep[todo] = torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep)
-    return keep.view(-1)
+    return torch.zeros_like(ranked_keep).scatter_(1, order, ranked_keep).view(-1)

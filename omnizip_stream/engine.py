@@ -59,6 +59,39 @@ class QueryResult:
     spans: dict[str, Any] = field(default_factory=dict)  # sink/recent ranges: the Answer's fields of the same names
 
 
+class StageClock:
+    """Stage boundaries of one window: CUDA events on a GPU, ``perf_counter`` on the CPU.
+
+    On CUDA each :meth:`mark` records an event on the current stream (no device-wide
+    ``synchronize``, so other streams' work is not serialised); :meth:`elapsed_ms` waits for the last
+    event only and returns the GPU-timeline time between consecutive marks.
+
+    Args:
+        device: the model's device (``None`` or CPU: wall-clock marks).
+    """
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.cuda = device is not None and device.type == "cuda"
+        self._marks: list[Any] = []
+
+    def mark(self) -> None:
+        """Record a stage boundary."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append(event)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def elapsed_ms(self) -> list[float]:
+        """Milliseconds between consecutive marks (one host wait on the last event on CUDA)."""
+        pairs = list(zip(self._marks[:-1], self._marks[1:], strict=True))
+        if self.cuda:
+            self._marks[-1].synchronize()
+            return [float(a.elapsed_time(b)) for a, b in pairs]
+        return [(b - a) * 1e3 for a, b in pairs]
+
+
 def normalise_frames(window: Window, fps: float, window_s: float) -> np.ndarray:
     """Exactly ``window_s * fps`` frames at ``t0 + k / fps``: the nearest frame for each slot.
 
@@ -115,6 +148,7 @@ class StreamEngine:
         self._prev_window: Window | None = None
         self._prev_cursor: AVCursor | None = None
         self._started = False
+        self._gpu_peak_mb: float | None = None
 
     # ------------------------------------------------------------------ stream start
     def start(self) -> None:
@@ -150,7 +184,11 @@ class StreamEngine:
             self.start()
         spec = self.adapter.spec
         window_s = self.config.window_s
-        t_start = time.perf_counter()
+        device = self._cuda_device()
+        if device is not None:
+            torch.cuda.reset_peak_memory_stats(device)
+        clock = StageClock(device)
+        clock.mark()
         audio = normalise_audio(window, window_s)
         frames = normalise_frames(window, spec.fps, window_s)
         cursor = self._cursor(window, audio)
@@ -158,12 +196,11 @@ class StreamEngine:
             audio if audio.size else None, frames if len(frames) else None, cursor,
             saliency=self.config.saliency, stream=True,
         )
-        t_encoded = time.perf_counter()
+        clock.mark()
         layout = encoded.layout
         plan = self.compressor.plan(layout)
         kept_embeds, kept_pos, kept_index = gather_kept(layout, plan)
-        self._sync()
-        t_planned = time.perf_counter()
+        clock.mark()
         assert kept_pos is not None
         logical_start = float(self._base + window.t0_s * spec.position_id_per_seconds)
         span = float(encoded.close_position) - logical_start + 2
@@ -184,8 +221,11 @@ class StreamEngine:
             positions=positions, modality=modality, embeds=kept_embeds, extras=extras,
             close_position=float(encoded.close_position) - shift,
         ))
-        self._sync()
-        t_done = time.perf_counter()
+        clock.mark()
+        encode_ms, compress_ms, prefill_ms = clock.elapsed_ms()
+        if device is not None:
+            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+            self._gpu_peak_mb = max(self._gpu_peak_mb or 0.0, peak_mb)
         self.windows_ingested += 1
         self._prev_window, self._prev_cursor = window, encoded.next_cursor
         counts = count_kept(layout, plan.keep)
@@ -193,10 +233,10 @@ class StreamEngine:
             self.totals[key] += counts[key]
         timings = dict(encoded.timings) if getattr(encoded, "timings", None) else {}
         timings.update({
-            "encode_ms": (t_encoded - t_start) * 1e3,
-            "compress_ms": (t_planned - t_encoded) * 1e3,
-            "prefill_ms": (t_done - t_planned) * 1e3,
-            "total_ms": (t_done - t_start) * 1e3,
+            "encode_ms": encode_ms,
+            "compress_ms": compress_ms,
+            "prefill_ms": prefill_ms,
+            "total_ms": encode_ms + compress_ms + prefill_ms,
         })
         return WindowReport(index, window.t0_s, window.t0_s + window_s, counts["audio_total"], counts["audio_kept"],
                             counts["video_total"], counts["video_kept"], evicted, timings)
@@ -297,10 +337,15 @@ class StreamEngine:
         out["windows_evicted"] = self.cache.events.windows_evicted
         return out
 
-    def _sync(self) -> None:
-        """Wait for queued GPU work so that stage timings are charged to the right stage."""
+    def _cuda_device(self) -> torch.device | None:
+        """The adapter's device when it is a GPU, else None."""
         device = getattr(self.adapter, "device", None)
-        if device is not None and device.type == "cuda":
+        return device if isinstance(device, torch.device) and device.type == "cuda" else None
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work (a query's time to first token is wall-clock latency)."""
+        device = self._cuda_device()
+        if device is not None:
             torch.cuda.synchronize(device)
 
     # ------------------------------------------------------------------ stats
@@ -321,4 +366,6 @@ class StreamEngine:
             "retention_video": t["video_kept"] / t["video_total"] if t["video_total"] else None,
             "tokens_seen": t["audio_total"] + t["video_total"],
             "tokens_kept": t["audio_kept"] + t["video_kept"],
+            # Peak GPU memory while this stream's windows ran (CUDA only; absent on the CPU).
+            **({"gpu_peak_mb": self._gpu_peak_mb} if self._cuda_device() is not None else {}),
         }

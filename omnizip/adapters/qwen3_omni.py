@@ -194,7 +194,7 @@ class Qwen3OmniAdapter(ThinkerAdapter):
             return None
         video_rank = torch.cumsum(is_video.long(), 0) - 1  # layout index -> rank among video tokens
         feature_index = encoded.extras["video_feature_index"].cpu()[video_rank[kept_index[kept_is_video]]]
-        mask = torch.zeros(total, dtype=torch.bool)
+        mask = torch.zeros(total, dtype=torch.bool, device="cpu")  # host side, moved in _lm_kwargs
         mask[offset: offset + n_kept] = kept_is_video
         return {
             "video_mask": mask,

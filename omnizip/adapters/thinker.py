@@ -259,27 +259,31 @@ class ThinkerAdapter:
             timings["video_encode_ms"] = self._elapsed_ms(t0)
         fps = video_fps or self.spec.fps
         toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave, self.spec.temporal_patch_size / fps)
-        is_audio = toks.kind == AUDIO_KIND
-        is_video = toks.kind == VIDEO_KIND
+        # The token plan is built on the host (tmrope); it moves to the model's device once, and the
+        # layout lives there entirely (see omnizip.device).
+        kind = toks.kind.to(self.device)
+        feature_index = toks.feature_index.to(self.device)
+        is_audio = kind == AUDIO_KIND
+        is_video = kind == VIDEO_KIND
         embeds = torch.empty(toks.kind.shape[0], d, dtype=self.dtype, device=self.device)
-        embeds[is_audio.to(self.device)] = a_feat[toks.feature_index[is_audio].to(self.device)].to(self.dtype)
-        embeds[is_video.to(self.device)] = v_feat[toks.feature_index[is_video].to(self.device)].to(self.dtype)
+        embeds[is_audio] = a_feat[feature_index[is_audio]].to(self.dtype)
+        embeds[is_video] = v_feat[feature_index[is_video]].to(self.dtype)
         saliency_in_order = None
         if a_sal is not None:
             # Saliency is per audio feature; the layout lists audio tokens in feature order already.
-            saliency_in_order = a_sal[toks.feature_index[is_audio]].float().cpu()
+            saliency_in_order = a_sal.to(self.device)[feature_index[is_audio]].float()
         audio_id, video_id = self._special("audio"), self._special("video")
         token_ids = torch.where(is_audio, audio_id, video_id).long()
         # Chunks and frames exactly as the reference reads a sequence (video run i pairs with audio run i).
         layout = layout_from_ids(
             embeds, token_ids, saliency_in_order, audio_token_id=audio_id, video_token_id=video_id,
-            video_grid_thw=torch.tensor(grid) if grid is not None else None,
+            video_grid_thw=torch.tensor(grid, device="cpu") if grid is not None else None,
         )
-        layout = dataclasses.replace(layout, positions=toks.positions)
+        layout = dataclasses.replace(layout, positions=toks.positions.to(self.device))
         extras = {}
         if "deepstack" in v_extras:
             extras["deepstack"] = v_extras["deepstack"]  # per level, video tokens in feature order
-            extras["video_feature_index"] = toks.feature_index[is_video]
+            extras["video_feature_index"] = feature_index[is_video]
         n_grids = grid[0] if grid is not None else 0
         tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if audio is not None and has_audio else None
         next_cursor = AVCursor(

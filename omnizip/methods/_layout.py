@@ -65,7 +65,10 @@ def _starts(counts: list[int]) -> list[int]:
 
 
 def index_layout(layout: TokenLayout) -> LayoutIndex:
-    """Build the :class:`LayoutIndex` of ``layout``.
+    """Build the :class:`LayoutIndex` of ``layout`` (on the layout's device).
+
+    Host syncs: the two ``nonzero`` calls plus three reads (validation flags with the chunk count and
+    the frame size, the frame checks, the per-chunk counts), whatever the layout's size.
 
     Raises:
         ValueError: if an audio/video token has a negative chunk id, chunk ids decrease along a
@@ -73,48 +76,63 @@ def index_layout(layout: TokenLayout) -> LayoutIndex:
             differ in size.
     """
     mod = layout.modality
+    dev = mod.device
     audio_idx = torch.nonzero(mod == Modality.AUDIO, as_tuple=True)[0]
     video_idx = torch.nonzero(mod == Modality.VIDEO, as_tuple=True)[0]
     audio_chunk = layout.chunk_id[audio_idx].to(torch.int64)
     video_chunk = layout.chunk_id[video_idx].to(torch.int64)
-    for name, ch in (("audio", audio_chunk), ("video", video_chunk)):
-        if ch.numel():
-            if bool((ch < 0).any()):
-                raise ValueError(f"every {name} token needs a chunk_id >= 0")
-            if bool((ch[1:] < ch[:-1]).any()):
-                raise ValueError(f"chunk_id must not decrease along the {name} tokens (time order)")
-    num_chunks = 0
-    if audio_chunk.numel():
-        num_chunks = int(audio_chunk[-1]) + 1
-    if video_chunk.numel():
-        num_chunks = max(num_chunks, int(video_chunk[-1]) + 1)
+    fid = layout.frame_id[video_idx]
+    nv = int(video_idx.numel())
+    # Every check and size this function needs from the data, read in one host sync.
+    flags = [
+        (audio_chunk < 0).any(), (audio_chunk[1:] < audio_chunk[:-1]).any(),
+        (video_chunk < 0).any(), (video_chunk[1:] < video_chunk[:-1]).any(),
+        (fid < 0).any(), (fid[1:] < fid[:-1]).any(),
+    ]
+    last = torch.cat([audio_chunk[-1:], video_chunk[-1:]]).amax() if int(audio_idx.numel()) + nv else None
+    first_frame = (fid == fid[0]).sum() if nv else None
+    extra = [t for t in (last, first_frame) if t is not None]
+    host = torch.stack([f.to(torch.int64) for f in flags] + extra).tolist()
+    for name, (neg, dec) in (("audio", host[0:2]), ("video", host[2:4])):
+        if neg:
+            raise ValueError(f"every {name} token needs a chunk_id >= 0")
+        if dec:
+            raise ValueError(f"chunk_id must not decrease along the {name} tokens (time order)")
+    num_chunks = host[6] + 1 if last is not None else 0
 
     p = 0
-    frame_chunk = torch.zeros(0, dtype=torch.int64)
-    if video_idx.numel():
-        fid = layout.frame_id[video_idx]
-        if bool((fid < 0).any()):
+    frame_chunk = torch.zeros(0, dtype=torch.int64, device=dev)
+    if nv:
+        if host[4]:
             raise ValueError("every video token needs a frame_id >= 0")
-        values, counts = torch.unique_consecutive(fid, return_counts=True)
-        if values.numel() > 1 and bool((values[1:] <= values[:-1]).any()):
+        if host[5]:
             raise ValueError("the tokens of a video frame must be contiguous and frames in order")
-        p = int(counts[0])
-        if bool((counts != p).any()):
-            raise ValueError(f"all video frames must have the same token count, got {sorted(set(counts.tolist()))}")
-        grid = video_chunk.view(-1, p)
-        if bool((grid != grid[:, :1]).any()):
-            raise ValueError("a video frame must not span two chunks")
-        frame_chunk = grid[:, 0].contiguous()
+        p = host[-1]
+        # Frame ids are non-decreasing, so frames are equal runs of p tokens iff the [F, p] grid is
+        # constant along rows and strictly increasing down its first column.
+        if nv % p:
+            unequal = True
+        else:
+            g = fid.view(-1, p)
+            grid = video_chunk.view(-1, p)
+            unequal, split = torch.stack(
+                [(g != g[:, :1]).any() | (g[1:, 0] <= g[:-1, 0]).any(), (grid != grid[:, :1]).any()]
+            ).tolist()
+            if split:
+                raise ValueError("a video frame must not span two chunks")
+            frame_chunk = grid[:, 0].contiguous()
+        if unequal:
+            _, sizes = torch.unique_consecutive(fid, return_counts=True)
+            raise ValueError(f"all video frames must have the same token count, got {sorted(set(sizes.tolist()))}")
 
-    audio_counts = torch.bincount(audio_chunk, minlength=num_chunks).tolist() if num_chunks else []
-    video_counts = torch.bincount(video_chunk, minlength=num_chunks).tolist() if num_chunks else []
-    frame_counts = torch.bincount(frame_chunk, minlength=num_chunks).tolist() if num_chunks else []
+    # Per-chunk counts by scatter-add (no data-dependent size), read in one host sync.
+    per_chunk = torch.zeros(3, num_chunks, dtype=torch.int64, device=dev)
+    for row, ch in enumerate((audio_chunk, video_chunk, frame_chunk)):
+        per_chunk[row].index_add_(0, ch, torch.ones_like(ch))
+    audio_counts, video_counts, frame_counts = per_chunk.tolist() if num_chunks else ([], [], [])
     frame_starts = _starts(frame_counts)
-    if frame_chunk.numel():
-        first = torch.tensor(frame_starts, dtype=torch.int64)[frame_chunk]
-        frame_pos = torch.arange(frame_chunk.numel(), dtype=torch.int64) - first
-    else:
-        frame_pos = torch.zeros(0, dtype=torch.int64)
+    first = (torch.cumsum(per_chunk[2], 0) - per_chunk[2])[frame_chunk]
+    frame_pos = torch.arange(int(frame_chunk.numel()), dtype=torch.int64, device=dev) - first
     return LayoutIndex(
         audio_idx=audio_idx,
         video_idx=video_idx,
@@ -132,10 +150,10 @@ def index_layout(layout: TokenLayout) -> LayoutIndex:
     )
 
 
-def empty_merges() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(merge_dst, merge_src, merge_weight)`` with no merge."""
-    e = torch.zeros(0, dtype=torch.int64)
-    return e, e.clone(), torch.zeros(0, dtype=torch.float32)
+def empty_merges(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(merge_dst, merge_src, merge_weight)`` with no merge, on ``device``."""
+    e = torch.zeros(0, dtype=torch.int64, device=device)
+    return e, e.clone(), torch.zeros(0, dtype=torch.float32, device=device)
 
 
 def build_plan(
@@ -165,7 +183,8 @@ def build_plan(
     Returns:
         The plan; text tokens are always kept.
     """
-    keep = torch.ones(layout.num_tokens, dtype=torch.bool)
+    dev = layout.embeds.device
+    keep = torch.ones(layout.num_tokens, dtype=torch.bool, device=dev)
     if audio_keep is not None and index.audio_idx.numel():
         keep[index.audio_idx] = audio_keep
     if video_keep is not None and index.video_idx.numel():
@@ -177,10 +196,16 @@ def build_plan(
         kept = per_chunk_fraction(keep[index.video_idx], index.video_chunk, index.video_counts)
         chunk_video_ratio = [1.0 - x if not math.isnan(x) else math.nan for x in kept]
     if merges is None:
-        dst, src, w = empty_merges()
+        dst, src, w = empty_merges(dev)
     else:
         dst_rel, src_rel, w = merges
         dst, src = index.audio_idx[dst_rel], index.audio_idx[src_rel]
+    if len(chunk_video_ratio[:c]) != c or len(chunk_audio_retention[:c]) != c:
+        raise ValueError(f"chunk_video_ratio and chunk_audio_retention need one value per chunk ({c})")
+    # Both per-chunk vectors reach the device in one copy.
+    per_chunk = torch.tensor(
+        [*chunk_video_ratio[:c], *chunk_audio_retention[:c]], dtype=torch.float32, device=dev
+    ).view(2, c)
     counters: dict[str, float] = {k: float(v) for k, v in count_kept(layout, keep).items()}
     counters["merged"] = float(src.numel())
     if stats:
@@ -190,8 +215,8 @@ def build_plan(
         merge_dst=dst,
         merge_src=src,
         merge_weight=w.to(torch.float32),
-        chunk_video_ratio=torch.tensor(chunk_video_ratio[:c], dtype=torch.float32).reshape(c),
-        chunk_audio_retention=torch.tensor(chunk_audio_retention[:c], dtype=torch.float32).reshape(c),
+        chunk_video_ratio=per_chunk[0],
+        chunk_audio_retention=per_chunk[1],
         stats=counters,
     )
 
@@ -209,7 +234,9 @@ def per_chunk_fraction(mask: torch.Tensor, chunk: torch.Tensor, counts: list[int
     """
     if not counts:
         return []
-    kept = torch.bincount(chunk[mask], minlength=len(counts)).to(torch.float32)
-    total = torch.tensor(counts, dtype=torch.float32)
+    kept = torch.zeros(len(counts), dtype=torch.float32, device=chunk.device).index_add_(
+        0, chunk, mask.to(torch.float32)
+    )
+    total = torch.tensor(counts, dtype=torch.float32, device=chunk.device)
     frac = kept / total
     return [math.nan if n == 0 else float(x) for x, n in zip(frac.tolist(), counts, strict=True)]

@@ -20,6 +20,11 @@ from omnizip.types import TokenLayout
 from omnizip.video import istc_keep
 
 
+def score_dtype(config: OmniZipConfig) -> torch.dtype:
+    """The torch dtype of ``config.score_dtype``."""
+    return torch.bfloat16 if config.score_dtype == "bfloat16" else torch.float32
+
+
 def checked_saliency(layout: TokenLayout) -> torch.Tensor | None:
     """Return the layout's audio saliency as float32, or ``None``.
 
@@ -83,6 +88,7 @@ def audio_stage(
         anchor_num=anchor_count(int(audio.shape[0]), config.anchor_ratio),
         g=config.g,
         cross_modal=cross,
+        score_dtype=score_dtype(config),
     )
 
 
@@ -90,7 +96,7 @@ def offline_audio_stage(layout: TokenLayout, index: LayoutIndex, config: OmniZip
     """Run the reference's global audio stage: top-k over the whole clip, anchors and scores vs all video."""
     audio = layout.embeds[index.audio_idx]
     n = int(audio.shape[0])
-    salient = salient_mask(checked_saliency(layout), n, salient_count(n, config.rho_audio))
+    salient = salient_mask(checked_saliency(layout), n, salient_count(n, config.rho_audio), device=audio.device)
     return audio_stage(audio, salient, layout.embeds, index.video_idx, config)
 
 
@@ -136,7 +142,10 @@ def cat_merges(
 
 def uniform_frame_counts(index: LayoutIndex, ratio: float) -> torch.Tensor:
     """``[F]`` per-frame keep counts at one fixed ratio (``floor(P * (1 - ratio))`` each)."""
-    return torch.full((index.num_frames,), frame_keep_count(index.tokens_per_frame, ratio), dtype=torch.int64)
+    return torch.full(
+        (index.num_frames,), frame_keep_count(index.tokens_per_frame, ratio), dtype=torch.int64,
+        device=index.frame_chunk.device,
+    )
 
 
 def run_istc(
@@ -163,4 +172,5 @@ def run_istc(
         rows=index.video_idx,
         exact=exact,
         row_norms=video_norms,
+        score_dtype=score_dtype(config),
     )

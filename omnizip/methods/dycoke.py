@@ -58,21 +58,22 @@ def ttm_redundancy(embeds: torch.Tensor, rows: torch.Tensor, p: int, seq_pos: to
         ``[F * P]`` float32 redundancy.
     """
     f = int(seq_pos.numel())
+    dev = embeds.device
     grid = rows.view(f, p)
     j = seq_pos % 4
-    frame = torch.arange(f, dtype=torch.int64)
+    frame = torch.arange(f, dtype=torch.int64, device=dev)
     partner = torch.where(j == 2, frame - 2, frame - 1)
     has_next = (seq_pos + 1) < seq_len
     partner = torch.where(j == 0, torch.where(has_next, frame + 1, torch.full_like(frame, -1)), partner)
-    out = torch.empty(f, p, dtype=torch.float32)
+    out = torch.empty(f, p, dtype=torch.float32, device=dev)
     for start in range(0, f, _FRAME_BATCH):
         fs = frame[start : start + _FRAME_BATCH]
         x = embeds[grid[fs]]
         part = partner[fs]
         y = embeds[grid[part.clamp(min=0)]]
-        lone = part < 0
-        if bool(lone.any()):
-            y[lone] = x[lone].to(torch.float32).mean(dim=1, keepdim=True).to(y.dtype).expand_as(y[lone])
+        # A frame without a partner is compared with its mean token (torch.where: no host sync).
+        lone = (part < 0).view(-1, 1, 1)
+        y = torch.where(lone, x.to(torch.float32).mean(dim=1, keepdim=True).to(y.dtype).expand_as(y), y)
         red = _cos(x, y)
         out[fs] = torch.where((j[fs] == 0).unsqueeze(1), red - 2.0, red)
     return out.view(-1)
@@ -80,7 +81,7 @@ def ttm_redundancy(embeds: torch.Tensor, rows: torch.Tensor, p: int, seq_pos: to
 
 def _keep_least(redundancy: torch.Tensor, k: int) -> torch.Tensor:
     """``[n]`` bool mask of the ``k`` least redundant entries (ties: earlier first)."""
-    mask = torch.zeros(int(redundancy.numel()), dtype=torch.bool)
+    mask = torch.zeros(int(redundancy.numel()), dtype=torch.bool, device=redundancy.device)
     mask[top_indices(-redundancy, k)] = True
     return mask
 
@@ -101,15 +102,16 @@ class DyCokeCompressor(StatelessCompressor):
         index = index_layout(layout)
         # Audio: one token per "frame".
         na = int(index.audio_idx.numel())
-        audio_keep = torch.zeros(na, dtype=torch.bool)
+        dev = layout.embeds.device
+        audio_keep = torch.zeros(na, dtype=torch.bool, device=dev)
         if na:
             if self.streaming:
-                starts = torch.tensor(index.audio_starts, dtype=torch.int64)[index.audio_chunk]
-                pos = torch.arange(na, dtype=torch.int64) - starts
-                length = torch.tensor(index.audio_counts, dtype=torch.int64)[index.audio_chunk]
+                starts = torch.tensor(index.audio_starts, dtype=torch.int64, device=dev)[index.audio_chunk]
+                pos = torch.arange(na, dtype=torch.int64, device=dev) - starts
+                length = torch.tensor(index.audio_counts, dtype=torch.int64, device=dev)[index.audio_chunk]
             else:
-                pos = torch.arange(na, dtype=torch.int64)
-                length = torch.full((na,), na, dtype=torch.int64)
+                pos = torch.arange(na, dtype=torch.int64, device=dev)
+                length = torch.full((na,), na, dtype=torch.int64, device=dev)
             red = ttm_redundancy(layout.embeds, index.audio_idx, 1, pos, length)
             if self.streaming:
                 for a0, n in zip(index.audio_starts, index.audio_counts, strict=True):
@@ -122,12 +124,14 @@ class DyCokeCompressor(StatelessCompressor):
         nf = index.num_frames
         if nf:
             if self.streaming:
-                pos, length = index.frame_pos, torch.tensor(index.frame_counts, dtype=torch.int64)[index.frame_chunk]
+                counts = torch.tensor(index.frame_counts, dtype=torch.int64, device=dev)
+                pos, length = index.frame_pos, counts[index.frame_chunk]
             else:
-                pos, length = torch.arange(nf, dtype=torch.int64), torch.full((nf,), nf, dtype=torch.int64)
+                pos = torch.arange(nf, dtype=torch.int64, device=dev)
+                length = torch.full((nf,), nf, dtype=torch.int64, device=dev)
             red = ttm_redundancy(layout.embeds, index.video_idx, index.tokens_per_frame, pos, length)
             per_frame = frame_keep_count(index.tokens_per_frame, cfg.rho_video)
-            video_keep = torch.zeros(int(index.video_idx.numel()), dtype=torch.bool)
+            video_keep = torch.zeros(int(index.video_idx.numel()), dtype=torch.bool, device=dev)
             for c, (v0, nv) in enumerate(zip(video_starts(index), index.video_counts, strict=True)):
                 video_keep[v0 : v0 + nv] = _keep_least(red[v0 : v0 + nv], per_frame * index.frame_counts[c])
         return build_plan(layout, index, audio_keep=audio_keep, video_keep=video_keep)

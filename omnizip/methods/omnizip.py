@@ -69,7 +69,7 @@ class OmniZipOfflineCompressor:
             )
             per_chunk = [frame_keep_count(index.tokens_per_frame, r) if n else 0 for r, n in
                          zip(ratios, index.video_counts, strict=True)]
-            counts = torch.tensor(per_chunk, dtype=torch.int64)[index.frame_chunk]
+            counts = torch.tensor(per_chunk, dtype=torch.int64, device=index.frame_chunk.device)[index.frame_chunk]
             video_keep = run_istc(layout, index, counts, cfg)
         return build_plan(
             layout,

@@ -36,6 +36,7 @@ from omnizip.methods._stages import (
     offset_selection,
     rows_of,
     run_istc,
+    score_dtype,
     windowed_audio_stage,
 )
 from omnizip.types import KeepPlan, TokenLayout
@@ -84,11 +85,12 @@ class OmniZipStreamingCompressor:
         cfg = self.config
         index = index_layout(layout)
         saliency = checked_saliency(layout)
-        # A stream window is small: convert it to float32 once instead of in every stage.
-        work = layout.embeds.to(torch.float32)
+        # A stream window is small: convert it to the score dtype once instead of in every stage.
+        work = layout.embeds.to(score_dtype(cfg))
         # Norms of the video tokens, shared by the cross-modal score and ISTC.
         video_norms = rows_of(work, index.video_idx).norm(dim=-1)
-        audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool)
+        dev = layout.embeds.device
+        audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool, device=dev)
         merges = []
         retention: list[float] = []
         ratios: list[float] = []
@@ -100,13 +102,13 @@ class OmniZipStreamingCompressor:
                 sal = None if saliency is None else saliency[a0 : a0 + na]
                 k = self._salient_count(sal, na)
                 sel = windowed_audio_stage(
-                    layout, index, cfg, c, salient_mask(sal, na, k), embeds=work, video_norms=video_norms
+                    layout, index, cfg, c, salient_mask(sal, na, k, device=dev), embeds=work, video_norms=video_norms
                 )
                 if sal is not None and self._history.maxlen:
                     self._history.append(sal.clone())
                 audio_keep[a0 : a0 + na] = sel.keep
                 merges.append(offset_selection(sel, a0))
-                s_w = float(torch.tensor(float(sel.keep.sum()), dtype=torch.float32) / na)
+                s_w = float(sel.keep.sum().to(torch.float32) / na)  # float32 like the reference; one host sync
             retention.append(float("nan") if s_w is None else s_w)
             nv = index.video_counts[c]
             if nv == 0:
@@ -117,7 +119,7 @@ class OmniZipStreamingCompressor:
             frame_counts.extend(spread_over_frames(kept, index.frame_counts[c]))
         video_keep = None
         if index.video_idx.numel():
-            counts = torch.tensor(frame_counts, dtype=torch.int64)
+            counts = torch.tensor(frame_counts, dtype=torch.int64, device=dev)
             video_keep = run_istc(layout, index, counts, cfg, embeds=work, exact=False, video_norms=video_norms)
         return build_plan(
             layout,

@@ -23,11 +23,15 @@ from omnizip.registry import register
 from omnizip.types import KeepPlan, TokenLayout
 
 
-def _random_subset(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """``[n]`` bool mask with ``k`` random True entries."""
-    mask = torch.zeros(n, dtype=torch.bool)
+def _random_subset(n: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``[n]`` bool mask on ``device`` with ``k`` random True entries.
+
+    The permutation is drawn on the CPU generator (the same plan on every device for a seed) and
+    moved to ``device``.
+    """
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
     if k > 0:
-        mask[torch.randperm(n, generator=gen)[:k]] = True
+        mask[torch.randperm(n, generator=gen, device="cpu")[:k].to(device)] = True
     return mask
 
 
@@ -47,16 +51,17 @@ class RandomCompressor(StatelessCompressor):
         index = index_layout(layout)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + round(layout.t0_s * 1000))
         na = int(index.audio_idx.numel())
+        dev = layout.embeds.device
         if self.streaming:
-            parts = [_random_subset(n, nominal_audio_keep(n, cfg.rho_audio, cfg.anchor_ratio, cfg.g), gen)
+            parts = [_random_subset(n, nominal_audio_keep(n, cfg.rho_audio, cfg.anchor_ratio, cfg.g), gen, dev)
                      for n in index.audio_counts]
-            audio_keep = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+            audio_keep = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=dev)
         else:
-            audio_keep = _random_subset(na, nominal_audio_keep(na, cfg.rho_audio, cfg.anchor_ratio, cfg.g), gen)
+            audio_keep = _random_subset(na, nominal_audio_keep(na, cfg.rho_audio, cfg.anchor_ratio, cfg.g), gen, dev)
         per_frame = frame_keep_count(index.tokens_per_frame, cfg.rho_video)
-        video_keep = torch.zeros(int(index.video_idx.numel()), dtype=torch.bool)
+        video_keep = torch.zeros(int(index.video_idx.numel()), dtype=torch.bool, device=dev)
         for c, (v0, nv) in enumerate(zip(video_starts(index), index.video_counts, strict=True)):
-            video_keep[v0 : v0 + nv] = _random_subset(nv, per_frame * index.frame_counts[c], gen)
+            video_keep[v0 : v0 + nv] = _random_subset(nv, per_frame * index.frame_counts[c], gen, dev)
         return build_plan(layout, index, audio_keep=audio_keep, video_keep=video_keep)
 
 

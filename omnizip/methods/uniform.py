@@ -42,14 +42,14 @@ class UniformCompressor(StatelessCompressor):
         index = index_layout(layout)
         if self.streaming:
             saliency = checked_saliency(layout)
-            audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool)
+            audio_keep = torch.zeros(int(index.audio_idx.numel()), dtype=torch.bool, device=layout.embeds.device)
             parts = []
             for c in range(index.num_chunks):
                 a0, na = index.audio_starts[c], index.audio_counts[c]
                 if not na:
                     continue
                 sal = None if saliency is None else saliency[a0 : a0 + na]
-                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, salient_count(na, cfg.rho_audio)))
+                sel = windowed_audio_stage(layout, index, cfg, c, salient_mask(sal, na, salient_count(na, cfg.rho_audio), device=layout.embeds.device))
                 audio_keep[a0 : a0 + na] = sel.keep
                 parts.append(offset_selection(sel, a0))
             merges = cat_merges(parts)
