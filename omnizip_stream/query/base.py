@@ -12,7 +12,8 @@ class QueryError(Exception):
 
     Codes: ``bad_request`` (malformed or invalid input), ``too_long`` (the question does not fit the
     context), ``busy`` (the query queue is full), ``rate_limited``, ``not_ready`` (no window ingested
-    yet is allowed; this code is for a session that is not running), ``internal``.
+    yet is allowed; this code is for a session that is not running), ``shutting_down`` (the server
+    stopped before answering), ``internal``.
     """
 
     def __init__(self, code: str, message: str) -> None:
