@@ -34,6 +34,9 @@ class MqttOptions:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    client_id: str | None = None  # None: omnizip-<stream_id>-<random>
+    rate_limit_per_s: float | None = None  # None: MqttConfig's default
+    rate_limit_burst: int | None = None
     demo_question: str | None = None  # asked once through a real MQTT client (the demo)
 
 
@@ -192,8 +195,14 @@ async def _first_of(*awaitables: Awaitable[Any]) -> None:
 async def _start_mqtt(
     stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console
 ) -> Any:
-    """Start (an embedded broker and) the MQTT query server as a background task of ``stack``."""
-    from omnizip_stream.query.broker import EmbeddedBroker
+    """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
+
+    Raises:
+        BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
+            wrong address wants to hear it at once, not after retries).
+        BrokerRefusedError / StreamIdInUseError: see :meth:`MqttQueryServer.run`.
+    """
+    from omnizip_stream.query.broker import BrokerUnavailableError, EmbeddedBroker
     from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
 
     url, protocol = opts.broker, None
@@ -202,17 +211,21 @@ async def _start_mqtt(
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
-                                 protocol=protocol)
+                                 protocol=protocol, client_id=opts.client_id, rate_limit_per_s=opts.rate_limit_per_s,
+                                 rate_limit_burst=opts.rate_limit_burst)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
     stack.push_async_callback(_cancel, task)
-    waiter = asyncio.ensure_future(server.wait_connected(timeout_s=15))
-    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        waiter.cancel()
-        task.result()  # raises the refusal (bad credentials, TLS ...)
-    else:
-        await waiter
+    waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
+    try:
+        await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if task.done():
+        task.result()  # raises the refusal (bad credentials, TLS, stream id in use ...)
+    if not server.connected.is_set():
+        raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
     console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
     return config
 

@@ -216,6 +216,8 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
             if error is not None:
                 raise error
     finally:
+        # Synchronous up to the requeue: a second cancellation (the connection being torn down while
+        # this ends by its own error) must not interrupt it and lose the unacknowledged replies.
         if getter is not None:
             getter.cancel()
         unacked = []
@@ -225,7 +227,6 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
             else:
                 unacked.append(msg)
                 task.cancel()
-        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
         outbox.inflight = 0
         if not outbox.closing:
             if len(unacked) == 1 and unacked[0].strikes:
@@ -233,3 +234,4 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
                 unacked = []
             unacked = [dataclasses.replace(m, strikes=m.strikes + 1) for m in unacked]
         outbox.requeue_front(unacked)
+        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
