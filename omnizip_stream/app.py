@@ -215,6 +215,7 @@ async def _start_mqtt(
                                  rate_limit_burst=opts.rate_limit_burst)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
+    task.add_done_callback(_report_mqtt_end)
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
     try:
@@ -228,6 +229,12 @@ async def _start_mqtt(
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
     console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
     return config
+
+
+def _report_mqtt_end(task: asyncio.Future[Any]) -> None:
+    """Never let the MQTT server end silently while the stream goes on."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("MQTT query server stopped: %s", str(task.exception()).splitlines()[0])
 
 
 async def _ask_over_mqtt(config: Any, opts: MqttOptions, console: Console) -> dict[str, Any] | None:

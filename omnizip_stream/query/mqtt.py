@@ -18,7 +18,7 @@ wait in an outbox (:mod:`~omnizip_stream.query.outbox`) and are published after 
 Within one process nothing acknowledged is lost; a killed process loses the questions it had
 accepted and not answered (clients retry after their timeout: at-least-once end to end).
 
-Lifecycle: before its first connect the server checks that no other live server answers the
+Lifecycle: before every connect the server checks that no other live server answers the
 stream id (:class:`StreamIdInUseError`); cancelling :meth:`MqttQueryServer.run` shuts down
 gracefully (running answers get ``shutdown_grace_s``, queued ones ``shutting_down``, then status
 ``offline`` with reason ``shutdown``); an unexpected error publishes ``offline`` and reconnects.
@@ -66,8 +66,9 @@ class MqttQueryServer:
         service: the stream session (``ask`` / ``ask_stream`` / ``stats``).
         config: broker, topics and limits.
         shutdown_grace_s: on cancellation, how long answers already running may take to finish.
-        check_in_use: before the first connect, refuse to serve a stream id another live server
-            already answers.
+        check_in_use: before every connect, refuse to serve a stream id another live server
+            already answers (two servers with the same pinned client id would knock each other off
+            forever; with different ids both would answer every question).
 
     Example::
 
@@ -100,8 +101,9 @@ class MqttQueryServer:
 
         Raises:
             BrokerRefusedError: the first connection was refused for a reason retrying cannot fix.
-            StreamIdInUseError: another live server answers this stream id (checked before the
-                first connect), or (MQTT 5) another client took over this server's client id.
+            StreamIdInUseError: another live server answers this stream id (checked before every
+                connect, so also after being taken over), or the broker said another client took
+                over this server's client id.
         """
         if self._running:
             raise RuntimeError("MqttQueryServer.run() is already running")
@@ -147,7 +149,7 @@ class MqttQueryServer:
         while True:
             connected_at = None
             try:
-                if self.check_in_use and not ever_connected:
+                if self.check_in_use:  # also on reconnects: another server may have taken over meanwhile
                     other = await live_server_instance(cfg, self.instance)
                     if other is not None:
                         raise StreamIdInUseError(
