@@ -38,6 +38,9 @@ class MqttOptions:
     cert_file: str | None = None
     key_file: str | None = None
     reply_prefix: str | None = None  # replies only to topics under it (MqttConfig.reply_prefix)
+    client_id: str | None = None  # None: omnizip-<stream_id>-<random>
+    rate_limit_per_s: float | None = None  # None: MqttConfig's default
+    rate_limit_burst: int | None = None
     demo_question: str | None = None  # asked once through a real MQTT client (the demo)
 
 
@@ -295,8 +298,14 @@ async def _first_of(*awaitables: Awaitable[Any]) -> None:
 async def _start_mqtt(
     stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console
 ) -> Any:
-    """Start (an embedded broker and) the MQTT query server as a background task of ``stack``."""
-    from omnizip_stream.query.broker import EmbeddedBroker
+    """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
+
+    Raises:
+        BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
+            wrong address wants to hear it at once, not after retries).
+        BrokerRefusedError / StreamIdInUseError: see :meth:`MqttQueryServer.run`.
+    """
+    from omnizip_stream.query.broker import BrokerUnavailableError, EmbeddedBroker
     from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
 
     url, protocol = opts.broker, None
@@ -305,19 +314,30 @@ async def _start_mqtt(
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
-                                 protocol=protocol, reply_prefix=opts.reply_prefix)
+                                 protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
+                                 rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
+    task.add_done_callback(_report_mqtt_end)
     stack.push_async_callback(_cancel, task)
-    waiter = asyncio.ensure_future(server.wait_connected(timeout_s=15))
-    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        waiter.cancel()
-        task.result()  # raises the refusal (bad credentials, TLS ...)
-    else:
-        await waiter
+    waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
+    try:
+        await asyncio.wait({task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if task.done():
+        task.result()  # raises the refusal (bad credentials, TLS, stream id in use ...)
+    if not server.connected.is_set():
+        raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
     console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
     return config
+
+
+def _report_mqtt_end(task: asyncio.Future[Any]) -> None:
+    """Never let the MQTT server end silently while the stream goes on."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("MQTT query server stopped: %s", str(task.exception()).splitlines()[0])
 
 
 async def _ask_over_mqtt(config: Any, opts: MqttOptions, console: Console) -> dict[str, Any] | None:

@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cafile", default=None, help="CA certificate for mqtts://")
     parser.add_argument("--cert", default=None, help="client certificate for mutual TLS")
     parser.add_argument("--key", default=None, help="client key for mutual TLS")
+    parser.add_argument("--client-id", default=None,
+                        help="pin the server's MQTT client id (default omnizip-<stream-id>-<random>); a pinned id keeps "
+                             "questions the broker queued while the server was down")
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="PER_S",
+                        help="questions per second allowed per client (default 1; 0 = no limit); a reply route "
+                             "carrying several client ids gets 4x")
+    parser.add_argument("--rate-burst", type=int, default=None, metavar="N",
+                        help="questions a client may send at once before the rate applies (default 5)")
     add_source_arguments(parser)
 
 
@@ -41,20 +49,21 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     check_broker_port(args.broker_port, args.broker)
+    served = {"client_id": args.client_id, "rate_limit_per_s": args.rate_limit, "rate_limit_burst": args.rate_burst}
     try:  # validate the URL, credentials and TLS options, and look at the broker, before loading anything
         url = args.broker if args.broker is not None else "mqtt://127.0.0.1:1883"
         creds: dict[str, str | None] = {}
         if args.broker is not None:
             creds = cli_credentials(url, args.username, args.password, args.password_file)
         mqtt_config = MqttConfig.from_url(url, stream_id=args.stream_id, ca_file=args.cafile, cert_file=args.cert,
-                                          key_file=args.key, reply_prefix=args.reply_prefix, **creds)
+                                          key_file=args.key, reply_prefix=args.reply_prefix, **creds, **served)
         if args.broker is not None:
             check_broker(mqtt_config)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     mqtt = MqttOptions(stream_id=args.stream_id, broker=args.broker, username=args.username,
                        password=creds.get("password"), ca_file=args.cafile, cert_file=args.cert, key_file=args.key,
-                       reply_prefix=args.reply_prefix, broker_port=args.broker_port)
+                       reply_prefix=args.reply_prefix, broker_port=args.broker_port, **served)
     options = RunOptions(source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
                          realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side,
                          status_interval_s=args.status_interval, mqtt=mqtt)

@@ -13,7 +13,7 @@ class QueryError(Exception):
     Codes: ``bad_request`` (malformed or invalid input), ``too_long`` (the question does not fit the
     context), ``busy`` (the query queue is full), ``rate_limited``, ``not_ready`` (no window of the stream has been
     ingested yet, after waiting ``StreamConfig.first_window_wait_s``, or the session is not running),
-    ``internal``.
+    ``shutting_down`` (the server stopped before answering), ``internal``.
     """
 
     def __init__(self, code: str, message: str) -> None:

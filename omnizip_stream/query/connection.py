@@ -1,7 +1,17 @@
-"""Building aiomqtt clients from an :class:`MqttConfig`, and telling permanent refusals from outages."""
+"""MQTT connections: building aiomqtt clients, permanent refusals vs outages, stream ids in use.
+
+Builds clients from an :class:`MqttConfig`, tells refusals retrying cannot fix from outages, and
+finds out whether another live server already answers a stream id.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
 from typing import Any
 
 from omnizip_stream.query.mqtt_config import NODELAY, MqttConfig
@@ -12,11 +22,20 @@ _PERMANENT_CONNACK = {1: "unsupported protocol version", 2: "client id rejected"
                       0x86: "bad username or password", 0x87: "not authorised", 0x8C: "bad authentication method"}
 
 
+# MQTT 5 DISCONNECT reason: another connection took over this client id.
+SESSION_TAKEN_OVER = 0x8E
+
+
 class BrokerRefusedError(RuntimeError):
     """The broker refused us in a way retrying cannot fix (credentials, ACL, TLS, protocol)."""
 
 
-def make_client(config: MqttConfig, client_id: str, *, persistent: bool, will: Any = None) -> Any:
+class StreamIdInUseError(BrokerRefusedError):
+    """Another live server already answers this stream id on this broker."""
+
+
+def make_client(config: MqttConfig, client_id: str, *, persistent: bool, will: Any = None,
+                queue_type: Any = None) -> Any:
     """Build an unconnected ``aiomqtt.Client`` for ``config`` (use it as ``async with``).
 
     Args:
@@ -25,6 +44,7 @@ def make_client(config: MqttConfig, client_id: str, *, persistent: bool, will: A
         persistent: keep the session across disconnects (MQTT 5: clean start off and
             ``config.session_expiry_s``; 3.1.1: clean session off).
         will: an ``aiomqtt.Will`` (last will) or None.
+        queue_type: aiomqtt's ``queue_type`` (a factory of the received-message queue) or None.
 
     Raises:
         ValueError: a TLS file cannot be loaded.
@@ -41,6 +61,8 @@ def make_client(config: MqttConfig, client_id: str, *, persistent: bool, will: A
         kwargs.update(clean_start=False, properties=props)
     elif persistent:
         kwargs.update(clean_session=False)
+    if queue_type is not None:
+        kwargs["queue_type"] = queue_type
     if config.tls and config.tls_insecure:
         kwargs["tls_insecure"] = True
     client = aiomqtt.Client(
@@ -67,3 +89,72 @@ def permanent_reason(exc: Exception, config: MqttConfig) -> str | None:
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
         return "TLS handshake failed: is this port really mqtts:// (TLS)?"
     return None
+
+
+def taken_over(exc: Exception) -> bool:
+    """True if ``exc`` is the MQTT 5 disconnect sent when another client connected with our client id."""
+    rc = getattr(exc, "rc", None)
+    if rc is None and exc.__cause__ is not None:
+        rc = getattr(exc.__cause__, "rc", None)
+    return rc is not None and int(getattr(rc, "value", rc)) == SESSION_TAKEN_OVER
+
+
+async def live_server_instance(config: MqttConfig, own_instance: str, *, max_wait_s: float = 10.0) -> str | None:
+    """The instance id of another server answering ``config.stream_id`` right now, or None.
+
+    Reads the retained status. ``online`` from another instance is only trusted once that server
+    shows it is alive: it answers a probe request (an empty question, refused with ``bad_request``
+    at no cost) or refreshes its status. A stale ``online`` (a server killed before its last will
+    was published) therefore costs at most ``1.5 x`` its status interval (capped at ``max_wait_s``).
+
+    Raises:
+        aiomqtt.MqttError: the broker cannot be reached (the caller's reconnect loop handles it).
+    """
+    probe_id = f"omnizip-probe-{uuid.uuid4().hex[:12]}"
+    reply_topic = config.reply_topic(probe_id)
+    async with make_client(config, probe_id, persistent=False) as client:
+        await client.subscribe([(config.status_topic, 1), (reply_topic, 1)])
+        # The broker sends the retained status right after the SUBACK, before this marker comes back.
+        await client.publish(reply_topic, json.dumps({"marker": probe_id}), qos=1)
+        messages = aiter(client.messages)
+        deadline = time.monotonic() + 5.0
+        other: str | None = None
+        probed = False
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await anext(messages)
+            except TimeoutError:
+                return None
+            body = _json(message.payload)
+            if message.topic.matches(reply_topic):
+                if "marker" in body:
+                    if not probed:
+                        return None  # no retained status
+                    continue
+                return other  # it answered the probe
+            state, instance = body.get("state"), body.get("instance")
+            if probed:
+                if state == "offline":
+                    return None
+                if state == "online" and instance == other and not message.retain:
+                    return other  # it refreshed its status
+                continue
+            if state != "online" or instance == own_instance:
+                return None
+            other = str(instance)
+            probed = True
+            await client.publish(config.query_topic, json.dumps(
+                {"question": "", "id": probe_id, "reply_to": reply_topic}), qos=1)
+            interval_s = body.get("status_interval_s")
+            if not isinstance(interval_s, (int, float)) or not math.isfinite(interval_s) or interval_s <= 0:
+                interval_s = 5.0
+            deadline = time.monotonic() + min(max_wait_s, 1.5 * float(interval_s) + 0.5)
+
+
+def _json(payload: Any) -> dict[str, Any]:
+    with contextlib.suppress(ValueError, TypeError, UnicodeDecodeError):
+        obj = json.loads(payload)
+        if isinstance(obj, dict):
+            return obj
+    return {}

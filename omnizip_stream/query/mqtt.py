@@ -8,59 +8,55 @@ Topics (``<p>`` = ``config.topic_prefix``, default ``omnizip``):
 - ``<p>/<stream_id>/status``: retained JSON status, ``online`` while connected (refreshed every
   ``status_interval_s``), ``offline`` on shutdown or, through the last will, when the connection dies.
 
-Delivery: QoS 1 with a persistent session under a fixed client id (MQTT 5: clean start off plus a
-session expiry; 3.1.1: clean session off), so questions published while the server is away are
-queued by the broker. Questions already received keep being answered while the broker is
-unreachable; the replies wait in an outbox and are published after the reconnect.
+Delivery: QoS 1 with a persistent session (MQTT 5: clean start off plus a session expiry; 3.1.1:
+clean session off) under the server's client id, ``omnizip-<stream_id>-<random>`` unless
+``config.client_id`` pins it: the session survives reconnects and broker restarts, and with a pinned
+id also server restarts (questions published while the server is away are queued by the broker).
+A received question is in this process's queue before the broker gets its PUBACK, and that queue
+outlives the connection: questions keep being answered while the broker is unreachable; the replies
+wait in an outbox (:mod:`~omnizip_stream.query.outbox`) and are published after the reconnect.
+Within one process nothing acknowledged is lost; a killed process loses the questions it had
+accepted and not answered (clients retry after their timeout: at-least-once end to end).
+
+Lifecycle: before every connect the server checks that no other live server answers the
+stream id (:class:`StreamIdInUseError`); cancelling :meth:`MqttQueryServer.run` shuts down
+gracefully (running answers get ``shutdown_grace_s``, queued ones ``shutting_down``, then status
+``offline`` with reason ``shutdown``); an unexpected error publishes ``offline`` and reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
 from typing import Any
 
-from omnizip_stream.query.base import Answer, QueryError, QueryService
-from omnizip_stream.query.connection import BrokerRefusedError, make_client, permanent_reason
-from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
-from omnizip_stream.query.outbox import Outbox, OutMessage, drain
-from omnizip_stream.query.ratelimit import RateLimiter
-from omnizip_stream.query.schema import (
-    QueryRequest,
-    RequestError,
-    Route,
-    check_reply_topic,
-    client_key,
-    decode_payload,
-    encode,
-    final_answer,
-    final_error,
-    json_safe,
-    parse_request,
-    partial,
-    payload_route,
-    salvage_route,
+from omnizip_stream.query.base import QueryService
+from omnizip_stream.query.connection import (
+    BrokerRefusedError,
+    StreamIdInUseError,
+    live_server_instance,
+    make_client,
+    permanent_reason,
+    taken_over,
 )
+from omnizip_stream.query.jobs import ForwardingQueue, QueryDesk
+from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
+from omnizip_stream.query.outbox import Outbox, drain
+from omnizip_stream.query.schema import encode, json_safe
 
-__all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "parse_broker_url"]
+__all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "StreamIdInUseError", "parse_broker_url"]
 
 logger = logging.getLogger(__name__)
 
 # Always present in stats() / the status message, so consumers can rely on the keys.
 _COUNTERS = ("received", "accepted", "answered", "failed", "rejected", "unroutable", "partials",
-             "ignored_retained", "connects", "connect_failures")
-
-
-@dataclass
-class _Job:
-    request: QueryRequest
-    route: Route
-    received_s: float
+             "ignored_retained", "connects", "connect_failures", "loop_errors")
 
 
 class MqttQueryServer:
@@ -69,6 +65,10 @@ class MqttQueryServer:
     Args:
         service: the stream session (``ask`` / ``ask_stream`` / ``stats``).
         config: broker, topics and limits.
+        shutdown_grace_s: on cancellation, how long answers already running may take to finish.
+        check_in_use: before every connect, refuse to serve a stream id another live server
+            already answers (two servers with the same pinned client id would knock each other off
+            forever; with different ids both would answer every question).
 
     Example::
 
@@ -76,20 +76,24 @@ class MqttQueryServer:
         await server.run()   # until cancelled; raises BrokerRefusedError on bad credentials/TLS
     """
 
-    def __init__(self, service: QueryService, config: MqttConfig) -> None:
+    def __init__(self, service: QueryService, config: MqttConfig, *, shutdown_grace_s: float = 3.0,
+                 check_in_use: bool = True) -> None:
         self.service = service
         self.config = config
+        self.shutdown_grace_s = shutdown_grace_s
+        self.check_in_use = check_in_use
+        # Random by default: a predictable id lets any client take over the server's session.
+        self.client_id = config.client_id or f"omnizip-{config.stream_id}-{uuid.uuid4().hex[:8]}"
+        self.instance = uuid.uuid4().hex[:12]  # published in the status (the client id is not)
         self.counters: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.connected = asyncio.Event()
-        # Bounded by the check in _on_message: running + waiting <= max_concurrent + max_queued.
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.connect_failed = asyncio.Event()  # set by every failed connection attempt
+        self.last_error: str | None = None
         self._outbox = Outbox(config.max_outbox)
-        self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
-        self._routes = config.route_policy()
-        self._in_flight = 0
+        self._desk = QueryDesk(service, config, self._outbox, self.counters, self.errors)
         self._started_s = time.monotonic()
-        self._workers: list[asyncio.Task[None]] = []
+        self._running = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -97,16 +101,21 @@ class MqttQueryServer:
 
         Raises:
             BrokerRefusedError: the first connection was refused for a reason retrying cannot fix.
+            StreamIdInUseError: another live server answers this stream id (checked before every
+                connect, so also after being taken over), or the broker said another client took
+                over this server's client id.
         """
-        if self._workers:
+        if self._running:
             raise RuntimeError("MqttQueryServer.run() is already running")
+        self._running = True
         self._started_s = time.monotonic()
-        self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.config.max_concurrent_queries)]
+        self._outbox.closing = False
+        self._desk.start()
         try:
             await self._connection_loop()
         finally:
-            await self._stop_workers()
-            self._workers = []
+            await self._desk.stop(0.0)
+            self._running = False
             self.connected.clear()
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
@@ -120,12 +129,13 @@ class MqttQueryServer:
         return {
             **counters,
             "errors": dict(self.errors),
-            "queue_depth": self._queue.qsize(),
-            "in_flight": self._in_flight,
+            "queue_depth": len(self._desk.jobs),
+            "in_flight": self._desk.in_flight,
             "outbox_depth": len(self._outbox),
             "outbox_published": self._outbox.published,
             "outbox_dropped": self._outbox.dropped,
-            "rate_limited_clients": len(self._limiter),
+            "dropped_poison": self._outbox.dropped_poison,
+            "rate_limited_clients": self._desk.rate_limited_clients,
             "uptime_s": round(time.monotonic() - self._started_s, 3),
         }
 
@@ -139,27 +149,45 @@ class MqttQueryServer:
         while True:
             connected_at = None
             try:
+                if self.check_in_use:  # also on reconnects: another server may have taken over meanwhile
+                    other = await live_server_instance(cfg, self.instance)
+                    if other is not None:
+                        raise StreamIdInUseError(
+                            f"another server already answers stream id {cfg.stream_id!r} on {cfg.url} (status "
+                            f"{cfg.status_topic} is online and it is alive); stop it or choose another --stream-id")
                 async with self._make_client() as client:
                     ever_connected = True
                     connected_at = time.monotonic()
                     await self._serve_connection(client)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
+                if taken_over(exc):
+                    raise StreamIdInUseError(
+                        f"another client connected to {cfg.url} with this server's client id {self.client_id!r} "
+                        "and took over its session (two servers with the same --client-id?)") from None
                 reason = permanent_reason(exc, cfg)
                 if reason is not None and not ever_connected:
                     raise BrokerRefusedError(f"broker {cfg.url} refused the connection: {reason}") from None
-                # A connection that held for a while resets the backoff; one dropped at once keeps backing
-                # off (e.g. two servers for the same stream id share a client id and keep kicking each other).
-                if connected_at is not None and time.monotonic() - connected_at >= cfg.reconnect_max_s:
-                    backoff_s = cfg.reconnect_min_s
-                delay_s = backoff_s * random.uniform(0.5, 1.0)
                 detail = f"{exc} ({exc.__cause__})" if exc.__cause__ is not None else str(exc)
-                logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s (client id %s)", cfg.url,
-                               "connection lost" if connected_at is not None else "unreachable", detail, delay_s,
-                               cfg.server_client_id)
-                self.counters["connect_failures"] += 1
-                await asyncio.sleep(delay_s)
-                backoff_s = min(cfg.reconnect_max_s, backoff_s * 2)
+                state = "connection lost" if connected_at is not None else "unreachable"
+            except BrokerRefusedError:
+                raise
+            except Exception as exc:  # a bug must never end the service silently: log, go offline, reconnect
+                self.connected.clear()
+                logger.exception("MQTT query server for stream %r failed; reconnecting", cfg.stream_id)
+                self.counters["loop_errors"] += 1
+                detail, state = f"{type(exc).__name__}: {exc}", "error"
+            # A connection that held for a while resets the backoff; one dropped at once keeps backing off.
+            if connected_at is not None and time.monotonic() - connected_at >= cfg.reconnect_max_s:
+                backoff_s = cfg.reconnect_min_s
+            delay_s = backoff_s * random.uniform(0.5, 1.0)
+            logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s (client id %s)", cfg.url, state, detail,
+                           delay_s, self.client_id)
+            self.counters["connect_failures"] += 1
+            self.last_error = detail
+            self.connect_failed.set()
+            await asyncio.sleep(delay_s)
+            backoff_s = min(cfg.reconnect_max_s, backoff_s * 2)
 
     def _make_client(self) -> Any:
         import aiomqtt
@@ -167,7 +195,9 @@ class MqttQueryServer:
         cfg = self.config
         will = aiomqtt.Will(cfg.status_topic, encode(self._status("offline", "connection lost", stats=False)),
                             qos=cfg.qos, retain=True)
-        return make_client(cfg, cfg.server_client_id, persistent=True, will=will)
+        # Received questions go straight to the desk's inbox, which outlives this client object.
+        return make_client(cfg, self.client_id, persistent=True, will=will,
+                           queue_type=functools.partial(ForwardingQueue, self._desk.inbox))
 
     async def _serve_connection(self, client: Any) -> None:
         cfg = self.config
@@ -179,9 +209,9 @@ class MqttQueryServer:
         await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
         self.connected.set()
         logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
-                    cfg.stream_id, cfg.url, cfg.server_client_id, cfg.protocol, cfg.query_topic)
+                    cfg.stream_id, cfg.url, self.client_id, cfg.protocol, cfg.query_topic)
         tasks = [
-            asyncio.ensure_future(self._reader(client)),
+            asyncio.ensure_future(self._watch(client)),
             asyncio.ensure_future(self._status_loop(client)),
             asyncio.ensure_future(drain(client, self._outbox, qos=cfg.qos, v5=cfg.protocol == "5")),
         ]
@@ -193,6 +223,13 @@ class MqttQueryServer:
         except asyncio.CancelledError:
             await self._graceful_shutdown(client, tasks)
             raise
+        except Exception as exc:
+            import aiomqtt
+
+            if not isinstance(exc, (aiomqtt.MqttError, BrokerRefusedError)):
+                # We are about to disconnect cleanly, so the broker will not publish the last will.
+                await self._publish_status(client, "offline", f"internal error ({type(exc).__name__})")
+            raise
         finally:
             self.connected.clear()
             for task in tasks:
@@ -200,22 +237,32 @@ class MqttQueryServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _graceful_shutdown(self, client: Any, tasks: list[asyncio.Task[None]]) -> None:
-        """Stop reading, answer everything pending with ``not_ready``, flush replies, go offline."""
-        reader, status, publisher = tasks
-        for task in (reader, status):
-            task.cancel()
-        await asyncio.gather(reader, status, return_exceptions=True)
-        await self._stop_workers()
+        """Answer what is running (up to the grace), refuse what waits, flush replies, go offline."""
+        watcher, status, publisher = tasks
+        status.cancel()
+        await asyncio.gather(status, return_exceptions=True)
+        await self._desk.stop(self.shutdown_grace_s)
         if not publisher.done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.wait_idle(), 2.0)
+        self._outbox.closing = True
         publisher.cancel()
-        await asyncio.gather(publisher, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                client.publish(self.config.status_topic, encode(self._status("offline", "shutdown")),
-                               qos=self.config.qos, retain=True), 2.0)
+        watcher.cancel()
+        await asyncio.gather(publisher, watcher, return_exceptions=True)
+        await self._publish_status(client, "offline", "shutdown")
         logger.info("MQTT query server for stream %r stopped (status offline)", self.config.stream_id)
+
+    async def _publish_status(self, client: Any, state: str, reason: str) -> None:
+        """Publish the retained status, best effort (2 s)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.publish(self.config.status_topic, encode(self._status(state, reason)),
+                                                  qos=self.config.qos, retain=True), 2.0)
+
+    @staticmethod
+    async def _watch(client: Any) -> None:
+        """Return only by raising ``MqttError`` when the connection drops (messages go to the inbox)."""
+        async for _ in client.messages:
+            pass
 
     async def _status_loop(self, client: Any) -> None:
         cfg = self.config
@@ -226,7 +273,8 @@ class MqttQueryServer:
     def _status(self, state: str, reason: str | None = None, *, stats: bool = True) -> dict[str, Any]:
         cfg = self.config
         out: dict[str, Any] = {"state": state, "stream_id": cfg.stream_id, "protocol": cfg.protocol,
-                               "query_topic": cfg.query_topic}
+                               "query_topic": cfg.query_topic, "instance": self.instance,
+                               "status_interval_s": cfg.status_interval_s}
         if reason is not None:
             out["reason"] = reason
         if stats:
@@ -237,171 +285,3 @@ class MqttQueryServer:
             except Exception as exc:  # a broken stats() must not take the transport down
                 out["session"] = {"error": f"{type(exc).__name__}: {exc}"}
         return out
-
-    # ------------------------------------------------------------------ requests in
-    async def _reader(self, client: Any) -> None:
-        async for message in client.messages:
-            try:
-                self._on_message(message)
-            except Exception:  # never let one message stop the service
-                logger.exception("unexpected error while handling a request")
-                self.counters["handler_errors"] += 1
-
-    def _on_message(self, message: Any) -> None:
-        cfg = self.config
-        self.counters["received"] += 1
-        if message.retain:
-            # A retained "question" would be re-asked on every reconnect; answer only live ones.
-            self.counters["ignored_retained"] += 1
-            logger.warning("ignored a retained message on %s", cfg.query_topic)
-            return
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        route = None
-        props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        if response_topic is not None:
-            try:
-                route = Route(check_reply_topic(response_topic, self._routes),
-                              getattr(props, "CorrelationData", None))
-            except RequestError as exc:
-                self._reject(None, None, exc.code, f"ResponseTopic: {exc.message}")
-                return
-        obj: Any = None
-        error: RequestError | None = None
-        if len(payload) > cfg.max_payload_bytes:
-            error = RequestError("too_long", f"payload is {len(payload)} bytes, limit {cfg.max_payload_bytes}")
-        else:
-            try:
-                obj = decode_payload(payload)
-            except RequestError as exc:
-                error = exc
-        if error is not None:  # recover reply_to/id from the complete members before the damage
-            reply_to, request_id = salvage_route(payload, self._routes)
-            self._reject(route or (Route(reply_to) if reply_to is not None else None), request_id, error.code,
-                         error.message)
-            return
-        reply_to, request_id = payload_route(obj, self._routes)
-        if route is None and reply_to is not None:
-            route = Route(reply_to)
-        declared = obj.get("client_id") if isinstance(obj, dict) else None
-        key = client_key(declared if isinstance(declared, str) and len(declared) <= 64 else None, route)
-        if key is not None and not self._limiter.allow(key):
-            wait_s = self._limiter.retry_after_s(key)
-            self._reject(route, request_id, "rate_limited",
-                         f"too many requests from this client (limit {cfg.rate_limit_per_s:g}/s, burst "
-                         f"{cfg.rate_limit_burst}); retry in {wait_s:.1f} s")
-            return
-        try:
-            request = parse_request(obj, max_question_chars=cfg.max_question_chars,
-                                    default_max_new_tokens=cfg.default_max_new_tokens,
-                                    max_new_tokens_limit=cfg.max_new_tokens_limit,
-                                    routes=self._routes)
-        except RequestError as exc:
-            self._reject(route, request_id, exc.code, exc.message)
-            return
-        if route is None:
-            self._reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
-            return
-        if self._in_flight + self._queue.qsize() >= cfg.max_concurrent_queries + cfg.max_queued_queries:
-            self._reject(route, request_id, "busy",
-                         f"{self._in_flight} queries running and {self._queue.qsize()} waiting; try again later")
-            return
-        self._queue.put_nowait(_Job(request, route, time.monotonic()))
-        self.counters["accepted"] += 1
-
-    def _reject(self, route: Route | None, request_id: Any, code: str, message: str) -> None:
-        self.errors[code] += 1
-        if route is None:
-            self.counters["unroutable"] += 1
-            log = logger.warning if self.counters["unroutable"] in (1, 10, 100) or \
-                self.counters["unroutable"] % 1000 == 0 else logger.debug
-            log("request without a reply route dropped (%s: %s); %d so far", code, message,
-                self.counters["unroutable"])
-            return
-        self.counters["rejected"] += 1
-        self._send(route, final_error(self.config.stream_id, request_id, code, message))
-
-    def _send(self, route: Route, reply: dict[str, Any], *, is_partial: bool = False) -> None:
-        self._outbox.put(OutMessage(route.topic, encode(reply), route.correlation, is_partial))
-
-    # ------------------------------------------------------------------ answering
-    async def _worker(self) -> None:
-        while True:
-            job = await self._queue.get()
-            self._in_flight += 1
-            try:
-                await self._answer(job)
-            except asyncio.CancelledError:
-                self._fail(job, "not_ready", "the service is shutting down")
-                raise
-            finally:
-                self._in_flight -= 1
-                self._queue.task_done()
-
-    async def _stop_workers(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        while not self._queue.empty():
-            self._fail(self._queue.get_nowait(), "not_ready", "the service is shutting down")
-
-    async def _answer(self, job: _Job) -> None:
-        req = job.request
-        try:
-            if req.stream:
-                answer = await asyncio.wait_for(self._ask_streaming(job), self.config.query_timeout_s)
-            else:
-                answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
-                                                self.config.query_timeout_s)
-            reply = final_answer(self.config.stream_id, req.request_id, answer,
-                                 (time.monotonic() - job.received_s) * 1e3, max_new_tokens_used=req.max_new_tokens,
-                                 note=req.note)
-            if req.stream:
-                reply["partials"] = answer.extra.get("partials", 0)
-            payload = encode(reply)
-        except QueryError as exc:
-            self._fail(job, exc.code, exc.message)
-        except asyncio.TimeoutError:
-            self._fail(job, "internal", f"no answer after {self.config.query_timeout_s:g} s")
-        except Exception as exc:  # a session bug must cost one answer, never the service
-            logger.exception("query %r failed", req.question[:80])
-            self._fail(job, "internal", f"internal error ({type(exc).__name__})")
-        else:
-            self.counters["answered"] += 1
-            self._outbox.put(OutMessage(job.route.topic, payload, job.route.correlation))
-
-    async def _ask_streaming(self, job: _Job) -> Answer:
-        req = job.request
-        t0 = time.monotonic()
-        ttft_ms: float | None = None
-        parts: list[str] = []
-        final: Answer | None = None
-        stream = self.service.ask_stream(req.question, req.max_new_tokens)
-        try:
-            async for item in stream:
-                if isinstance(item, Answer):  # a session may end its stream with the full Answer
-                    final = item
-                    continue
-                if not isinstance(item, str) or not item:
-                    continue
-                if ttft_ms is None:
-                    ttft_ms = (time.monotonic() - t0) * 1e3
-                self._send(job.route, partial(req.request_id, len(parts), item), is_partial=True)
-                parts.append(item)
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        self.counters["partials"] += len(parts)
-        total_ms = (time.monotonic() - t0) * 1e3
-        carried = getattr(stream, "answer", None)  # StreamSession's stream carries the complete Answer
-        if final is None and isinstance(carried, Answer):
-            final = carried
-        if final is None:
-            final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
-        return replace(final, extra={**final.extra, "partials": len(parts)})
-
-    def _fail(self, job: _Job, code: str, message: str) -> None:
-        self.errors[code] += 1
-        self.counters["failed"] += 1
-        self._send(job.route, final_error(self.config.stream_id, job.request.request_id, code, message))

@@ -4,11 +4,19 @@ Answers are computed whether or not the broker is reachable; they wait here and 
 (QoS 1, in order) after the next connect. A publish that was not acknowledged when the connection
 dropped is put back at the front and sent again, so replies are delivered at least once (a reply
 whose PUBACK was lost can arrive twice; clients match replies by correlation data / ``id``).
+
+Poison: a reply the broker cannot take (a topic that is not valid UTF-8, a control character the
+broker calls a malformed packet and answers by closing the connection) must not block the outbox
+forever. A publish that raises before reaching the wire is dropped at once; a reply that was
+unacknowledged when a connection died gets a *strike* and is sent alone (nothing pipelined after
+it) on the next connection; if that connection dies too before its PUBACK, it is dropped. Both are
+counted in ``Outbox.dropped_poison``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -27,12 +35,14 @@ class OutMessage:
         payload: encoded JSON.
         correlation: MQTT 5 CorrelationData to echo (None for 3.1.1 routes).
         partial: True for a streamed partial answer (dropped first when the outbox overflows).
+        strikes: connections that died while this reply was unacknowledged.
     """
 
     topic: str
     payload: bytes
     correlation: bytes | None = None
     partial: bool = False
+    strikes: int = 0
 
 
 class Outbox:
@@ -49,7 +59,9 @@ class Outbox:
         self._items: deque[OutMessage] = deque()
         self._event = asyncio.Event()
         self.dropped = 0
+        self.dropped_poison = 0
         self.published = 0
+        self.closing = False  # set at shutdown: replies cut off by our own disconnect get no strike
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -83,6 +95,17 @@ class Outbox:
         self._trim()
         self._event.set()
         self._update_idle()
+
+    def drop_poison(self, msg: OutMessage, why: str) -> None:
+        """Count and log a reply that is never sent again (see the module docstring)."""
+        self.dropped_poison += 1
+        logger.warning("dropped a reply to %r that the broker does not take (%s); %d such so far", msg.topic, why,
+                       self.dropped_poison)
+        self._update_idle()
+
+    def head_is_suspect(self) -> bool:
+        """True if the oldest reply was unacknowledged when a connection died (it is sent alone)."""
+        return bool(self._items) and self._items[0].strikes > 0
 
     def popleft(self) -> OutMessage:
         """Take the oldest reply (the outbox must not be empty)."""
@@ -133,9 +156,11 @@ def publish_properties(msg: OutMessage) -> Any:
 async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight: int = 16) -> None:
     """Publish the outbox forever over one connection, up to ``max_inflight`` unacknowledged at once.
 
-    Publishes are issued in outbox order (so partials of one answer arrive in order). Returns only
-    by raising: the publish error, or ``CancelledError`` when the connection is torn down; in both
-    cases every reply not yet acknowledged goes back to the front of the outbox.
+    Publishes are issued in outbox order (so partials of one answer arrive in order). A reply with a
+    strike is published alone. Returns only by raising: the publish error, or ``CancelledError``
+    when the connection is torn down; in both cases every reply not yet acknowledged goes back to
+    the front of the outbox with one more strike, except a suspect that was alone in flight: that one
+    is dropped as poison.
 
     Args:
         client: a connected ``aiomqtt.Client``.
@@ -144,20 +169,28 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
         v5: whether the connection is MQTT 5 (properties are only sent then).
         max_inflight: publishes awaiting their PUBACK at the same time.
     """
+    import aiomqtt
+
     inflight: list[tuple[OutMessage, asyncio.Task[None]]] = []
     getter: asyncio.Future[None] | None = None
     try:
         while True:
             while len(inflight) < max_inflight and len(outbox):
+                if inflight and (outbox.head_is_suspect() or inflight[-1][0].strikes):
+                    break  # a suspect travels alone
                 msg = outbox.popleft()
-                coro = client.publish(
-                    msg.topic, msg.payload, qos=qos, properties=publish_properties(msg) if v5 else None,
-                    timeout=math.inf,
-                )
+                try:
+                    coro = client.publish(
+                        msg.topic, msg.payload, qos=qos, properties=publish_properties(msg) if v5 else None,
+                        timeout=math.inf,
+                    )
+                except Exception as exc:  # pragma: no cover - aiomqtt's publish is a coroutine function
+                    outbox.drop_poison(msg, f"{type(exc).__name__}: {exc}")
+                    continue
                 inflight.append((msg, asyncio.ensure_future(coro)))
             outbox.inflight = len(inflight)
             waiters: set[asyncio.Future[Any]] = {t for _, t in inflight}
-            if len(inflight) < max_inflight:
+            if not len(outbox):  # else we are waiting for PUBACKs (the window is full, or a suspect is out)
                 getter = asyncio.ensure_future(outbox.wait())
                 waiters.add(getter)
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -169,16 +202,22 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
             for msg, task in inflight:
                 if not task.done():
                     remaining.append((msg, task))
-                elif task.exception() is not None:
-                    remaining.append((msg, task))  # requeued in `finally`
-                    error = error or task.exception()
-                else:
+                    continue
+                failure = task.exception()
+                if failure is None:
                     outbox.published += 1
+                elif isinstance(failure, aiomqtt.MqttError):
+                    remaining.append((msg, task))  # requeued in `finally`
+                    error = error or failure
+                else:  # raised before reaching the wire (e.g. UnicodeEncodeError): it can never be sent
+                    outbox.drop_poison(msg, f"{type(failure).__name__}: {failure}")
             inflight = remaining
             outbox.inflight = len(inflight)
             if error is not None:
                 raise error
     finally:
+        # Synchronous up to the requeue: a second cancellation (the connection being torn down while
+        # this ends by its own error) must not interrupt it and lose the unacknowledged replies.
         if getter is not None:
             getter.cancel()
         unacked = []
@@ -188,6 +227,11 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
             else:
                 unacked.append(msg)
                 task.cancel()
-        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
         outbox.inflight = 0
+        if not outbox.closing:
+            if len(unacked) == 1 and unacked[0].strikes:
+                outbox.drop_poison(unacked[0], "the connection died twice while it was unacknowledged")
+                unacked = []
+            unacked = [dataclasses.replace(m, strikes=m.strikes + 1) for m in unacked]
         outbox.requeue_front(unacked)
+        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)

@@ -75,7 +75,8 @@ async def test_broker_restart_mid_session(broker_factory, stream_id):
 
 @pytest.mark.mqtt5  # a persistent MQTT 5 session holds the questions for the offline server
 async def test_questions_sent_while_server_is_down_are_answered_when_it_returns(broker, stream_id):
-    cfg = fast_config(broker.url, stream_id)
+    # a pinned client id: the default one is random per server object, so its session dies with it
+    cfg = fast_config(broker.url, stream_id, client_id=f"srv-{stream_id}")
     async with serve(FakeService(), cfg):
         pass  # the first run creates the server's persistent session (the broker keeps its subscription)
     service = FakeService()

@@ -177,7 +177,7 @@ async def test_a_broken_session_result_costs_one_answer_not_the_service(broker, 
         assert (await client.ask("good", timeout_s=10))["answer"] == "answer: good"
 
 
-async def test_shutdown_answers_running_and_queued_questions_with_not_ready(broker, stream_id):
+async def test_shutdown_answers_running_and_queued_questions_with_shutting_down(broker, stream_id):
     service = FakeService(gates={"slow": asyncio.Event()})
     cfg = fast_config(broker.url, stream_id, max_concurrent_queries=1)
     async with MqttQueryClient(cfg) as client:
@@ -189,4 +189,4 @@ async def test_shutdown_answers_running_and_queued_questions_with_not_ready(brok
         for fut in (running, queued):
             with pytest.raises(QueryError) as err:
                 await fut
-            assert err.value.code == "not_ready" and "shutting down" in err.value.message
+            assert err.value.code == "shutting_down" and "shutting down" in err.value.message

@@ -1,0 +1,392 @@
+"""Questions in, answers out: the MQTT server's intake, its fair job queue and its workers.
+
+Nothing here touches a connection. Raw MQTT messages land in :attr:`QueryDesk.inbox` (an
+``asyncio.Queue`` that outlives every client object, filled by :class:`ForwardingQueue`, i.e. by
+the MQTT library's receive callback right before it acknowledges the PUBLISH), so a question the
+broker has been told we received is already in this process's memory; it is then validated,
+rate-limited, queued per reply route and answered by ``max_concurrent_queries`` workers. Replies
+and refusals go to the shared :class:`~omnizip_stream.query.outbox.Outbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from omnizip_stream.query.base import Answer, QueryError, QueryService
+from omnizip_stream.query.mqtt_config import MqttConfig
+from omnizip_stream.query.outbox import Outbox, OutMessage
+from omnizip_stream.query.ratelimit import RateLimiter
+from omnizip_stream.query.schema import (
+    QueryRequest,
+    RequestError,
+    Route,
+    check_reply_topic,
+    decode_payload,
+    encode,
+    final_answer,
+    final_error,
+    parse_request,
+    partial,
+    payload_route,
+    salvage_route,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A reply route may carry several declared client ids (a gateway); it gets this many times a client's
+# rate and burst, so rotating the declared id buys a flooder at most this factor.
+ROUTE_RATE_FACTOR = 4
+
+
+class ForwardingQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """``aiomqtt.Client(queue_type=...)``: every received message goes to a longer-lived queue.
+
+    The client's own queue then stays empty and ``client.messages`` only ends (``MqttError``) when
+    the connection drops; the messages it received are not lost with the client object.
+    """
+
+    def __init__(self, target: asyncio.Queue[Any], maxsize: int = 0) -> None:
+        super().__init__()
+        self._target = target
+
+    def put_nowait(self, item: Any) -> None:
+        """Hand ``item`` to the target queue."""
+        self._target.put_nowait(item)
+
+
+class FairQueue(Generic[T]):
+    """Items queued per key (reply route), served round-robin across keys.
+
+    When full, a newcomer whose key has fewer items than the longest lane evicts that lane's newest
+    item, so one route (whatever client ids it declares) cannot starve the others.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: OrderedDict[str, deque[T]] = OrderedDict()
+        self._size = 0
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, key: str, item: T, capacity: int) -> T | None:
+        """Queue ``item``; return the item refused (``item`` itself or an evicted one), or None."""
+        lane = self._lanes.get(key)
+        if self._size >= capacity:
+            if not self._lanes:
+                return item
+            longest_key = max(self._lanes, key=lambda k: len(self._lanes[k]))
+            longest = self._lanes[longest_key]
+            if len(lane or ()) + 1 >= len(longest):
+                return item
+            evicted = longest.pop()
+            self._size -= 1
+        else:
+            evicted = None
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        lane.append(item)
+        self._size += 1
+        self._ready.set()
+        return evicted
+
+    def pop(self) -> T:
+        """Take the next item round-robin (the queue must not be empty)."""
+        key, lane = next(iter(self._lanes.items()))
+        item = lane.popleft()
+        self._size -= 1
+        if lane:
+            self._lanes.move_to_end(key)
+        else:
+            del self._lanes[key]
+        if not self._size:
+            self._ready.clear()
+        return item
+
+    async def get(self) -> T:
+        """Wait for and take the next item."""
+        while not self._size:
+            await self._ready.wait()
+        return self.pop()
+
+
+@dataclass
+class Job:
+    """An accepted question and where its answer goes."""
+
+    request: QueryRequest
+    route: Route
+    received_s: float
+
+
+class QueryDesk:
+    """Intake, fair queue and workers of the MQTT query server (see the module docstring).
+
+    Args:
+        service: answers questions (``ask`` / ``ask_stream``).
+        config: limits and topics.
+        outbox: where replies are put.
+        counters: shared server counters (``received``, ``accepted``, ``answered`` ...).
+        errors: shared counts of error replies by code.
+    """
+
+    def __init__(self, service: QueryService, config: MqttConfig, outbox: Outbox, counters: Counter[str],
+                 errors: Counter[str]) -> None:
+        self.service = service
+        self.config = config
+        self.outbox = outbox
+        self.counters = counters
+        self.errors = errors
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.jobs: FairQueue[Job] = FairQueue()
+        self.in_flight = 0
+        self.closing: str | None = None  # set at shutdown: new questions get this error message
+        self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+        self._route_limiter = RateLimiter(config.rate_limit_per_s * ROUTE_RATE_FACTOR,
+                                          config.rate_limit_burst * ROUTE_RATE_FACTOR)
+        self._routes = config.route_policy()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[None]] = set()
+
+    @property
+    def rate_limited_clients(self) -> int:
+        """Rate-limit buckets currently tracked."""
+        return len(self._limiter) + len(self._route_limiter)
+
+    def start(self) -> None:
+        """Start the intake task and the workers (call from the running loop)."""
+        self.closing = None
+        self._tasks = [asyncio.ensure_future(self._intake())]
+        self._tasks += [asyncio.ensure_future(self._worker()) for _ in range(self.config.max_concurrent_queries)]
+
+    async def stop(self, grace_s: float = 0.0, reason: str = "the service is shutting down") -> None:
+        """Refuse new questions, let running answers finish for up to ``grace_s``, refuse the rest.
+
+        Every question received so far gets a reply in the outbox: its answer, or a
+        ``shutting_down`` error.
+        """
+        self.closing = reason
+        for task in self._tasks[1:]:  # workers stop taking jobs; running answers continue below
+            task.cancel()
+        self._intake_now()
+        if self._answering and grace_s > 0:
+            await asyncio.wait(set(self._answering), timeout=grace_s)
+        for task in [*self._answering, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._answering, *self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._intake_now()
+        while len(self.jobs):
+            self.fail(self.jobs.pop(), "shutting_down", reason)
+
+    def _intake_now(self) -> None:
+        """Handle every message already received (used at shutdown, when the intake task is gone)."""
+        while not self.inbox.empty():
+            self.on_message(self.inbox.get_nowait())
+
+    # ------------------------------------------------------------------ requests in
+    async def _intake(self) -> None:
+        while True:
+            self.on_message(await self.inbox.get())
+
+    def on_message(self, message: Any) -> None:
+        """Validate one received MQTT message and queue it, or reply with an error; never raises."""
+        try:
+            self._on_message(message)
+        except Exception:  # never let one message stop the service
+            logger.exception("unexpected error while handling a request")
+            self.counters["handler_errors"] += 1
+
+    def _on_message(self, message: Any) -> None:
+        cfg = self.config
+        self.counters["received"] += 1
+        if message.retain:
+            # A retained "question" would be re-asked on every reconnect; answer only live ones.
+            self.counters["ignored_retained"] += 1
+            logger.warning("ignored a retained message on %s", cfg.query_topic)
+            return
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        route = None
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if response_topic is not None:
+            try:
+                route = Route(check_reply_topic(response_topic, self._routes),
+                              getattr(props, "CorrelationData", None))
+            except RequestError as exc:
+                self.reject(None, None, exc.code, f"ResponseTopic: {exc.message}")
+                return
+        obj: Any = None
+        error: RequestError | None = None
+        if len(payload) > cfg.max_payload_bytes:
+            error = RequestError("too_long", f"payload is {len(payload)} bytes, limit {cfg.max_payload_bytes}")
+        else:
+            try:
+                obj = decode_payload(payload)
+            except RequestError as exc:
+                error = exc
+        if error is not None:  # recover reply_to/id from the complete members before the damage
+            salvaged_to, salvaged_id = salvage_route(payload, self._routes)
+            self.reject(route or (Route(salvaged_to) if salvaged_to is not None else None), salvaged_id, error.code,
+                        error.message)
+            return
+        reply_to, request_id = payload_route(obj, self._routes)
+        if route is None and reply_to is not None:
+            route = Route(reply_to)
+        if self.closing is not None:
+            self.reject(route, request_id, "shutting_down", self.closing)
+            return
+        declared = obj.get("client_id") if isinstance(obj, dict) else None
+        if not self._allow(declared if isinstance(declared, str) and len(declared) <= 64 else None, route,
+                           request_id):
+            return
+        try:
+            request = parse_request(obj, max_question_chars=cfg.max_question_chars,
+                                    default_max_new_tokens=cfg.default_max_new_tokens,
+                                    max_new_tokens_limit=cfg.max_new_tokens_limit, routes=self._routes)
+        except RequestError as exc:
+            self.reject(route, request_id, exc.code, exc.message)
+            return
+        if route is None:
+            self.reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
+            return
+        capacity = cfg.max_concurrent_queries + cfg.max_queued_queries - self.in_flight
+        job = Job(request, route, time.monotonic())
+        refused = self.jobs.push(route.topic, job, capacity)
+        busy = f"{self.in_flight} queries running and {len(self.jobs)} waiting; try again later"
+        if refused is job:
+            self.reject(route, request_id, "busy", busy)
+            return
+        self.counters["accepted"] += 1
+        if refused is not None:  # the newest question of the longest route made room for this one
+            self.fail(refused, "busy", busy)
+
+    def _allow(self, declared: str | None, route: Route | None, request_id: Any) -> bool:
+        """Token buckets: the declared client id, and the reply route (shared by the ids it carries)."""
+        cfg = self.config
+        if declared is not None:
+            checks = [(self._limiter, f"id:{declared}", 1)]
+            if route is not None:
+                checks.append((self._route_limiter, f"route:{route.topic}", ROUTE_RATE_FACTOR))
+        elif route is not None:
+            checks = [(self._limiter, f"topic:{route.topic}", 1)]
+        else:
+            return True
+        for limiter, key, factor in checks:
+            if not limiter.allow(key):
+                wait_s = limiter.retry_after_s(key)
+                who = "this client" if factor == 1 else "this reply route"
+                self.reject(route, request_id, "rate_limited",
+                            f"too many requests from {who} (limit {cfg.rate_limit_per_s * factor:g}/s, burst "
+                            f"{cfg.rate_limit_burst * factor}); retry in {wait_s:.1f} s")
+                return False
+        return True
+
+    def reject(self, route: Route | None, request_id: Any, code: str, message: str) -> None:
+        """Reply with an error to a request that was not queued (or count it when it has no route)."""
+        self.errors[code] += 1
+        if route is None:
+            self.counters["unroutable"] += 1
+            n = self.counters["unroutable"]
+            log = logger.warning if n in (1, 10, 100) or n % 1000 == 0 else logger.debug
+            log("request without a reply route dropped (%s: %s); %d so far", code, message, n)
+            return
+        self.counters["rejected"] += 1
+        self._send(route, final_error(self.config.stream_id, request_id, code, message))
+
+    def fail(self, job: Job, code: str, message: str) -> None:
+        """Reply with an error to an accepted job."""
+        self.errors[code] += 1
+        self.counters["failed"] += 1
+        self._send(job.route, final_error(self.config.stream_id, job.request.request_id, code, message))
+
+    def _send(self, route: Route, reply: dict[str, Any], *, is_partial: bool = False) -> None:
+        self.outbox.put(OutMessage(route.topic, encode(reply), route.correlation, is_partial))
+
+    # ------------------------------------------------------------------ answering
+    async def _worker(self) -> None:
+        while True:
+            job = await self.jobs.get()
+            self.in_flight += 1
+            task = asyncio.ensure_future(self._answer(job))
+            self._answering.add(task)
+            try:
+                # shielded: at shutdown, stop() decides how long a running answer may take
+                await asyncio.shield(task)
+            finally:
+                if task.done():
+                    self._answering.discard(task)
+                    self.in_flight -= 1
+                else:
+                    task.add_done_callback(self._answer_done)
+
+    def _answer_done(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        self.in_flight -= 1
+
+    async def _answer(self, job: Job) -> None:
+        req = job.request
+        try:
+            if req.stream:
+                answer = await asyncio.wait_for(self._ask_streaming(job), self.config.query_timeout_s)
+            else:
+                answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
+                                                self.config.query_timeout_s)
+            reply = final_answer(self.config.stream_id, req.request_id, answer,
+                                 (time.monotonic() - job.received_s) * 1e3, max_new_tokens_used=req.max_new_tokens,
+                                 note=req.note)
+            if req.stream:
+                reply["partials"] = answer.extra.get("partials", 0)
+            payload = encode(reply)
+        except asyncio.CancelledError:
+            self.fail(job, "shutting_down", self.closing or "the service is shutting down")
+            raise
+        except QueryError as exc:
+            self.fail(job, exc.code, exc.message)
+        except asyncio.TimeoutError:
+            self.fail(job, "internal", f"no answer after {self.config.query_timeout_s:g} s")
+        except Exception as exc:  # a session bug must cost one answer, never the service
+            logger.exception("query %r failed", req.question[:80])
+            self.fail(job, "internal", f"internal error ({type(exc).__name__})")
+        else:
+            self.counters["answered"] += 1
+            self.outbox.put(OutMessage(job.route.topic, payload, job.route.correlation))
+
+    async def _ask_streaming(self, job: Job) -> Answer:
+        req = job.request
+        t0 = time.monotonic()
+        ttft_ms: float | None = None
+        parts: list[str] = []
+        final: Answer | None = None
+        stream = self.service.ask_stream(req.question, req.max_new_tokens)
+        try:
+            async for item in stream:
+                if isinstance(item, Answer):  # a session may end its stream with the full Answer
+                    final = item
+                    continue
+                if not isinstance(item, str) or not item:
+                    continue
+                if ttft_ms is None:
+                    ttft_ms = (time.monotonic() - t0) * 1e3
+                self._send(job.route, partial(req.request_id, len(parts), item), is_partial=True)
+                parts.append(item)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self.counters["partials"] += len(parts)
+        total_ms = (time.monotonic() - t0) * 1e3
+        carried = getattr(stream, "answer", None)  # StreamSession's stream carries the complete Answer
+        if final is None and isinstance(carried, Answer):
+            final = carried
+        if final is None:
+            final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
+        return Answer(final.text, final.ttft_ms, final.total_ms, final.window_range, final.time_range_s,
+                      final.tokens_generated, {**final.extra, "partials": len(parts)})

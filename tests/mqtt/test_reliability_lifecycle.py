@@ -1,0 +1,113 @@
+"""Server lifecycle: graceful shutdown, one server per stream id, unreachable broker (issues 11 and 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import pytest
+from mqtt_helpers import FakeService, fast_config, serve
+from reliability_helpers import device, statuses, wait_for
+
+from omnizip_stream.query.base import QueryError
+from omnizip_stream.query.mqtt import MqttQueryServer
+from omnizip_stream.query.mqtt_client import MqttQueryClient
+
+pytestmark = pytest.mark.broker
+
+
+async def test_cancel_answers_the_running_question_refuses_the_queued_and_goes_offline(broker, stream_id):
+    gate = asyncio.Event()
+    service = FakeService(gates={"running": gate})
+    cfg = fast_config(broker.url, stream_id, max_concurrent_queries=1)
+    seen: list[dict] = []
+    ready = asyncio.Event()
+    watcher = asyncio.ensure_future(statuses(broker.port, cfg.status_topic, seen, ready))
+    await ready.wait()
+    server = MqttQueryServer(service, cfg, shutdown_grace_s=5.0)
+    task = asyncio.ensure_future(server.run())
+    try:
+        await server.wait_connected(10)
+        async with MqttQueryClient(cfg) as client:
+            running = asyncio.ensure_future(client.ask("running", timeout_s=10))
+            await service.wait_for_call("running")
+            queued = [asyncio.ensure_future(client.ask(f"queued {i}", timeout_s=10)) for i in range(3)]
+            await wait_for(lambda: server.counters["accepted"] == 4)
+            task.cancel()  # what SIGTERM does
+            await asyncio.sleep(0.1)
+            gate.set()  # the running answer finishes within the grace period
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert (await running)["answer"] == "answer: running"
+            for fut in queued:
+                with pytest.raises(QueryError) as err:
+                    await fut
+                assert err.value.code == "shutting_down"
+            status = await client.status(5)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert status["state"] == "offline" and status["reason"] == "shutdown"
+    assert seen[-1]["state"] == "offline" and seen[-1]["reason"] == "shutdown"  # ours, not the last will
+    assert [q for q, _ in service.calls] == ["running"]
+
+
+async def test_a_second_server_for_the_same_stream_id_exits_with_a_clear_error(broker, stream_id, service):
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    cfg = fast_config(broker.url, stream_id)
+    async with serve(service, cfg) as first:
+        second = MqttQueryServer(FakeService(), cfg)
+        t0 = time.monotonic()
+        with pytest.raises(StreamIdInUseError, match=f"another server already answers stream id '{stream_id}'"):
+            await asyncio.wait_for(second.run(), 10)
+        assert time.monotonic() - t0 < 5
+        async with MqttQueryClient(cfg) as client:  # the first one was not disturbed
+            assert (await client.ask("still yours?", timeout_s=10))["answer"] == "answer: still yours?"
+        assert first.counters["connects"] == 1 and first.client_id.startswith(f"omnizip-{stream_id}-")
+        assert second.client_id != first.client_id  # random suffix: no accidental session takeover
+
+
+async def test_a_stale_online_status_from_a_dead_server_does_not_block_a_new_one(broker, stream_id, service):
+    cfg = fast_config(broker.url, stream_id)
+    stale = {"state": "online", "stream_id": stream_id, "instance": "dead-one", "status_interval_s": 0.2}
+    async with device(broker.port) as dev:
+        await dev.publish(cfg.status_topic, json.dumps(stale), qos=1, retain=True)
+    t0 = time.monotonic()
+    async with serve(service, cfg):
+        assert time.monotonic() - t0 < 5
+        async with MqttQueryClient(cfg) as client:
+            assert (await client.ask("hello", timeout_s=10))["answer"] == "answer: hello"
+
+
+async def test_a_server_whose_pinned_client_id_is_taken_over_exits_instead_of_knocking_back(broker, stream_id, service):
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    cfg = fast_config(broker.url, stream_id, client_id=f"pinned-{stream_id}")
+    first = MqttQueryServer(service, cfg)
+    second = MqttQueryServer(FakeService(), cfg, check_in_use=False)  # skip the check: the takeover is tested
+    tasks = [asyncio.ensure_future(first.run())]
+    try:
+        await first.wait_connected(10)
+        tasks.append(asyncio.ensure_future(second.run()))
+        with pytest.raises(StreamIdInUseError, match="another server already answers"):
+            await asyncio.wait_for(tasks[0], 10)
+        await second.wait_connected(10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_start_mqtt_fails_at_once_when_the_broker_is_unreachable(service):
+    from omnizip_stream.app import MqttOptions, _start_mqtt
+    from omnizip_stream.console import Console
+    from omnizip_stream.query.broker import BrokerUnavailableError
+
+    t0 = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        with pytest.raises(BrokerUnavailableError, match=r"cannot connect to the MQTT broker at mqtt://127\.0\.0\.1:1"):
+            await _start_mqtt(stack, MqttOptions(stream_id="cam1", broker="mqtt://127.0.0.1:1"), service, Console())
+    assert time.monotonic() - t0 < 3
