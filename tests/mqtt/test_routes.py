@@ -172,7 +172,7 @@ async def test_malformed_response_topic_from_a_lax_broker_queues_nothing(topic):
     server = MqttQueryServer(FakeService(), MqttConfig(stream_id="cam1"))
     message = SimpleNamespace(retain=False, payload=json.dumps({"question": "q"}).encode(),
                               properties=SimpleNamespace(ResponseTopic=topic, CorrelationData=b"c"))
-    server._on_message(message)
+    server._desk.on_message(message)
     stats = server.stats()
     assert stats["outbox_depth"] == 0 and stats["queue_depth"] == 0
     assert stats["unroutable"] == 1 and stats["errors"] == {"bad_request": 1}
