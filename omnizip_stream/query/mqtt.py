@@ -181,8 +181,10 @@ class MqttQueryServer:
             if connected_at is not None and time.monotonic() - connected_at >= cfg.reconnect_max_s:
                 backoff_s = cfg.reconnect_min_s
             delay_s = backoff_s * random.uniform(0.5, 1.0)
-            logger.warning("MQTT broker %s %s: %s; reconnecting in %.2f s (client id %s)", cfg.url, state, detail,
-                           delay_s, self.client_id)
+            # The first failure before any connect is for the caller to judge (serve-mqtt gives up at once).
+            log = logger.info if not ever_connected and not self.connect_failed.is_set() else logger.warning
+            log("MQTT broker %s %s: %s; reconnecting in %.2f s (client id %s)", cfg.url, state, detail, delay_s,
+                self.client_id)
             self.counters["connect_failures"] += 1
             self.last_error = detail
             self.connect_failed.set()

@@ -12,6 +12,7 @@ import pytest
 from mqtt_helpers import FakeService, fast_config, serve
 from reliability_helpers import device, inject_reply, request_props, statuses, wait_for
 
+from omnizip_stream.query.base import QueryError
 from omnizip_stream.query.mqtt_client import MqttQueryClient
 
 pytestmark = pytest.mark.broker
@@ -156,3 +157,47 @@ async def test_no_acknowledged_question_is_lost_across_three_broker_restarts(bro
     codes = {r["error"]["code"] for r in replies.values() if not r["ok"]}
     assert codes <= {"busy", "rate_limited"}
     assert stats["connects"] >= 4 and sum(r["ok"] for r in replies.values()) > 0
+
+
+async def test_a_flooder_rotating_client_ids_does_not_starve_a_well_behaved_client(broker, stream_id):
+    """The rate limit must not trust declared client ids: a flooder rotating them on one reply route is
+    limited per route, and the fair queue (round robin by route) keeps a well-behaved client answered.
+
+    Compressed in time: limit 4/s per client (16/s per route), a service that answers 12/s, a good client
+    at 3.3 questions/s for 6 s, a flooder at ~200/s with a new client id each time."""
+    service = FakeService(latency_s=0.08)
+    cfg = fast_config(broker.url, stream_id, rate_limit_per_s=4.0, rate_limit_burst=5, max_queued_queries=8)
+    flood_topic = f"flood/{stream_id}/replies"
+    duration_s = 6.0
+    async with serve(service, cfg) as server:
+        stop = asyncio.Event()
+
+        async def flood() -> int:
+            sent = 0
+            async with device(broker.port) as dev:
+                while not stop.is_set():
+                    body = {"question": "flood", "client_id": f"f{sent}", "reply_to": flood_topic}
+                    await dev.publish(cfg.query_topic, json.dumps(body), qos=0)
+                    sent += 1
+                    await asyncio.sleep(0.005)
+            return sent
+
+        flooder = asyncio.ensure_future(flood())
+        outcomes: list[str] = []
+        async with MqttQueryClient(cfg) as client:
+            await wait_for(lambda: server.counters["received"] >= 50)  # the flood is on
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while loop.time() - t0 < duration_s:
+                try:
+                    reply = await client.ask(f"good {len(outcomes)}", client_id="good-device", timeout_s=5)
+                    outcomes.append("ok" if reply["answer"] else "empty")
+                except QueryError as exc:
+                    outcomes.append(exc.code)
+                await asyncio.sleep(max(0.0, t0 + 0.3 * len(outcomes) - loop.time()))
+        stop.set()
+        sent = await flooder
+    answered = outcomes.count("ok") / len(outcomes)
+    assert len(outcomes) >= 15 and sent >= 300
+    assert answered >= 0.9, f"good client answered {answered:.0%}: {outcomes}; server {server.errors}"
+    assert server.errors["rate_limited"] > sent / 2  # the flooder was limited by its route

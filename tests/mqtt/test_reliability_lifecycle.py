@@ -111,3 +111,19 @@ async def test_start_mqtt_fails_at_once_when_the_broker_is_unreachable(service):
         with pytest.raises(BrokerUnavailableError, match=r"cannot connect to the MQTT broker at mqtt://127\.0\.0\.1:1"):
             await _start_mqtt(stack, MqttOptions(stream_id="cam1", broker="mqtt://127.0.0.1:1"), service, Console())
     assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--broker", "mqtt://127.0.0.1:1"], "cannot connect to the MQTT broker at mqtt://127.0.0.1:1"),
+    (["--broker", "mqtt://127.0.0.1:1", "--rate-limit", "-1"], "rate_limit_per_s"),
+    (["--rate-burst", "0"], "rate_limit_burst"),
+    (["--client-id", "a b"], "client_id"),
+])
+def test_serve_mqtt_flag_mistakes_and_an_unreachable_broker_are_one_line_errors(capsys, flags, message):
+    from omnizip_stream.cli import main
+
+    t0 = time.monotonic()
+    code = main(["serve-mqtt", "--source", "synthetic", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 10  # before the model loads
