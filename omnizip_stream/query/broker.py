@@ -53,7 +53,7 @@ def mosquitto_config(port: int, *, host: str = "127.0.0.1", extra: str = "") -> 
 
     ``set_tcp_nodelay true`` matters: without it a request/response round trip waits ~40 ms on
     Nagle + delayed ACK. ``user root`` is added when running as root, because mosquitto would drop
-    to user ``mosquitto`` and then be unable to read files in a private temp dir.
+    to user ``mosquitto`` and then be unable to read files in a private temp dir (tests' brokers).
     """
     lines = ["per_listener_settings false", f"listener {port} {host}", "allow_anonymous true",
              "set_tcp_nodelay true", "persistence false", "log_dest stderr", "log_type error",
@@ -67,8 +67,9 @@ class EmbeddedBroker:
     """A broker on ``127.0.0.1:<port>``: mosquitto (MQTT 5 + 3.1.1) if installed, else amqtt (3.1.1 only).
 
     Both run as child processes in their own session (a Ctrl-C in the terminal reaches only omnizip,
-    which stops its MQTT server first and the broker last). :meth:`stop` leaves no process and no temp
-    folder behind, also when the task running it is cancelled; an interpreter exit without
+    which stops its MQTT server first and the broker last). Nothing is written to disk (mosquitto reads
+    its config from a pipe; logs go to an unlinked temp file). :meth:`stop` leaves no process behind,
+    also when the task running it is cancelled; an interpreter exit without
     :meth:`stop` kills the broker too. If omnizip is killed outright, the amqtt child exits when its
     stdin closes and mosquitto gets SIGTERM from the kernel (``setpriv --pdeathsig``, where available).
 
@@ -102,7 +103,6 @@ class EmbeddedBroker:
         self.prefer = prefer
         self.kind: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._finalizer: weakref.finalize | None = None
 
     @property
@@ -164,42 +164,43 @@ class EmbeddedBroker:
         return self
 
     async def _start_mosquitto(self, binary: str) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="omnizip-mosquitto-")
-        conf = Path(self._tmp.name) / "mosquitto.conf"
-        conf.write_text(mosquitto_config(self.port, host=self.host))
-        log_path = Path(self._tmp.name) / "mosquitto.log"
-        # Spawned synchronously (a few ms): no await between the fork and _track, so a cancellation
-        # cannot leave an untracked child behind.
-        self._track(_spawn([*_die_with_parent(), binary, "-c", str(conf)], log_path))
-        self.kind = "mosquitto"
-        try:
-            await self._wait_listening(lambda: log_path.read_text(errors="replace"))
-        except BaseException:
-            await self.stop()
-            raise
+        # The config goes through a pipe (-c /dev/stdin): no file on disk.
+        argv = [*_die_with_parent(), binary, "-c", "/dev/stdin"]
+        await self._start_child("mosquitto", argv, mosquitto_config(self.port, host=self.host).encode())
 
     async def _start_amqtt(self) -> None:
         # Run by path (it imports only amqtt and the standard library): works whatever sys.path the parent has.
         argv = [sys.executable, str(Path(__file__).with_name("amqtt_child.py")), self.host, str(self.port)]
-        with tempfile.TemporaryFile() as errors:  # anonymous: nothing stays on disk, whatever happens
-            self._track(_spawn_amqtt(argv, errors))
-            self.kind = "amqtt"
+        await self._start_child("amqtt", argv, None)
 
-            def read_errors() -> str:
-                errors.seek(0)
-                return errors.read().decode(errors="replace")
+    async def _start_child(self, kind: str, argv: list[str], config: bytes | None) -> None:
+        """Spawn the broker; mosquitto gets ``config`` on stdin, amqtt keeps stdin open and says ``ready``."""
+        with tempfile.TemporaryFile() as log:  # anonymous: nothing stays on disk, whatever happens
+            # Spawned synchronously (a few ms): no await between the fork and _track, so a cancellation
+            # cannot leave an untracked child behind.
+            proc = _spawn(argv, log, says_ready=config is None)
+            self._track(proc)
+            self.kind = kind
+
+            def read_log() -> str:
+                log.seek(0)
+                return log.read().decode(errors="replace")
 
             try:
-                proc = self._proc
-                assert proc is not None
-                try:
-                    ready = await asyncio.wait_for(asyncio.to_thread(_read_ready, proc), self.START_TIMEOUT_S)
-                except TimeoutError:
-                    ready = False
-                if not ready:
-                    tail = " | ".join(read_errors().strip().splitlines()[-1:])
-                    raise BrokerUnavailableError(f"amqtt did not start on port {self.port}: {tail or 'no reply'}")
-                await self._wait_listening(read_errors)
+                assert proc.stdin is not None
+                if config is not None:
+                    with contextlib.suppress(OSError):  # it may have exited already: _wait_listening says why
+                        proc.stdin.write(config)
+                        proc.stdin.close()
+                else:
+                    try:
+                        ready = await asyncio.wait_for(asyncio.to_thread(_read_ready, proc), self.START_TIMEOUT_S)
+                    except TimeoutError:
+                        ready = False
+                    if not ready:
+                        tail = " | ".join(read_log().strip().splitlines()[-1:])
+                        raise BrokerUnavailableError(f"amqtt did not start on port {self.port}: {tail or 'no reply'}")
+                await self._wait_listening(read_log)
             except BaseException:
                 await self.stop()
                 raise
@@ -207,7 +208,7 @@ class EmbeddedBroker:
     def _track(self, proc: subprocess.Popen[bytes]) -> None:
         """Remember the child and make sure it dies with the interpreter even if stop() is never awaited."""
         self._proc = proc
-        self._finalizer = weakref.finalize(self, _kill_now, proc, self._tmp)
+        self._finalizer = weakref.finalize(self, _kill_now, proc)
 
     async def _wait_listening(self, read_log: Any) -> None:
         assert self._proc is not None
@@ -221,19 +222,15 @@ class EmbeddedBroker:
             raise BrokerUnavailableError(f"{self.kind} exited at start; port {self.port} is used by another program")
 
     async def stop(self) -> None:
-        """Stop the broker and remove its temp folder (idempotent, safe to cancel)."""
-        proc, tmp, finalizer = self._proc, self._tmp, self._finalizer
-        self._proc, self._tmp, self._finalizer = None, None, None
+        """Stop the broker (idempotent, safe to cancel)."""
+        proc, finalizer = self._proc, self._finalizer
+        self._proc, self._finalizer = None, None
         if finalizer is not None:
             finalizer.detach()
-        try:
-            if proc is not None:
-                _ask_to_exit(proc)
-                # The reaping thread finishes (killing after 5 s) even if this await is cancelled.
-                await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_reap, proc, 5.0)))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        if proc is not None:
+            _ask_to_exit(proc)
+            # The reaping thread finishes (killing after 5 s) even if this await is cancelled.
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_reap, proc, 5.0)))
 
     async def __aenter__(self) -> EmbeddedBroker:
         """Start (see :meth:`start`)."""
@@ -269,12 +266,10 @@ def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.stdout.close()
 
 
-def _kill_now(proc: subprocess.Popen[bytes], tmp: tempfile.TemporaryDirectory[str] | None) -> None:
-    """Last resort at interpreter exit / garbage collection: no broker and no temp folder may outlive us."""
+def _kill_now(proc: subprocess.Popen[bytes]) -> None:
+    """Last resort at interpreter exit / garbage collection: no broker may outlive us."""
     _ask_to_exit(proc)
     _reap(proc, 2.0)
-    if tmp is not None:
-        tmp.cleanup()
 
 
 def _die_with_parent() -> list[str]:
@@ -287,15 +282,12 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+def _spawn(argv: list[str], log: Any, *, says_ready: bool) -> subprocess.Popen[bytes]:
+    """Start a broker in its own session, output to ``log``; stdout piped when it ``says_ready`` (amqtt)."""
+    if says_ready:
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True)
-
-
-def _spawn_amqtt(argv: list[str], errors: Any) -> subprocess.Popen[bytes]:
-    # stdin stays open while we run: the child exits when it closes, even if this process is killed
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
