@@ -91,8 +91,8 @@ def check_clip(
     if n_frames > 1 and fps < low - 1e-9:
         raise ContextTooLongError(
             f"the clip is {media_s:.0f} s but only {n_frames} frames were sampled ({fps:.2f} fps); the model "
-            f"needs at least {low:g} fps: pass --max-frames {math.ceil(media_s * low)} or more, or follow it live with "
-            "the rolling cache (omnizip stream --source file:PATH --no-realtime)"
+            f"needs at least {low:g} fps: pass --max-frames {math.floor(media_s * low) + 1} or more, or follow it "
+            "live with the rolling cache (omnizip stream --source file:PATH --no-realtime)"
         )
     return needed
 

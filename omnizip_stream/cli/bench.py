@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Standalone entry point (``scripts/bench_stream.py``): same flags, exit 2 on bad input."""
     import logging
 
-    parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    from omnizip_stream.cli._common import HelpFormatter, Parser
+
+    parser = Parser(prog=prog, description=HELP, formatter_class=HelpFormatter, epilog=f"example:\n  {EXAMPLE}")
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import stat
 import sys
 
 from omnizip_stream.cli import UserError
@@ -47,12 +49,31 @@ def _retention(kept: int, total: int) -> float | None:
     return round(kept / total, 4) if total else None
 
 
+def probe_duration_s(path: str) -> float | None:
+    """The container's duration in seconds (None when unknown or not a regular file); MediaError for bad files."""
+    from omnizip_stream.sources._av import open_file
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO or device: decoding handles it (and its timeouts)
+    except OSError:
+        pass  # open_file says what is wrong
+    container = open_file(path)
+    try:
+        if container.duration:
+            return float(container.duration) / 1e6
+        spans = [float(st.duration * st.time_base) for st in container.streams if st.duration and st.time_base]
+        return max(spans) if spans else None
+    finally:
+        container.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Decode, load, compress, answer; exit 0, or raise UserError (exit 2) for bad input."""
     from omnizip import make_compressor
     from omnizip.adapters.base import ModelLoadError
     from omnizip.adapters.loading import load_adapter
-    from omnizip.qa import ContextTooLongError, EmptyClipError, answer_clip
+    from omnizip.qa import ContextTooLongError, EmptyClipError, answer_clip, check_clip
     from omnizip_stream.config import StreamConfig
     from omnizip_stream.media import MediaError, decode_clip
 
@@ -68,14 +89,26 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
-        clip = decode_clip(args.video, fps=2.0, max_frames=args.max_frames)
-    except (MediaError, ValueError) as exc:
+        duration_s = probe_duration_s(args.video)  # a missing or non-media file fails here, before the model
+    except MediaError as exc:
         raise UserError(str(exc)) from None
     try:
         adapter = load_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn,
                                video_max_pixels=cfg.video_max_pixels, system_prompt=cfg.system_prompt,
                                seed=cfg.seed)
     except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    if duration_s:  # a clip too long (or too short) is refused before minutes of decoding and encoding
+        n_frames = max(1, min(args.max_frames, int(duration_s * 2.0)))
+        parts = adapter.prompt_parts(question, cfg.system_prompt)
+        try:
+            check_clip(adapter, int(duration_s * 16000), n_frames, video_fps=min(2.0, n_frames / duration_s),
+                       text_tokens=len(parts.prefix) + len(parts.suffix) + 4, max_new_tokens=cfg.max_new_tokens)
+        except (ContextTooLongError, EmptyClipError) as exc:
+            raise UserError(f"{args.video}: {exc}") from None
+    try:
+        clip = decode_clip(args.video, fps=2.0, max_frames=args.max_frames)
+    except (MediaError, ValueError) as exc:
         raise UserError(str(exc)) from None
     video_fps = None
     if clip.has_video and clip.frames.shape[0] > 1 and clip.duration_s > 0:

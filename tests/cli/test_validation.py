@@ -200,9 +200,35 @@ def test_long_clips_are_refused_before_encoding(tiny25):
 
     adapter = load_adapter("tiny", device="cpu")
     t0 = time.perf_counter()
-    with pytest.raises(ContextTooLongError, match="at least 1 fps: pass --max-frames 780"):
+    with pytest.raises(ContextTooLongError, match="at least 1 fps: pass --max-frames 781"):
         check_clip(adapter, 780 * 16000, 768, video_fps=768 / 780)
     with pytest.raises(ContextTooLongError, match="positions up to .*omnizip stream"):
         check_clip(adapter, 3600 * 16000, 768, video_fps=768 / 3600)
     assert time.perf_counter() - t0 < 1.0
     assert check_clip(adapter, 60 * 16000, 120, video_fps=2.0) < adapter.spec.max_positions
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    import omnizip_stream.media as media
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the clip was decoded before its length was checked")
+
+    monkeypatch.setattr(media, "decode_clip", boom)
+
+
+def test_infer_checks_the_clip_length_before_decoding(capsys, media_dir, no_decoding):
+    code, _, err = _run(capsys, "infer", "--model", "tiny", "--video", media_dir["av"], "--question", "q",
+                        "--max-frames", "2")
+    _one_line_error(code, err, "needs at least 1 fps", "--max-frames 5")
+
+
+def test_infer_refuses_an_hour_long_clip_before_decoding(capsys, monkeypatch, media_dir, no_decoding):
+    import omnizip_stream.cli.infer as infer
+
+    monkeypatch.setattr(infer, "probe_duration_s", lambda path: 3600.0)
+    t0 = time.perf_counter()
+    code, _, err = _run(capsys, "infer", "--model", "tiny", "--video", media_dir["av"], "--question", "q")
+    assert time.perf_counter() - t0 < 30.0
+    _one_line_error(code, err, "the clip is 3600 s", "positions up to", "omnizip stream --source file:PATH")
