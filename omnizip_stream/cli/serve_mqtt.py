@@ -51,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
             MqttConfig.from_url("mqtt://127.0.0.1:1883", stream_id=args.stream_id, **served)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    if args.broker is not None:
-        _check_reachable(args.broker)
     mqtt = MqttOptions(stream_id=args.stream_id, broker=args.broker, username=args.username, password=args.password,
                        ca_file=args.cafile, cert_file=args.cert, key_file=args.key, **served)
     options = RunOptions(source=args.source, mic=args.mic, camera_size=args.camera_size, duration_s=args.duration,
@@ -63,20 +61,3 @@ def run(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     run_with_errors(config, options)
     return 0
-
-
-def _check_reachable(url: str, timeout_s: float = 5.0) -> None:
-    """Fail in a second, before the model loads, when nothing listens at the broker's address."""
-    import socket
-
-    from omnizip_stream.query.mqtt_config import parse_broker_url
-
-    fields = parse_broker_url(url)
-    try:
-        with socket.create_connection((fields["host"], fields["port"]), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        host = f"[{fields['host']}]" if ":" in fields["host"] else fields["host"]
-        reason = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot connect to the MQTT broker at {url.split('://')[0]}://{host}:{fields['port']}: "
-                        f"{reason}") from None
