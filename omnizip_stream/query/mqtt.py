@@ -203,21 +203,23 @@ class MqttQueryServer:
 
     async def _serve_connection(self, client: Any) -> None:
         cfg = self.config
-        granted = await client.subscribe(cfg.query_topic, qos=cfg.qos)
-        codes = [int(getattr(g, "value", g)) for g in granted]
-        if any(c >= 0x80 for c in codes):
-            raise BrokerRefusedError(f"broker {cfg.url} refused the subscription to {cfg.query_topic} (check its ACL)")
-        self.counters["connects"] += 1
-        await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
-        self.connected.set()
-        logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
-                    cfg.stream_id, cfg.url, self.client_id, cfg.protocol, cfg.query_topic)
-        tasks = [
-            asyncio.ensure_future(self._watch(client)),
-            asyncio.ensure_future(self._status_loop(client)),
-            asyncio.ensure_future(drain(client, self._outbox, qos=cfg.qos, v5=cfg.protocol == "5")),
-        ]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            granted = await client.subscribe(cfg.query_topic, qos=cfg.qos)
+            codes = [int(getattr(g, "value", g)) for g in granted]
+            if any(c >= 0x80 for c in codes):
+                raise BrokerRefusedError(
+                    f"broker {cfg.url} refused the subscription to {cfg.query_topic} (check its ACL)")
+            self.counters["connects"] += 1
+            await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
+            self.connected.set()
+            logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
+                        cfg.stream_id, cfg.url, self.client_id, cfg.protocol, cfg.query_topic)
+            tasks = [
+                asyncio.ensure_future(self._watch(client)),
+                asyncio.ensure_future(self._status_loop(client)),
+                asyncio.ensure_future(drain(client, self._outbox, qos=cfg.qos, v5=cfg.protocol == "5")),
+            ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the MqttError that ended the connection
@@ -239,18 +241,22 @@ class MqttQueryServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _graceful_shutdown(self, client: Any, tasks: list[asyncio.Task[None]]) -> None:
-        """Answer what is running (up to the grace), refuse what waits, flush replies, go offline."""
-        watcher, status, publisher = tasks
-        status.cancel()
-        await asyncio.gather(status, return_exceptions=True)
+        """Answer what is running (up to the grace), refuse what waits, flush replies, go offline.
+
+        ``tasks`` are the connection's (watcher, status loop, publisher), or empty when the
+        cancellation came while connecting.
+        """
+        for task in tasks[1:2]:  # the status loop: no "online" after this
+            task.cancel()
+        await asyncio.gather(*tasks[1:2], return_exceptions=True)
         await self._desk.stop(self.shutdown_grace_s)
-        if not publisher.done():
+        if tasks and not tasks[2].done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.wait_idle(), 2.0)
         self._outbox.closing = True
-        publisher.cancel()
-        watcher.cancel()
-        await asyncio.gather(publisher, watcher, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._publish_status(client, "offline", "shutdown")
         logger.info("MQTT query server for stream %r stopped (status offline)", self.config.stream_id)
 

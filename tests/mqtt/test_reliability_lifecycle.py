@@ -114,12 +114,11 @@ async def test_start_mqtt_fails_at_once_when_the_broker_is_unreachable(service):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--broker", "mqtt://127.0.0.1:1"], "cannot connect to the MQTT broker at mqtt://127.0.0.1:1"),
     (["--broker", "mqtt://127.0.0.1:1", "--rate-limit", "-1"], "rate_limit_per_s"),
     (["--rate-burst", "0"], "rate_limit_burst"),
     (["--client-id", "a b"], "client_id"),
 ])
-def test_serve_mqtt_flag_mistakes_and_an_unreachable_broker_are_one_line_errors(capsys, flags, message):
+def test_serve_mqtt_bad_client_id_and_rate_limit_flags_are_one_line_errors(capsys, flags, message):
     from omnizip_stream.cli import main
 
     t0 = time.monotonic()
