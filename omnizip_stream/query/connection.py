@@ -122,9 +122,8 @@ async def live_server_instance(config: MqttConfig, own_instance: str, *, max_wai
         probed = False
         while True:
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    message = await anext(messages)
-            except TimeoutError:
+                message = await asyncio.wait_for(anext(messages), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
                 return None
             body = _json(message.payload)
             if message.topic.matches(reply_topic):
