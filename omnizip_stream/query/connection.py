@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -21,6 +22,8 @@ _PERMANENT_CONNACK = {1: "unsupported protocol version", 2: "client id rejected"
                       5: "not authorised", 0x84: "unsupported protocol version", 0x85: "client id rejected",
                       0x86: "bad username or password", 0x87: "not authorised", 0x8C: "bad authentication method"}
 
+
+logger = logging.getLogger(__name__)
 
 # MQTT 5 DISCONNECT reason: another connection took over this client id.
 SESSION_TAKEN_OVER = 0x8E
@@ -113,18 +116,21 @@ async def live_server_instance(config: MqttConfig, own_instance: str, *, max_wai
     probe_id = f"omnizip-probe-{uuid.uuid4().hex[:12]}"
     reply_topic = config.reply_topic(probe_id)
     async with make_client(config, probe_id, persistent=False) as client:
-        await client.subscribe([(config.status_topic, 1), (reply_topic, 1)])
+        granted = await client.subscribe([(config.status_topic, 1), (reply_topic, 1)])
+        if any(int(getattr(g, "value", g)) >= 0x80 for g in granted):
+            logger.info("cannot check for another server on %s: the broker's ACL refuses the status or reply topic",
+                        config.status_topic)
+            return None
         # The broker sends the retained status right after the SUBACK, before this marker comes back.
         await client.publish(reply_topic, json.dumps({"marker": probe_id}), qos=1)
         messages = aiter(client.messages)
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 2.0
         other: str | None = None
         probed = False
         while True:
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    message = await anext(messages)
-            except TimeoutError:
+                message = await asyncio.wait_for(anext(messages), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
                 return None
             body = _json(message.payload)
             if message.topic.matches(reply_topic):

@@ -13,9 +13,12 @@ from mqtt_helpers import FakeService, fast_config, serve
 from reliability_helpers import device, inject_reply, request_props, statuses, wait_for
 
 from omnizip_stream.query.base import QueryError
+from omnizip_stream.query.mqtt import MqttQueryServer
 from omnizip_stream.query.mqtt_client import MqttQueryClient
 
-pytestmark = pytest.mark.broker
+# Mosquitto's own behaviour (malformed-packet disconnects, persistence, MQTT 5 devices): skipped on amqtt
+# (the "mosquitto" marker is registered by tests/mqtt/conftest.py where amqtt is the fallback broker).
+pytestmark = [pytest.mark.broker, pytest.mark.mosquitto]
 
 
 async def test_reply_that_makes_the_broker_drop_the_connection_is_dropped_once_and_counted(broker, stream_id, service):
@@ -121,16 +124,17 @@ async def test_no_acknowledged_question_is_lost_across_three_broker_restarts(bro
                           properties=request_props(reply_topic, str(j).encode()))
         acked.add(j)
 
-    async def restarter() -> None:
-        for at in restart_at:
+    async def restarter(server: MqttQueryServer) -> None:
+        for k, at in enumerate(restart_at):
             await wait_for(lambda at=at: len(acked) >= at, 60)
             await asyncio.to_thread(b.stop)
             await asyncio.to_thread(b.start)
+            await wait_for(lambda k=k: server.counters["connects"] >= k + 2, 30)  # back before the next one
 
     reader = asyncio.ensure_future(read())
     try:
         async with serve(service, cfg) as server:
-            restarts = asyncio.ensure_future(restarter())
+            restarts = asyncio.ensure_future(restarter(server))
             async with asyncio.timeout(60):
                 while len(acked) < n_questions:
                     try:
@@ -153,10 +157,10 @@ async def test_no_acknowledged_question_is_lost_across_three_broker_restarts(bro
     finally:
         reader.cancel()
     lost = sorted(acked - replies.keys())
-    assert lost == [], f"{len(lost)} of {len(acked)} acknowledged questions got no reply: {lost[:20]}"
+    assert lost == [], f"{len(lost)} of {len(acked)} acknowledged questions got no reply: {lost[:20]}; {stats}"
     codes = {r["error"]["code"] for r in replies.values() if not r["ok"]}
     assert codes <= {"busy", "rate_limited"}
-    assert stats["connects"] >= 4 and sum(r["ok"] for r in replies.values()) > 0
+    assert stats["connects"] == 4 and sum(r["ok"] for r in replies.values()) > 0
 
 
 async def test_a_flooder_rotating_client_ids_does_not_starve_a_well_behaved_client(broker, stream_id):
