@@ -241,7 +241,7 @@ async def fault_duplicate_server_id(h: Harness) -> dict[str, Any]:
     """Another client connects with the server's client id (takes its session over), then leaves."""
     assert h.server is not None
     with contextlib.suppress(Exception):
-        async with client(h.broker, h.server.config.server_client_id):
+        async with client(h.broker, h.server.client_id):
             await asyncio.sleep(1.0)
     probe_ok = False
     for _ in range(3):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from omnizip_stream.query.base import Answer, QueryError, QueryService
@@ -388,5 +388,4 @@ class QueryDesk:
             final = carried
         if final is None:
             final = Answer("".join(parts), ttft_ms if ttft_ms is not None else total_ms, total_ms, None, None)
-        return Answer(final.text, final.ttft_ms, final.total_ms, final.window_range, final.time_range_s,
-                      final.tokens_generated, {**final.extra, "partials": len(parts)})
+        return replace(final, extra={**final.extra, "partials": len(parts)})
