@@ -51,7 +51,7 @@ def _retention(kept: int, total: int) -> float | None:
 
 def probe_duration_s(path: str) -> float | None:
     """The container's duration in seconds (None when unknown or not a regular file); MediaError for bad files."""
-    from omnizip_stream.sources._av import open_file
+    from omnizip_stream.sources._avopen import open_file
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
