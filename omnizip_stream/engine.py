@@ -184,6 +184,8 @@ class StreamEngine:
         window_s = self.config.window_s
         device = self._cuda_device()
         if device is not None:
+            # One model thread runs one window at a time, so the peak between this reset and the end of
+            # the window is this stream's (torch's process-wide peak counter is reset here).
             torch.cuda.reset_peak_memory_stats(device)
         clock = StageClock(device)
         clock.mark()
