@@ -231,7 +231,8 @@ class StreamEngine:
         counts = count_kept(layout, plan.keep)
         for key in self.totals:
             self.totals[key] += counts[key]
-        timings = dict(encoded.timings) if getattr(encoded, "timings", None) else {}
+        stage_ms = getattr(encoded, "stage_ms", None)  # CUDA events are read after the window's last one
+        timings = stage_ms() if stage_ms is not None else dict(getattr(encoded, "timings", None) or {})
         timings.update({
             "encode_ms": encode_ms,
             "compress_ms": compress_ms,
