@@ -199,39 +199,48 @@ class DeviceAudit(TorchFunctionMode):
             return self.device_of(args[0])
         name = getattr(func, "__name__", "")
         inputs = list(_tensors((args, kwargs)))
-        target: bool | None = None  # True: output pretends; False: really on the CPU; None: as inputs
         if name in FACTORIES:
             caller = self._caller()
             if "device" not in kwargs and caller.startswith(self.package_dir):
                 self._violate(f"torch.{name} without device= at {caller}")
-        if "device" in kwargs:
-            target = self._is_sim(kwargs["device"])
-            if target:
+        # Where the output goes, as the code sees it (None: where its inputs are).
+        dest: torch.device | None = None
+        if isinstance(kwargs.get("device"), (str, torch.device, int)):
+            dest = self._as_device(kwargs["device"])
+            if self._is_sim(kwargs["device"]):
                 kwargs["device"] = "cpu"
-                if name in ("tensor", "as_tensor") and not isinstance(args[0] if args else None, torch.Tensor):
-                    self._sync("implicit")  # Python data copied to the device
+            if dest.type != "cpu" and name in ("tensor", "as_tensor") and not isinstance(
+                args[0] if args else None, torch.Tensor
+            ):
+                self._sync("implicit")  # Python data copied to the device
         if name == "to":
             new_args = list(args)
             for i, a in enumerate(args[1:], start=1):
-                if self._is_sim(a):
-                    new_args[i], target = "cpu", True
-                elif isinstance(a, (str, torch.device)):
-                    target = False
+                if isinstance(a, (str, torch.device)):
+                    dest = self._as_device(a)
+                    if self._is_sim(a):
+                        new_args[i] = "cpu"
                 elif isinstance(a, torch.Tensor):
-                    target = _simulated(a) if self.device is not None else None
+                    dest = self.device_of(a)
             args = tuple(new_args)
         elif name == "cuda" and self.device is not None:
             return self._tag(args[0].view(args[0].shape), True)
         elif name == "cpu":
-            target = False
+            dest = torch.device("cpu")
         self._check_mixed(name, inputs)
-        self._count(name, args, kwargs, inputs, target)
+        self._count(name, args, kwargs, inputs, dest)
         out = func(*args, **kwargs)
         if self.device is None:
             return out
-        if target is None:
-            target = any(_simulated(t) for t in inputs)
-        return self._tag_all(out, target, inputs)
+        simulated = any(_simulated(t) for t in inputs) if dest is None else dest == self.device
+        return self._tag_all(out, simulated, inputs)
+
+    def _as_device(self, dev: str | torch.device | int) -> torch.device:
+        """``dev`` as a device (the simulated one, with its index, when it names that type)."""
+        if self._is_sim(dev):
+            assert self.device is not None
+            return self.device
+        return torch.device(dev)
 
     def _check_mixed(self, name: str, inputs: list[torch.Tensor]) -> None:
         devices = {
@@ -243,16 +252,16 @@ class DeviceAudit(TorchFunctionMode):
             self._violate(f"{name} mixes devices {sorted(devices)} at {self._caller()}")
 
     def _count(self, name: str, args: Any, kwargs: dict[str, Any], inputs: list[torch.Tensor],
-               target: bool | None) -> None:
+               dest: torch.device | None) -> None:
         if not inputs:
             return
         first = inputs[0]
         on_acc = self._on_accelerator(first)
         if name in _EXPLICIT_SYNCS and on_acc:
             self._sync("explicit")
-        elif name in ("cpu", "to") and on_acc and target is False:
+        elif name in ("cpu", "to") and on_acc and dest is not None and dest.type == "cpu":
             self._sync("explicit")  # device-to-host copy
-        elif name == "to" and target and not on_acc:
+        elif name == "to" and not on_acc and dest is not None and dest.type != "cpu":
             self._sync("implicit")  # host-to-device copy
         elif name in _DATA_DEPENDENT and on_acc:
             if not (name == "repeat_interleave" and "output_size" in kwargs):
