@@ -4,7 +4,9 @@ Contract
 --------
 * **A layout lives on one device**: every tensor of a :class:`~omnizip.types.TokenLayout` (``embeds``,
   ``modality``, ``chunk_id``, ``frame_id``, ``audio_saliency``, ``positions``) is on ``embeds.device``
-  (validated on construction). The adapters build it there (the model's device).
+  (validated on construction; :meth:`~omnizip.types.TokenLayout.to` moves a whole layout). The adapters
+  build it there: the token order and TMRoPE ids are planned on the host (``adapters/tmrope.py``) and
+  moved to the model's device once per window.
 * **Everything is computed on the inputs' device and returned there**, float results (scores, weights,
   merged rows) and index results alike: a :class:`~omnizip.types.KeepPlan` (``keep``, ``merge_*``,
   the per-chunk ratios) lives on its layout's device. Index tensors are *not* kept on the CPU, so
@@ -12,14 +14,15 @@ Contract
 * **No placement by default**: every tensor factory inside ``omnizip/`` names its ``device`` (taken
   from an input tensor) or is a ``*_like`` of an input. Two deliberate host-side steps, both explicit:
   the ``random`` baseline draws its permutations with a seeded CPU generator (so a seed gives the
-  same plan on every device) and moves each draw to the layout's device; and a retention fraction is
-  rounded to float32 through a one-element CPU tensor (a Python number, never a device tensor).
+  same plan on every device) and moves each draw to the layout's device; and host metadata that is
+  read into Python anyway (``video_grid_thw``) is made with ``device="cpu"``.
 * **Host syncs** (``.item()``, ``int()``/``float()``/``bool()`` of a tensor, ``.tolist()``, and ops
   whose output size depends on the data: ``nonzero``, boolean-mask indexing, ``unique``,
   ``bincount``; plus host-to-device copies of Python lists) wait for the GPU. They are allowed for
   per-chunk and per-frame bookkeeping (Python ints are cheaper than tiny kernels at a window's
   size), never inside a per-token loop, and are counted per window with :class:`DeviceAudit`
-  (``scripts/bench_compress.py`` reports the count).
+  (``scripts/bench_compress.py`` reports the count: about 20 per streaming window and 21 per
+  3-window offline clip at 7B sizes; ``tests/omnizip/test_device_contract.py`` bounds them).
 
 Checking it without a GPU
 -------------------------
@@ -196,39 +199,48 @@ class DeviceAudit(TorchFunctionMode):
             return self.device_of(args[0])
         name = getattr(func, "__name__", "")
         inputs = list(_tensors((args, kwargs)))
-        target: bool | None = None  # True: output pretends; False: really on the CPU; None: as inputs
         if name in FACTORIES:
             caller = self._caller()
             if "device" not in kwargs and caller.startswith(self.package_dir):
                 self._violate(f"torch.{name} without device= at {caller}")
-        if "device" in kwargs:
-            target = self._is_sim(kwargs["device"])
-            if target:
+        # Where the output goes, as the code sees it (None: where its inputs are).
+        dest: torch.device | None = None
+        if isinstance(kwargs.get("device"), (str, torch.device, int)):
+            dest = self._as_device(kwargs["device"])
+            if self._is_sim(kwargs["device"]):
                 kwargs["device"] = "cpu"
-                if name in ("tensor", "as_tensor") and not isinstance(args[0] if args else None, torch.Tensor):
-                    self._sync("implicit")  # Python data copied to the device
+            if dest.type != "cpu" and name in ("tensor", "as_tensor") and not isinstance(
+                args[0] if args else None, torch.Tensor
+            ):
+                self._sync("implicit")  # Python data copied to the device
         if name == "to":
             new_args = list(args)
             for i, a in enumerate(args[1:], start=1):
-                if self._is_sim(a):
-                    new_args[i], target = "cpu", True
-                elif isinstance(a, (str, torch.device)):
-                    target = False
+                if isinstance(a, (str, torch.device)):
+                    dest = self._as_device(a)
+                    if self._is_sim(a):
+                        new_args[i] = "cpu"
                 elif isinstance(a, torch.Tensor):
-                    target = _simulated(a) if self.device is not None else None
+                    dest = self.device_of(a)
             args = tuple(new_args)
         elif name == "cuda" and self.device is not None:
             return self._tag(args[0].view(args[0].shape), True)
         elif name == "cpu":
-            target = False
+            dest = torch.device("cpu")
         self._check_mixed(name, inputs)
-        self._count(name, args, kwargs, inputs, target)
+        self._count(name, args, kwargs, inputs, dest)
         out = func(*args, **kwargs)
         if self.device is None:
             return out
-        if target is None:
-            target = any(_simulated(t) for t in inputs)
-        return self._tag_all(out, target, inputs)
+        simulated = any(_simulated(t) for t in inputs) if dest is None else dest == self.device
+        return self._tag_all(out, simulated, inputs)
+
+    def _as_device(self, dev: str | torch.device | int) -> torch.device:
+        """``dev`` as a device (the simulated one, with its index, when it names that type)."""
+        if self._is_sim(dev):
+            assert self.device is not None
+            return self.device
+        return torch.device(dev)
 
     def _check_mixed(self, name: str, inputs: list[torch.Tensor]) -> None:
         devices = {
@@ -240,16 +252,16 @@ class DeviceAudit(TorchFunctionMode):
             self._violate(f"{name} mixes devices {sorted(devices)} at {self._caller()}")
 
     def _count(self, name: str, args: Any, kwargs: dict[str, Any], inputs: list[torch.Tensor],
-               target: bool | None) -> None:
+               dest: torch.device | None) -> None:
         if not inputs:
             return
         first = inputs[0]
         on_acc = self._on_accelerator(first)
         if name in _EXPLICIT_SYNCS and on_acc:
             self._sync("explicit")
-        elif name in ("cpu", "to") and on_acc and target is False:
+        elif name in ("cpu", "to") and on_acc and dest is not None and dest.type == "cpu":
             self._sync("explicit")  # device-to-host copy
-        elif name == "to" and target and not on_acc:
+        elif name == "to" and not on_acc and dest is not None and dest.type != "cpu":
             self._sync("implicit")  # host-to-device copy
         elif name in _DATA_DEPENDENT and on_acc:
             if not (name == "repeat_interleave" and "output_size" in kwargs):

@@ -186,6 +186,8 @@ class StreamEngine:
         window_s = self.config.window_s
         device = self._cuda_device()
         if device is not None:
+            # One model thread runs one window at a time, so the peak between this reset and the end of
+            # the window is this stream's (torch's process-wide peak counter is reset here).
             torch.cuda.reset_peak_memory_stats(device)
         clock = StageClock(device)
         clock.mark()
@@ -231,7 +233,8 @@ class StreamEngine:
         counts = count_kept(layout, plan.keep)
         for key in self.totals:
             self.totals[key] += counts[key]
-        timings = dict(encoded.timings) if getattr(encoded, "timings", None) else {}
+        stage_ms = getattr(encoded, "stage_ms", None)  # CUDA events are read after the window's last one
+        timings = stage_ms() if stage_ms is not None else dict(getattr(encoded, "timings", None) or {})
         timings.update({
             "encode_ms": encode_ms,
             "compress_ms": compress_ms,

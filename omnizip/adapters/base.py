@@ -96,7 +96,10 @@ class EncodedAV:
         extras: family-specific per-token tensors to be pruned with the same keep-mask
             (Qwen3 deepstack: ``{"deepstack": [levels][N_video, D]}``).
         audio_s: seconds of audio encoded; video_frames: raw frames encoded.
-        timings: wall-clock milliseconds per stage (``audio_encode_ms``, ``video_encode_ms``).
+        timings: wall-clock milliseconds per stage (``audio_encode_ms``, ``video_encode_ms``); on CUDA
+            the stages are timed with events instead (see :meth:`stage_ms`).
+        timing_events: on CUDA, ``(start, end)`` CUDA events per stage, not read yet (reading one waits
+            for the GPU, so the engine reads them once per window, after its own last event).
     """
 
     layout: TokenLayout
@@ -107,6 +110,15 @@ class EncodedAV:
     audio_s: float = 0.0
     video_frames: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    timing_events: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def stage_ms(self) -> dict[str, float]:
+        """``timings`` with the CUDA event pairs read (waits for the last of them on the GPU)."""
+        out = dict(self.timings)
+        for name, (start, end) in self.timing_events.items():
+            end.synchronize()
+            out[name] = float(start.elapsed_time(end))
+        return out
 
 
 @dataclass(frozen=True)

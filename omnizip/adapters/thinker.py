@@ -248,15 +248,16 @@ class ThinkerAdapter:
         v_extras: dict[str, Any] = {}
         mel_max = cursor.mel_max_log10
         timings = {"audio_encode_ms": 0.0, "video_encode_ms": 0.0}
+        events: dict[str, tuple[Any, Any]] = {}
         if audio is not None and has_audio:
             audio = np.asarray(audio, dtype=np.float32)
-            t0 = time.perf_counter()
+            t0 = self._mark()
             a_feat, a_sal, mel_max = self._encode_audio(audio, saliency, cursor, stream)
-            timings["audio_encode_ms"] = self._elapsed_ms(t0)
+            self._stage_done("audio_encode_ms", t0, timings, events)
         if frames is not None and has_video:
-            t0 = time.perf_counter()
+            t0 = self._mark()
             v_feat, grid, v_extras = self._encode_video(np.asarray(frames))
-            timings["video_encode_ms"] = self._elapsed_ms(t0)
+            self._stage_done("video_encode_ms", t0, timings, events)
         fps = video_fps or self.spec.fps
         toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave, self.spec.temporal_patch_size / fps)
         # The token plan is built on the host (tmrope); it moves to the model's device once, and the
@@ -298,12 +299,24 @@ class ThinkerAdapter:
             audio_s=(len(audio) / 16000.0) if audio is not None and has_audio else 0.0,
             video_frames=len(frames) if frames is not None and has_video else 0,
             timings=timings,
+            timing_events=events,
         )
 
-    def _elapsed_ms(self, t0: float) -> float:
+    def _mark(self) -> Any:
+        """A stage boundary: a recorded CUDA event on a GPU (no synchronize), else ``perf_counter``."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return (time.perf_counter() - t0) * 1e3
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _stage_done(self, name: str, start: Any, timings: dict[str, float],
+                    events: dict[str, tuple[Any, Any]]) -> None:
+        """Record a stage's time: milliseconds now on the CPU, an event pair (read later) on CUDA."""
+        if isinstance(start, float):
+            timings[name] = (time.perf_counter() - start) * 1e3
+        else:
+            events[name] = (start, self._mark())
 
     # ------------------------------------------------------------------ language model
     def embed_ids(self, ids: list[int] | torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ def test_engine_stage_timings_use_cuda_events() -> None:
     for r in reports:
         t = r.timings_ms
         assert t["encode_ms"] > 0 and t["compress_ms"] > 0 and t["prefill_ms"] > 0
+        assert 0 < t["audio_encode_ms"] <= t["encode_ms"] and 0 < t["video_encode_ms"] <= t["encode_ms"]
         assert t["total_ms"] == pytest.approx(t["encode_ms"] + t["compress_ms"] + t["prefill_ms"])
     assert engine.stats()["gpu_peak_mb"] > 0
 
