@@ -70,7 +70,7 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
     source_counters: dict[str, int] = field(default_factory=dict)
     mqtt_answer: dict[str, Any] | None = None
-    terminated: bool = False  # stopped by SIGTERM
+    terminated: bool = False  # stopped by SIGTERM (or SIGHUP)
 
 
 async def ask_and_print(session: StreamSession, console: Console, question: str, via: str = "") -> Answer | None:
@@ -141,15 +141,16 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
         uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
         if not terminate.received or (uncancel is not None and uncancel() > 0):
             raise  # Ctrl-C, or a cancellation from outside
-        # SIGTERM while the model was loading (or a second SIGTERM): stopped, the contexts are exited.
+        # SIGTERM/SIGHUP while the model was loading (or a second one): stopped, the contexts are exited.
     finally:
         terminate.remove()
         console.close()
-    if terminate.received:
-        result.terminated = True
-        console.note("stopped (SIGTERM)")
-    if result.stats:
-        console.summary(result.stats)
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        if terminate.received:
+            result.terminated = True
+            console.note(f"stopped ({terminate.received})")
+        if result.stats:
+            console.summary(result.stats)
     return result
 
 
@@ -243,41 +244,47 @@ async def _serve(session: StreamSession, windows: Any, options: RunOptions, cons
 
 
 class _Terminate:
-    """SIGTERM (systemd, Docker) as a graceful stop of the run.
+    """SIGTERM (systemd, Docker) and SIGHUP (the terminal closed) as a graceful stop of the run.
 
-    While the stream is being served, SIGTERM sets ``stop``: the run ends as at the end of the
-    source, and every context manager exits normally. Before that (loading the model), or on a
-    second SIGTERM, it cancels the run. Installed only where the loop can handle signals (the
-    main thread on Unix).
+    While the stream is being served, the signal sets ``stop``: the run ends as at the end of the
+    source, and every context manager exits normally (an embedded broker is never left behind).
+    Before that (loading the model), or on a second signal, it cancels the run. Installed only
+    where the loop can handle signals (the main thread on Unix).
     """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
-        self.received = False
+        self.received: str | None = None  # the name of the signal that stopped the run
         self.serving = False
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: Any = signal.SIG_DFL
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._previous = signal.getsignal(signal.SIGTERM)
-            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            for signum in self.SIGNALS:
+                previous = signal.getsignal(signum)
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                self._previous[signum] = previous
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
             return
         self._loop, self._task = loop, asyncio.current_task()
 
     def remove(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_signal_handler(signal.SIGTERM)
-            self._loop = None
+        if self._loop is None:
+            return
+        for signum, previous in self._previous.items():
+            self._loop.remove_signal_handler(signum)
             with contextlib.suppress(TypeError, ValueError):  # the handler that was there before the run
-                signal.signal(signal.SIGTERM, self._previous)
+                signal.signal(signum, previous)
+        self._loop = None
 
-    def _on_sigterm(self) -> None:
-        logger.info("SIGTERM: stopping")
-        self.received = True
+    def _on_signal(self, signum: int) -> None:
+        self.received = signal.Signals(signum).name
+        logger.info("%s: stopping", self.received)
         if self.serving and not self.stop.is_set():
             self.stop.set()
         elif self._task is not None:

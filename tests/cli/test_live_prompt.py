@@ -224,7 +224,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 @pytest.mark.broker
-def test_sigterm_stops_serve_mqtt_and_its_embedded_broker(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_serve_mqtt_and_its_embedded_broker(tmp_path, signum):
+    """systemd/Docker stop (SIGTERM) or a closed terminal (SIGHUP): exit 0, nothing left behind."""
     from omnizip_stream.query.broker import find_mosquitto
 
     log = tmp_path / "serve.log"
@@ -240,7 +242,7 @@ def test_sigterm_stops_serve_mqtt_and_its_embedded_broker(tmp_path):
             if find_mosquitto() is not None:
                 assert brokers and temp_dirs and all(d.exists() for d in temp_dirs)
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             code = proc.wait(30)
             elapsed_s = time.monotonic() - t0
         finally:
@@ -253,6 +255,7 @@ def test_sigterm_stops_serve_mqtt_and_its_embedded_broker(tmp_path):
     assert not [pid for pid in brokers if _alive(pid)], "the embedded mosquitto outlived serve-mqtt"
     assert not [d for d in temp_dirs if d.exists()], "the embedded broker's temp dir was left behind"
     assert "summary: " in text and "Traceback" not in text
+    assert f"stopped ({signal.Signals(signum).name})" in text
 
 
 async def _retained(url: str, topic: str) -> dict:
