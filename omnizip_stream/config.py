@@ -34,6 +34,7 @@ class StreamConfig:
         g: tokens merged per audio anchor.
         anchor_ratio: anchors as a fraction of audio tokens.
         saliency: audio saliency variant; a stream can only use ``block``.
+        score_dtype: dtype of OmniZip's similarity scores (``float32``; ``bfloat16`` mimics the reference).
         window_s: window length in seconds; a multiple of the model's interleave chunk (2 s).
         video_max_pixels: per-frame pixel budget (None: the family's paper setting, 128*28*28).
         cache_max_tokens: hard cap on cached tokens (stream + the reserve for a query).
@@ -64,6 +65,7 @@ class StreamConfig:
     g: int = 3
     anchor_ratio: float = 0.05
     saliency: str = "block"
+    score_dtype: str = "float32"
     window_s: float = 2.0
     video_max_pixels: int | None = None
     cache_max_tokens: int = 16384
@@ -112,6 +114,7 @@ class StreamConfig:
             mode="streaming",
             saliency="block" if self.saliency == "block" else "global",
             seed=self.seed,
+            score_dtype="bfloat16" if self.score_dtype == "bfloat16" else "float32",
         )
 
     def replace(self, **changes: Any) -> StreamConfig:
@@ -143,6 +146,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
     "attn": ("sdpa", "eager", "flash_attention_2"),
     "saliency": ("block", "global"),
+    "score_dtype": ("float32", "bfloat16"),
     "reanchor": ("reprefill", "rerotate"),
 }
 MAX_SYSTEM_PROMPT_CHARS = 8192

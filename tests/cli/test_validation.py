@@ -232,3 +232,12 @@ def test_infer_refuses_an_hour_long_clip_before_decoding(capsys, monkeypatch, me
     code, _, err = _run(capsys, "infer", "--model", "tiny", "--video", media_dir["av"], "--question", "q")
     assert time.perf_counter() - t0 < 30.0
     _one_line_error(code, err, "the clip is 3600 s", "positions up to", "omnizip stream --source file:PATH")
+
+
+def test_score_dtype_reaches_the_compressor_and_bad_values_are_refused():
+    from omnizip_stream.config import StreamConfig
+
+    assert StreamConfig().omnizip_config().score_dtype == "float32"
+    assert StreamConfig(score_dtype="bfloat16").omnizip_config().score_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="score_dtype must be one of float32, bfloat16"):
+        StreamConfig(score_dtype="float16")
