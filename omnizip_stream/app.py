@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     result = RunResult()
     terminate = _Terminate()
     terminate.install()
+    mqtt_failed: list[BaseException] = []  # the MQTT server stopped for good: the run ends and raises it
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(StreamSession.from_config(config))
@@ -130,7 +132,11 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
             session.attach_source(windows.counters, live_clock=windows.session_time if windows.live else None)
             mqtt_config = None
             if options.mqtt is not None:
-                mqtt_config = await _start_mqtt(stack, options.mqtt, session, console)
+                def mqtt_dead(exc: BaseException) -> None:
+                    mqtt_failed.append(exc)
+                    terminate.stop.set()
+
+                mqtt_config = await _start_mqtt(stack, options.mqtt, session, console, on_dead=mqtt_dead)
             try:
                 terminate.serving = True
                 await _serve(session, windows, options, console, result, mqtt_config, terminate.stop)
@@ -145,6 +151,8 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     finally:
         terminate.remove()
         console.close()
+    if mqtt_failed:  # never serve on silently without the transport the user asked for
+        raise mqtt_failed[0]
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         if terminate.received:
             result.terminated = True
@@ -303,7 +311,8 @@ async def _first_of(*awaitables: Awaitable[Any]) -> None:
 
 
 async def _start_mqtt(
-    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console
+    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console,
+    on_dead: Callable[[BaseException], None] | None = None,
 ) -> Any:
     """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
 
@@ -325,7 +334,7 @@ async def _start_mqtt(
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
-    task.add_done_callback(_report_mqtt_end)
+    task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
     try:
@@ -341,10 +350,14 @@ async def _start_mqtt(
     return config
 
 
-def _report_mqtt_end(task: asyncio.Future[Any]) -> None:
-    """Never let the MQTT server end silently while the stream goes on."""
+def _report_mqtt_end(task: asyncio.Future[Any], on_dead: Callable[[BaseException], None] | None = None) -> None:
+    """Never let the MQTT server end silently while the stream goes on: log it and end the run."""
     if not task.cancelled() and task.exception() is not None:
-        logger.error("MQTT query server stopped: %s", str(task.exception()).splitlines()[0])
+        exc = task.exception()
+        assert exc is not None
+        logger.error("MQTT query server stopped: %s", str(exc).splitlines()[0])
+        if on_dead is not None:
+            on_dead(exc)
 
 
 async def _ask_over_mqtt(config: Any, opts: MqttOptions, console: Console) -> dict[str, Any] | None:

@@ -128,3 +128,29 @@ def test_serve_mqtt_bad_client_id_and_rate_limit_flags_are_one_line_errors(capsy
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 10  # before the model loads
+
+
+async def test_a_transport_that_stops_for_good_ends_the_run_with_its_error(broker, stream_id, monkeypatch):
+    """Issue 12: the stream must not go on serving silently without its MQTT server (exit 2 in the CLI)."""
+    from omnizip_stream.app import MqttOptions, RunOptions, run_stream
+    from omnizip_stream.config import StreamConfig
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    original = MqttQueryServer.run
+
+    async def stops_for_good(self: MqttQueryServer) -> None:
+        task = asyncio.ensure_future(original(self))
+        await self.wait_connected(timeout_s=30)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise StreamIdInUseError("another server answers this stream id")
+
+    monkeypatch.setattr(MqttQueryServer, "run", stops_for_good)
+    options = RunOptions(source="synthetic", realtime=True, status_interval_s=0.5,
+                         mqtt=MqttOptions(stream_id=stream_id, broker=broker.url))
+    config = StreamConfig(model="tiny", device="cpu", dtype="float32")
+    t0 = time.monotonic()
+    with pytest.raises(StreamIdInUseError):
+        await asyncio.wait_for(run_stream(config, options), 60)  # an endless source: only the failure ends it
+    assert time.monotonic() - t0 < 45
