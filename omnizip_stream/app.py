@@ -332,7 +332,9 @@ async def _start_mqtt(
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
                                  protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
-    server = MqttQueryServer(session, config)
+    # A broker we just started holds no other server; and amqtt (the embedded fallback) would hand the
+    # check's subscriptions to later clients (seen with amqtt 0.12): the check is for external brokers.
+    server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
     task = asyncio.ensure_future(server.run())
     task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))
     stack.push_async_callback(_cancel, task)

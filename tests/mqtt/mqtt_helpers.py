@@ -188,8 +188,12 @@ def fast_config(url: str, stream_id: str, **overrides: Any) -> MqttConfig:
 
 @contextlib.asynccontextmanager
 async def serve(service: Any, config: MqttConfig) -> AsyncIterator[MqttQueryServer]:
-    """Run an MqttQueryServer in the background while the block runs; cancel it afterwards."""
-    server = MqttQueryServer(service, config)
+    """Run an MqttQueryServer in the background while the block runs; cancel it afterwards.
+
+    On amqtt the stream-id-in-use check is off: amqtt 0.12 hands the check's subscriptions (the
+    status topic) to clients that connect later, which would put status messages among replies.
+    """
+    server = MqttQueryServer(service, config, check_in_use=config.url not in V311_ONLY_URLS)
     task = asyncio.ensure_future(server.run())
     try:
         waiter = asyncio.ensure_future(server.wait_connected())

@@ -130,6 +130,7 @@ BAD_RESPONSE_TOPICS = ["dev/+/r", "$SYS/x", "omnizip/{other}/status", "omnizip/{
 
 
 @pytest.mark.broker
+@pytest.mark.mqtt5
 async def test_v5_malformed_or_confined_response_topics_never_silence_the_service(broker, stream_id, service):
     cfg = fast_config(broker.url, stream_id)
     topics = [t.format(sid=stream_id, other=stream_id + "x") for t in BAD_RESPONSE_TOPICS]
@@ -179,6 +180,7 @@ async def test_malformed_response_topic_from_a_lax_broker_queues_nothing(topic):
 
 
 @pytest.mark.broker
+@pytest.mark.mqtt5
 async def test_reply_prefix_refuses_routes_outside_it_and_nothing_is_published_there(broker, stream_id, service):
     cfg = fast_config(broker.url, stream_id, reply_prefix=f"devices/{stream_id}/")
     lock = f"home/{stream_id}/frontdoor/lock/set"
