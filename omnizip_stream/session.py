@@ -169,7 +169,7 @@ class StreamSession:
 
     def _post(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` on the session's event loop (from the model thread)."""
-        self._worker._post(self._loop, callback, *args)
+        self._worker.post(self._loop, callback, *args)
 
     # ------------------------------------------------------------------ the model thread's side
     def job_started(self, item: Any) -> None:

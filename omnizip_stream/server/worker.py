@@ -223,7 +223,7 @@ class ModelWorker:
         return pending
 
     # ------------------------------------------------------------------ the model thread
-    def _post(self, loop: asyncio.AbstractEventLoop | None, callback: Callable[..., Any], *args: Any) -> None:
+    def post(self, loop: asyncio.AbstractEventLoop | None, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` on ``loop`` (from the model thread); a closed loop is ignored."""
         if loop is None:
             return
@@ -237,7 +237,7 @@ class ModelWorker:
             self._serve(ready)
         finally:
             assert self._exited is not None
-            self._post(self._loop, set_result, self._exited, None)
+            self.post(self._loop, set_result, self._exited, None)
 
     def _serve(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -249,9 +249,9 @@ class ModelWorker:
                 self._adapter = load_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn,
                                              video_max_pixels=cfg.video_max_pixels, seed=cfg.seed)
         except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
-            self._post(self._loop, set_exception, ready, exc)
+            self.post(self._loop, set_exception, ready, exc)
             return
-        self._post(self._loop, set_result, ready, None)
+        self.post(self._loop, set_result, ready, None)
         while True:
             with self.cond:
                 job = self._next_job()
@@ -293,9 +293,9 @@ class ModelWorker:
         try:
             result = control.run()
         except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
-            self._post(control.loop, set_exception, control.future, exc)
+            self.post(control.loop, set_exception, control.future, exc)
             return
-        self._post(control.loop, set_result, control.future, result)
+        self.post(control.loop, set_result, control.future, result)
 
 
 def set_torch_threads(requested: int) -> None:
