@@ -129,8 +129,8 @@ class ModelWorker:
 
     async def close(self) -> None:
         """Close every stream (pending work discarded, questions failed), then stop the model thread."""
-        for session in list(self._streams.values()):
-            await session.close()
+        # All at once: every stream stops taking work before any waits for its job in progress.
+        await asyncio.gather(*(session.close() for session in list(self._streams.values())))
         self.stop_soon()
         if self._thread is not None:
             # Awaited as a future, not joined in an executor thread: a second Ctrl-C must not wait for it.

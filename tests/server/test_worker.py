@@ -21,18 +21,20 @@ async def test_streams_share_one_model_and_one_thread(tiny25):
         assert a.adapter is b.adapter is worker.adapter and a.engine is not b.engine
         assert a.engine.cache is not b.engine.cache and a.engine.compressor is not b.engine.compressor
         threads = set()
-        original = a.engine.ingest
 
-        def ingest(window):
-            threads.add(threading.current_thread().name)
-            return original(window)
+        def recording(original):
+            def ingest(window):
+                threads.add(threading.get_ident())
+                return original(window)
+            return ingest
 
-        a.engine.ingest = ingest
+        a.engine.ingest = recording(a.engine.ingest)
+        b.engine.ingest = recording(b.engine.ingest)
         for wa, wb in zip(windows_for(4.0, 1), windows_for(4.0, 2), strict=True):
             await a.push_window(wa)
             await b.push_window(wb)
         await asyncio.gather(a.drain(), b.drain())
-        assert threads == {"omnizip-model"} and sum(t.name == "omnizip-model" for t in threading.enumerate()) == 1
+        assert threads == {worker._thread.ident}  # both streams' windows ran on the worker's one thread
         assert a.stats()["windows_ingested"] == b.stats()["windows_ingested"] == 2
         assert b.stats()["retention_video"] > a.stats()["retention_video"]  # its own config: less pruning
         with pytest.raises(ValueError, match="already being served"):
@@ -125,3 +127,30 @@ async def test_questions_are_served_round_robin_across_streams(tiny25):
         gate.set()
         await asyncio.gather(*asks)
         assert [sid for sid, kind in trace[start:] if kind == "query"] == ["a", "b", "a", "b", "a", "a"]
+
+
+async def test_closing_the_worker_closes_every_stream(tiny25):
+    worker = worker_for(tiny25)
+    async with worker:
+        a = await worker.add_stream("a", stream_config())
+        b = await worker.add_stream("b", stream_config())
+        await b.push_window(windows_for(2.0, 2)[0])
+        await b.drain()
+        gate, entered = gate_ingest(a)
+        for w in windows_for(6.0, 1):
+            await a.push_window(w)
+        assert await asyncio.to_thread(entered.wait, 10)
+        question = asyncio.ensure_future(b.ask("still there?", 2))
+        await until(lambda: b.stats()["queries_queued"] == 1)
+        thread = worker._thread
+        closing = asyncio.ensure_future(worker.close())
+        await until(lambda: a.stopping and b.stopping)
+        gate.set()
+        await closing
+    with pytest.raises(QueryError) as err:
+        await question
+    assert err.value.code == "internal"
+    assert a.stats()["windows_discarded"] == 2 and a.stats()["windows_ingested"] == 1
+    assert not worker.running and worker.streams() == []
+    thread.join(10)  # it has posted its exit; it ends right after
+    assert not thread.is_alive()
