@@ -1,10 +1,12 @@
-"""StreamSession: the asyncio face of a stream; the model runs on one dedicated thread.
+"""StreamSession: the asyncio face of one stream; the model runs on its worker's one model thread.
 
-The event loop never touches the model. Windows and questions go into two bounded queues served by
-the model thread, questions first (a question waits at most for the window being processed). When
-windows pile up and the oldest pending one is more than a window behind real time (the model is
-slower than the live source), pending windows lose their video oldest-first (audio is never dropped
-silently; every dropped frame is counted); otherwise (a replay faster than real time, or video
+The event loop never touches the model. Windows and questions go into two bounded per-stream queues
+served by a :class:`~omnizip_stream.server.worker.ModelWorker` (questions first: a question waits at
+most for the window being processed). A session made with ``StreamSession.from_config(cfg)`` alone
+starts a private one-stream worker; ``ModelWorker.add_stream`` makes one of many sessions sharing a
+model. When windows pile up and the oldest pending one is more than a window behind real time (the
+model is slower than the live source), pending windows lose their video oldest-first (audio is never
+dropped silently; every dropped frame is counted); otherwise (a replay faster than real time, or video
 already shed) ``push_window`` waits, which backpressures the source. A full question queue answers
 ``busy`` at once instead of waiting forever.
 """
@@ -13,21 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-
 from omnizip_stream.answer_stream import AnswerStream
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.server.scheduler import PendingWindow, shed_oldest_video
+from omnizip_stream.server.worker import ModelWorker, set_exception, set_result
 from omnizip_stream.status import LiveStatus
 from omnizip_stream.window import Window
 
@@ -46,23 +46,33 @@ class _Query:
 class StreamSession:
     """A live stream: push windows, ask questions, read stats.
 
-    Use ``async with StreamSession.from_config(cfg) as session:``. The model is loaded on the model
-    thread when the session is entered (pass ``adapter=`` to reuse an already loaded one).
+    Use ``async with StreamSession.from_config(cfg) as session:`` (a private worker: the model is
+    loaded on its thread when the session is entered; pass ``adapter=`` to reuse a loaded one), or
+    ``await worker.add_stream(stream_id, cfg)`` to share one worker's model between streams.
+
+    Args:
+        config: the stream's configuration.
+        adapter: for a private worker, an already loaded adapter.
+        worker: the shared worker to register with (None: a private one-stream worker).
+        stream_id: the stream's id in its worker's registry.
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, worker: ModelWorker | None = None,
+                 stream_id: str = "default") -> None:
         self.config = config
-        self._adapter = adapter
+        self.stream_id = stream_id
+        self._owns_worker = worker is None
+        self._worker = worker if worker is not None else ModelWorker(config, adapter=adapter)
+        self._cond = self._worker.cond  # one lock for every stream of the worker
         self.engine: StreamEngine | None = None
-        self._cond = threading.Condition()
-        self._windows: collections.deque[tuple[Window, float]] = collections.deque()
-        self._queries: collections.deque[_Query] = collections.deque()
-        self._thread: threading.Thread | None = None
+        self.windows: collections.deque[PendingWindow] = collections.deque()
+        self.queries: collections.deque[_Query] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
         self._progress = asyncio.Event()
-        self._stopping = False
+        self.stopping = False  # closed (or being closed): no more work is accepted or run
+        self._registered = False
         self._busy = False
         self._snapshot: dict[str, Any] = {}
         self.reports: collections.deque[WindowReport] = collections.deque(maxlen=256)
@@ -70,21 +80,26 @@ class StreamSession:
             "video_dropped": 0, "windows_video_stripped": 0, "windows_failed": 0, "windows_discarded": 0,
             "queries_answered": 0, "queries_failed": 0, "queries_busy": 0,
         }
+        self.last_error: str | None = None  # the last failure of this stream's windows or questions
         self._last_lag_s = 0.0
         self._clock_origin: float | None = None  # perf_counter() at stream time 0 (first push)
-        self._exited: asyncio.Future[None] | None = None  # set when the model thread has returned
         self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None) -> StreamSession:
-        """A session for ``config`` (not started: enter it with ``async with``)."""
+        """A one-stream session for ``config`` with a private worker (enter it with ``async with``)."""
         return cls(config, adapter=adapter)
 
     @property
     def adapter(self) -> Any:
         """The model adapter (loaded once the session has been entered)."""
-        return self._adapter
+        return self._worker.adapter
+
+    @property
+    def worker(self) -> ModelWorker:
+        """The worker whose model thread serves this stream."""
+        return self._worker
 
     def attach_source(self, counters: Any = None, *, live_clock: Callable[[], float] | None = None) -> None:
         """Report the sources' counters and the live clock in :meth:`stats` (one status model).
@@ -103,22 +118,7 @@ class StreamSession:
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> StreamSession:
-        self._loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._exited = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="omnizip-model", daemon=True)
-        self._thread.start()
-        try:
-            await ready
-        except asyncio.CancelledError:
-            # Cancelled during a (possibly long) model load: Ctrl-C must not wait for it. The daemon
-            # thread stops as soon as the load returns.
-            with self._cond:
-                self._stopping = True
-            raise
-        except BaseException:
-            await self._exited  # the load failed: the thread has returned
-            raise
+        await self.start()
         return self
 
     async def __aexit__(
@@ -126,97 +126,97 @@ class StreamSession:
     ) -> None:
         await self.close()
 
+    async def start(self) -> None:
+        """Start a private worker if this session has one, then register the stream (sink prefill)."""
+        self._loop = asyncio.get_running_loop()
+        if self._owns_worker:
+            await self._worker.start()
+        try:
+            await self._worker.attach(self)
+        except asyncio.CancelledError:
+            if self._owns_worker:
+                self._worker.stop_soon()
+            raise
+        except BaseException:
+            if self._owns_worker:
+                await self._worker.close()
+            raise
+        self._registered = True
+
     async def close(self) -> None:
-        """Stop the model thread; pending windows are discarded (counted), pending questions fail."""
-        with self._cond:
-            self._stopping = True
-            self.counters["windows_discarded"] += len(self._windows)
-            self._windows.clear()
-            pending = list(self._queries)
-            self._queries.clear()
-            self._cond.notify_all()
-        for q in pending:
-            if not q.future.done():
-                q.future.set_exception(QueryError("internal", "the stream session was closed"))
-        if self._thread is not None:
-            # Awaited as a future, not joined in an executor thread: a second Ctrl-C must not wait for it.
-            assert self._exited is not None
-            await asyncio.shield(self._exited)
-            self._thread = None
+        """Leave the worker: pending windows are discarded (counted), pending questions fail.
 
-    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the event loop (from the model thread); a closed loop is ignored."""
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the process is exiting (a second Ctrl-C)
-            pass
+        Waits for the job of this stream that is running (an answer in progress stops at its next
+        piece); a private worker is stopped too.
+        """
+        if not self.stopping:
+            for q in self._worker.detach(self):
+                if not q.future.done():
+                    q.future.set_exception(QueryError("internal", "the stream session was closed"))
+            self._space.set()  # a push waiting for room now sees the session closed
+            await asyncio.shield(self._released())  # a second Ctrl-C must not wait for it
+        if self._owns_worker:
+            await self._worker.close()
 
-    def _run(self, ready: asyncio.Future[None]) -> None:
-        try:
-            self._serve(ready)
-        finally:
-            assert self._exited is not None
-            self._post(_set_result, self._exited, None)
-
-    def _serve(self, ready: asyncio.Future[None]) -> None:
-        try:
-            _set_torch_threads(self.config.torch_threads)
-            adapter = self._adapter
-            if adapter is None:
-                from omnizip.adapters.loading import load_adapter
-
-                cfg = self.config
-                adapter = load_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn,
-                                       video_max_pixels=cfg.video_max_pixels, seed=cfg.seed)
-                self._adapter = adapter
-            self.engine = StreamEngine(adapter, self.config)
-            self.engine.start()
-            self._publish_stats()
-        except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
-            self._post(_set_exception, ready, exc)
-            return
-        self._post(_set_result, ready, None)
+    async def _released(self) -> None:
+        """Wait until the model thread is not running a job of this stream."""
         while True:
             with self._cond:
-                while not self._stopping and not self._queries and not self._windows:
-                    self._cond.wait()
-                if self._stopping:
+                if not self._busy:
                     return
-                job: Any = self._queries.popleft() if self._queries else self._windows.popleft()
-                self._busy = True
-                if not isinstance(job, _Query):
-                    self._current_t1_s = job[0].t1_s
-            if isinstance(job, _Query):
-                self._serve_query(job)  # a query leaves the stream state (and its stats) unchanged
-            else:
-                self._post(self._space.set)
-                self._serve_window(*job)
-                self._publish_stats()
-                self._post(self._progress.set)
-            with self._cond:
-                self._busy = False
-                self._current_t1_s = None
-                if not self._queries and not self._windows:
-                    self._post(self._idle.set)
+                self._idle.clear()
+            await self._idle.wait()
 
-    def _serve_window(self, window: Window, pushed_at: float) -> None:
+    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the session's event loop (from the model thread)."""
+        self._worker.post(self._loop, callback, *args)
+
+    # ------------------------------------------------------------------ the model thread's side
+    def job_started(self, item: Any) -> None:
+        """The worker took ``item`` (a question or a :class:`PendingWindow`) off this stream (lock held)."""
+        self._busy = True
+        if isinstance(item, PendingWindow):
+            self._current_t1_s = item.window.t1_s
+
+    def job_done(self) -> None:
+        """The worker finished this stream's job (lock held)."""
+        self._busy = False
+        self._current_t1_s = None
+        if not self.queries and not self.windows:
+            self._post(self._idle.set)
+
+    def job_failed(self, kind: str, exc: BaseException) -> None:
+        """A job of this stream raised past its own handling: reported here, the worker goes on."""
+        self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
+        logger.error("stream %s: %s job failed: %s", self.stream_id, kind, exc, exc_info=exc)
+
+    def serve_window(self, pending: PendingWindow) -> None:
+        """Ingest one window (model thread)."""
         assert self.engine is not None
+        self._post(self._space.set)
+        window = pending.window
         try:
-            report = self.engine.ingest(window)
-            self.reports.append(report)
-            self._last_lag_s = time.perf_counter() - pushed_at
-            self.live.window_landed(report.t1_s)
-        except Exception:  # a bad window must not stop the stream
-            self.counters["windows_failed"] += 1
-            logger.exception("window at t=%.1fs failed; the stream continues", window.t0_s)
+            try:
+                report = self.engine.ingest(window)
+                self.reports.append(report)
+                self._last_lag_s = time.perf_counter() - pending.pushed_at
+                self.live.window_landed(report.t1_s)
+            except Exception as exc:  # a bad window must not stop the stream
+                self.counters["windows_failed"] += 1
+                self.last_error = f"window t={window.t0_s:.1f}s: {type(exc).__name__}: {exc}"
+                logger.exception("stream %s: window at t=%.1fs failed; the stream continues",
+                                 self.stream_id, window.t0_s)
+            self.publish_stats()
+        finally:
+            self._post(self._progress.set)
 
-    def _serve_query(self, query: _Query) -> None:
+    def serve_query(self, query: _Query) -> None:
+        """Answer one question (model thread); the stream state (and its stats) is left unchanged."""
         assert self.engine is not None
         callback = query.on_text
 
         def on_text(piece: str) -> None:
-            if self._stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
+            if self.stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
                 raise _Closed
             if callback is not None:
                 self._post(callback, piece)
@@ -226,21 +226,23 @@ class StreamSession:
                                         on_text=on_text)
         except QueryError as exc:
             self.counters["queries_failed"] += 1
-            self._post(_set_exception, query.future, exc)
+            self._post(set_exception, query.future, exc)
             return
         except _Closed:
             self.counters["queries_failed"] += 1
-            self._post(_set_exception, query.future, QueryError("internal", "the stream session was closed"))
+            self._post(set_exception, query.future, QueryError("internal", "the stream session was closed"))
             return
         except Exception as exc:
             self.counters["queries_failed"] += 1
-            logger.exception("query failed")
-            self._post(_set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
+            self.last_error = f"query: {type(exc).__name__}: {exc}"
+            logger.exception("stream %s: query failed", self.stream_id)
+            self._post(set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
             return
         self.counters["queries_answered"] += 1
-        self._post(_set_result, query.future, result)
+        self._post(set_result, query.future, result)
 
-    def _publish_stats(self) -> None:
+    def publish_stats(self) -> None:
+        """Snapshot the engine's stats for :meth:`stats` (model thread)."""
         assert self.engine is not None
         self._snapshot = self.engine.stats()
 
@@ -254,11 +256,12 @@ class StreamSession:
             if self._clock_origin is None:
                 self._clock_origin = now - window.t1_s  # a live window can arrive at its end at the earliest
             with self._cond:
-                if len(self._windows) < self.config.window_queue:
-                    self._windows.append((window, now))
-                    self._cond.notify()
+                if len(self.windows) < self.config.window_queue:
+                    deadline_s = self._clock_origin + window.t1_s  # complete at the live source then
+                    self.windows.append(PendingWindow(window, now, deadline_s, self._worker.next_seq()))
+                    self._cond.notify_all()
                     return
-                oldest = self._windows[0][0]
+                oldest = self.windows[0].window
                 behind_s = now - (self._clock_origin + oldest.t1_s)
                 if behind_s > self.config.window_s:
                     # Live and the model is behind real time: shed video, never audio.
@@ -268,18 +271,10 @@ class StreamSession:
 
     def _strip_oldest_video(self) -> None:
         """Drop the video of the oldest pending window that still has some (lock held)."""
-        for i, (pending, pushed_at) in enumerate(self._windows):
-            if pending.num_frames:
-                dropped = dataclasses.replace(
-                    pending, frames=np.zeros((0, 0, 0, 3), np.uint8), frame_pts_s=np.zeros(0),
-                    duration_s=pending.duration_s, video_dropped=pending.video_dropped + pending.num_frames,
-                )
-                self._windows[i] = (dropped, pushed_at)
-                self.counters["video_dropped"] += pending.num_frames
-                self.counters["windows_video_stripped"] += 1
-                logger.warning("model behind real time: dropped %d frames of window t=%.1fs",
-                               pending.num_frames, pending.t0_s)
-                return
+        dropped = shed_oldest_video(self.windows)
+        if dropped:
+            self.counters["video_dropped"] += dropped
+            self.counters["windows_video_stripped"] += 1
 
     async def wait_windows(self, *, count: int | None = None, until_s: float | None = None) -> None:
         """Wait until ``count`` windows were ingested, or the stream reached ``until_s`` seconds."""
@@ -298,7 +293,7 @@ class StreamSession:
         self._check_running()
         while True:
             with self._cond:
-                if not self._windows and not self._queries and not self._busy:
+                if not self.windows and not self.queries and not self._busy:
                     return
                 self._idle.clear()
             await self._idle.wait()
@@ -326,11 +321,11 @@ class StreamSession:
             self._loop.create_future(), on_text,
         )
         with self._cond:
-            if len(self._queries) >= self.config.query_queue:
+            if len(self.queries) >= self.config.query_queue:
                 self.counters["queries_busy"] += 1
-                raise QueryError("busy", f"{len(self._queries)} questions are already waiting; try again later")
-            self._queries.append(query)
-            self._cond.notify()
+                raise QueryError("busy", f"{len(self.queries)} questions are already waiting; try again later")
+            self.queries.append(query)
+            self._cond.notify_all()
         result = await query.future
         return Answer(
             text=result.text, ttft_ms=result.ttft_ms, total_ms=result.total_ms, window_range=result.window_range,
@@ -378,9 +373,9 @@ class StreamSession:
         ``source_ended`` and, once :meth:`attach_source` was called, ``source`` (its drop counters).
         """
         with self._cond:
-            queued_windows, queued_queries = len(self._windows), len(self._queries)
+            queued_windows, queued_queries = len(self.windows), len(self.queries)
             oldest_t1 = self._current_t1_s if self._current_t1_s is not None else (
-                self._windows[0][0].t1_s if self._windows else None)
+                self.windows[0].window.t1_s if self.windows else None)
         out = dict(self._snapshot)
         out.update(self.counters)
         out.update({"windows_queued": queued_windows, "queries_queued": queued_queries,
@@ -391,33 +386,9 @@ class StreamSession:
         return out
 
     def _check_running(self) -> None:
-        if self._thread is None or self._stopping:
+        if not self._registered or self.stopping or not self._worker.running:
             raise QueryError("not_ready", "the stream session is not running")
 
 
 class _Closed(Exception):
     """Raised on the model thread to abandon an answer when the session closes."""
-
-
-def _set_torch_threads(requested: int) -> None:
-    """Apply ``StreamConfig.torch_threads`` (0 = auto: leave a core to decoding and I/O on CPU)."""
-    import os
-
-    import torch
-
-    if requested > 0:
-        torch.set_num_threads(requested)
-        return
-    cores = os.cpu_count() or 1
-    if cores > 1 and torch.get_num_threads() >= cores:
-        torch.set_num_threads(cores - 1)
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)

@@ -5,15 +5,25 @@ attention modules throw their weights away, so instead of replacing a ``forward`
 ``q_proj`` / ``k_proj`` linear layers (their outputs are ``Q`` and ``K`` before the head split) and
 read ``cu_seqlens`` (the 2-s / 8-s attention blocks) from the attention module's call. The model's
 outputs are unchanged: hooks only read.
+
+The audio layer is shared by every stream a model serves, so a capture records only the calls made
+in its own context (its thread, or its asyncio task): its hooks check a :class:`~contextvars.ContextVar`
+set on entry. Two captures open on the same layer at once (two threads encoding, or streams
+interleaving) each see their own call's ``Q``/``K`` and nothing of the other's; all state lives in the
+capture object of one call.
 """
 
 from __future__ import annotations
 
+import contextvars
 from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
+
+# The capture that owns the calls of the current context (thread / task); None outside any capture.
+_ACTIVE: contextvars.ContextVar[QKCapture | None] = contextvars.ContextVar("omnizip_qk_capture", default=None)
 
 
 class QKCapture:
@@ -35,20 +45,30 @@ class QKCapture:
         self.k: torch.Tensor | None = None
         self.cu_seqlens: torch.Tensor | None = None
         self._handles: list[Any] = []
+        self._token: contextvars.Token[QKCapture | None] | None = None
+
+    def _mine(self) -> bool:
+        """Whether the module call being hooked was made in this capture's context."""
+        return _ACTIVE.get() is self
 
     def _on_q(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        self.q = output.detach()
+        if self._mine():
+            self.q = output.detach()
 
     def _on_k(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        self.k = output.detach()
+        if self._mine():
+            self.k = output.detach()
 
     def _on_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._mine():
+            return
         cu = kwargs.get("cu_seqlens")
         if cu is None and len(args) > 1:
             cu = args[1]
         self.cu_seqlens = None if cu is None else cu.detach().to("cpu", torch.long)
 
     def __enter__(self) -> QKCapture:
+        self._token = _ACTIVE.set(self)
         self._handles = [
             self.attention.q_proj.register_forward_hook(self._on_q),
             self.attention.k_proj.register_forward_hook(self._on_k),
@@ -62,6 +82,9 @@ class QKCapture:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
 
     def block_lengths(self) -> list[int] | None:
         """Lengths of the encoder's attention blocks, from ``cu_seqlens`` (None if not seen)."""

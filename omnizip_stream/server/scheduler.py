@@ -1,0 +1,114 @@
+"""Which job the one model thread runs next, across every stream of a :class:`ModelWorker`.
+
+Pure bookkeeping (no threads, no model), so the policy is tested on its own:
+
+1. **Questions first**, FIFO within a stream and round-robin across streams: the stream whose
+   question was served last goes to the back of the line, so a stream with many waiting questions
+   cannot make another stream's question wait for more than one of its own.
+2. **Then windows, earliest real-time deadline first.** Only the oldest pending window of each
+   stream is a candidate (a stream's windows are ingested in order); its deadline is the wall time
+   (``time.perf_counter()`` seconds) at which it was complete at the live source. Ties go to the
+   window pushed first.
+
+A window that is being worked on is never interrupted: a question waits at most for one window.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from omnizip_stream.window import Window
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingWindow:
+    """A window waiting for the model.
+
+    Attributes:
+        window: the media.
+        pushed_at: ``time.perf_counter()`` when it was queued (for the ingest lag).
+        deadline_s: ``time.perf_counter()`` time at which the window was complete at the live source.
+        seq: worker-wide push order (ties between equal deadlines).
+    """
+
+    window: Window
+    pushed_at: float
+    deadline_s: float
+    seq: int
+
+
+class StreamQueues(Protocol):
+    """What the scheduler reads of a stream: its pending questions and windows, oldest first."""
+
+    queries: collections.deque[Any]
+    windows: collections.deque[PendingWindow]
+
+
+class Scheduler:
+    """Round-robin questions, then earliest-deadline windows (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._order: list[str] = []  # question round-robin: next candidate first
+
+    def add(self, stream_id: str) -> None:
+        """A new stream joins at the back of the question line."""
+        if stream_id not in self._order:
+            self._order.append(stream_id)
+
+    def remove(self, stream_id: str) -> None:
+        """Forget a stream."""
+        if stream_id in self._order:
+            self._order.remove(stream_id)
+
+    def pick(self, streams: Mapping[str, StreamQueues]) -> tuple[str, str] | None:
+        """The next job: ``(stream_id, "query")``, ``(stream_id, "window")`` or None when all are idle.
+
+        Picking a question moves its stream to the back of the question line; the caller pops the
+        job from that stream's queue.
+        """
+        for stream_id in self._order:
+            queues = streams.get(stream_id)
+            if queues is not None and queues.queries:
+                self._order.remove(stream_id)
+                self._order.append(stream_id)
+                return stream_id, "query"
+        best: tuple[float, int, str] | None = None
+        for stream_id in self._order:
+            queues = streams.get(stream_id)
+            if queues is None or not queues.windows:
+                continue
+            head = queues.windows[0]
+            key = (head.deadline_s, head.seq, stream_id)
+            if best is None or key < best:
+                best = key
+        return None if best is None else (best[2], "window")
+
+
+def shed_oldest_video(pending: Iterable[PendingWindow]) -> int:
+    """Drop the video of the oldest pending window that still has some (audio is never dropped).
+
+    The window keeps its audio and duration; its ``video_dropped`` grows by the frames removed.
+
+    Returns:
+        The number of frames dropped (0 when no pending window has video left).
+    """
+    for item in pending:
+        window = item.window
+        if window.num_frames:
+            item.window = dataclasses.replace(
+                window, frames=np.zeros((0, 0, 0, 3), np.uint8), frame_pts_s=np.zeros(0),
+                duration_s=window.duration_s, video_dropped=window.video_dropped + window.num_frames,
+            )
+            logger.warning("model behind real time: dropped %d frames of window t=%.1fs",
+                           window.num_frames, window.t0_s)
+            return window.num_frames
+    return 0
