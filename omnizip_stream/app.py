@@ -325,7 +325,6 @@ async def _start_mqtt(
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
     server = MqttQueryServer(session, config)
     task = asyncio.ensure_future(server.run())
-    task.add_done_callback(_report_mqtt_end)
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
     try:
@@ -337,6 +336,7 @@ async def _start_mqtt(
         task.result()  # raises the refusal (bad credentials, TLS, stream id in use ...)
     if not server.connected.is_set():
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
+    task.add_done_callback(_report_mqtt_end)  # only now: a refusal at start is the CLI's one-line error, not logged twice
     console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
     return config
 

@@ -128,3 +128,19 @@ def test_serve_mqtt_bad_client_id_and_rate_limit_flags_are_one_line_errors(capsy
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 10  # before the model loads
+
+
+async def test_start_mqtt_reports_a_stream_id_in_use_once(broker, stream_id, service, caplog):
+    """The CLI prints the refusal as its one-line error: no ERROR log line repeating it first."""
+    import logging
+
+    from omnizip_stream.app import MqttOptions, _start_mqtt
+    from omnizip_stream.console import Console
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    async with serve(service, fast_config(broker.url, stream_id)):
+        async with contextlib.AsyncExitStack() as stack:
+            with pytest.raises(StreamIdInUseError, match="another server already answers"):
+                await _start_mqtt(stack, MqttOptions(stream_id=stream_id, broker=broker.url), FakeService(), Console())
+        await asyncio.sleep(0.05)  # done callbacks have run
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
