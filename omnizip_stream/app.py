@@ -319,7 +319,11 @@ async def _start_mqtt(
     if url is None:
         broker = await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs that it is embedded, and where
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
+    # The engine caps every answer at the session's max_new_tokens (reserved in its context): so does MQTT,
+    # and a reply's max_new_tokens_used is the budget the answer really had.
+    budget = getattr(getattr(session, "config", None), "max_new_tokens", None)
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
+                                 max_new_tokens_limit=budget, default_max_new_tokens=budget,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
                                  protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
