@@ -328,7 +328,11 @@ async def _start_mqtt(
     if url is None:
         broker = await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs that it is embedded, and where
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
+    # The engine caps every answer at the session's max_new_tokens (reserved in its context): so does MQTT,
+    # and a reply's max_new_tokens_used is the budget the answer really had.
+    budget = getattr(getattr(session, "config", None), "max_new_tokens", None)
     config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
+                                 max_new_tokens_limit=budget, default_max_new_tokens=budget,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
                                  protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
@@ -336,7 +340,6 @@ async def _start_mqtt(
     # check's subscriptions to later clients (seen with amqtt 0.12): the check is for external brokers.
     server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
     task = asyncio.ensure_future(server.run())
-    task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
     try:
@@ -348,6 +351,7 @@ async def _start_mqtt(
         task.result()  # raises the refusal (bad credentials, TLS, stream id in use ...)
     if not server.connected.is_set():
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
+    task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))  # only now: a refusal at start is the CLI's one-line error, not logged twice
     console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
     return config
 

@@ -48,7 +48,7 @@ from mqtt_campaign_attacks import (
     floods,
     try_bad_input,
 )
-from mqtt_campaign_harness import SERVER_USER, Broker, Harness, client, running
+from mqtt_campaign_harness import BROKER_MAX_QUEUED, SERVER_USER, Broker, Harness, client, running
 
 from omnizip_stream.query.mqtt import MqttConfig
 
@@ -117,7 +117,8 @@ async def campaign(args: argparse.Namespace, records: list[str]) -> dict[str, An
         "not_survived": [b["name"] for b in bad if not b["survived"]] + [f["name"] for f in injected
                                                                          if not f["survived"]],
         "bad_inputs": bad, "faults": faults,
-        "settings": {"flood": args.flood, "restarts": args.restarts, "deadline_s": args.deadline_s},
+        "settings": {"flood": args.flood, "restarts": args.restarts, "deadline_s": args.deadline_s,
+                     "broker_max_queued_messages": BROKER_MAX_QUEUED if broker.kind == "mosquitto" else None},
     }
 
 

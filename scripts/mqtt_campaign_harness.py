@@ -25,6 +25,9 @@ from omnizip_stream.query.mqtt_client import MqttQueryClient  # noqa: E402
 logger = logging.getLogger("mqtt_campaign")
 SERVER_USER = "omnizip-campaign"
 # the server's account may not publish under poison/: a reply routed there is refused by the broker
+# What mosquitto keeps for the server's session while it is away (default 1000, beyond which it drops the
+# questions it already PUBACKed): sized for the largest --flood, as the README tells deployments to do.
+BROKER_MAX_QUEUED = 100_000
 ACL = f"topic readwrite #\ntopic deny poison/#\n\nuser {SERVER_USER}\ntopic readwrite #\ntopic deny poison/#\n"
 
 
@@ -40,7 +43,8 @@ class Broker:
         if self.kind == "mosquitto":
             (workdir / "acl").write_text(ACL)
             self._mosq = Mosquitto(workdir, persistence=True, port=self.port,
-                                   auth=f"allow_anonymous true\nacl_file {workdir / 'acl'}\n")
+                                   auth=f"allow_anonymous true\nacl_file {workdir / 'acl'}\n"
+                                        f"max_queued_messages {BROKER_MAX_QUEUED}\n")
 
     @property
     def url(self) -> str:

@@ -364,7 +364,7 @@ class ThinkerAdapter:
         out = lm(
             inputs_embeds=embeds.to(self.device, self.dtype).unsqueeze(0),
             position_ids=pos,
-            past_key_values=cache,
+            **{_cache_kwarg(lm): cache},
             use_cache=True,
             **self._lm_kwargs(embeds, extras),
         )
@@ -395,4 +395,15 @@ class ThinkerAdapter:
         half = k.shape[-1] // 2
         rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
         return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
+def _cache_kwarg(lm: Any) -> str:
+    """The text model's name for the KV cache argument.
+
+    ``cache`` where transformers renamed it (the old ``past_key_values`` warns on every window and goes
+    away in 5.40), else ``past_key_values`` (older 5.x).
+    """
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 

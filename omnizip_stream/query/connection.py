@@ -74,7 +74,33 @@ def make_client(config: MqttConfig, client_id: str, *, persistent: bool, will: A
         keepalive=config.keepalive_s, tls_context=config.ssl_context(), socket_options=NODELAY, **kwargs,
     )
     client.pending_calls_threshold = 10_000  # many replies in flight is normal here
+    _fail_connect_on_disconnect(client)
     return client
+
+
+def _fail_connect_on_disconnect(client: Any) -> None:
+    """Make ``async with client`` fail at once when the socket closes before the CONNACK.
+
+    aiomqtt ignores a disconnect before the CONNACK and waits its whole timeout (10 s): a broker that
+    restarts during the handshake kept the server away that long while questions piled up on the broker
+    (which drops them beyond its ``max_queued_messages``). Uses aiomqtt's ``_client``/``_connected``;
+    without them (another aiomqtt) the timeout applies as before.
+    """
+    import aiomqtt
+
+    paho, connected = getattr(client, "_client", None), getattr(client, "_connected", None)
+    if paho is None or not isinstance(connected, asyncio.Future) or paho.on_disconnect is None:
+        return
+    aiomqtt_on_disconnect = paho.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        connected_now = getattr(client, "_connected", None)  # aiomqtt replaces it after a failed attempt
+        if isinstance(connected_now, asyncio.Future) and not connected_now.done():
+            reason = args[3] if len(args) > 3 else "?"
+            connected_now.set_exception(aiomqtt.MqttError(f"connection closed before the CONNACK ({reason})"))
+        aiomqtt_on_disconnect(*args)
+
+    paho.on_disconnect = on_disconnect
 
 
 def permanent_reason(exc: Exception, config: MqttConfig) -> str | None:

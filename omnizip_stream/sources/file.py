@@ -120,9 +120,9 @@ def _refuse_still_image(path: str, container: Any, decoder: Decoder) -> None:
     if decoder.has_audio or not (fmt.endswith("_pipe") or fmt in ("image2", "image2pipe")):
         return
     codec = decoder.video_stream.codec_context.name if decoder.video_stream is not None else fmt
+    # no advice to use `infer` for it: infer refuses a still too (less than one model time step)
     raise MediaError(f"{path}: a still image ({codec}), not a video or audio clip: streaming needs moving "
-                     "media (a video file, a camera, a URL or synthetic); to ask about one image use "
-                     "omnizip infer --video FILE")
+                     "media (a video file, a camera, a URL or synthetic)")
 
 
 def _loop_period(decoder: Decoder) -> float:

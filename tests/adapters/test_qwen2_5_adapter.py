@@ -153,3 +153,18 @@ def test_context_too_long_is_a_clear_error(tiny25):
     long_question = "word " * 40000
     with pytest.raises(ContextTooLongError, match="positions up to"):
         prepare_clip_prompt(adapter, wav, frames, long_question, make_compressor("identity"))
+
+
+@pytest.mark.parametrize("name", ["adapter25", "adapter3"])
+def test_forward_uses_the_text_models_current_cache_argument(request, name):
+    """No deprecated ``past_key_values`` (a FutureWarning on every stream's screen, removed in transformers
+    5.40), and the cache is still filled."""
+    import warnings
+
+    adapter = request.getfixturevalue(name)
+    ids = adapter.text_ids("hello there")
+    cache = adapter.new_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        adapter.forward(adapter.embed_ids(ids), adapter.positions_1d([float(i) for i in range(len(ids))]), cache)
+    assert cache.get_seq_length() == len(ids)

@@ -154,3 +154,39 @@ async def test_a_transport_that_stops_for_good_ends_the_run_with_its_error(broke
     with pytest.raises(StreamIdInUseError):
         await asyncio.wait_for(run_stream(config, options), 60)  # an endless source: only the failure ends it
     assert time.monotonic() - t0 < 45
+
+
+async def test_start_mqtt_reports_a_stream_id_in_use_once(broker, stream_id, service, caplog):
+    """The CLI prints the refusal as its one-line error: no ERROR log line repeating it first."""
+    import logging
+
+    from omnizip_stream.app import MqttOptions, _start_mqtt
+    from omnizip_stream.console import Console
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    async with serve(service, fast_config(broker.url, stream_id)):
+        async with contextlib.AsyncExitStack() as stack:
+            with pytest.raises(StreamIdInUseError, match="another server already answers"):
+                await _start_mqtt(stack, MqttOptions(stream_id=stream_id, broker=broker.url), FakeService(), Console())
+        await asyncio.sleep(0.05)  # done callbacks have run
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_serve_mqtt_answer_budget_is_the_one_the_session_generates_with(broker, stream_id):
+    """The stream engine caps an answer at the config's max_new_tokens (its context reserve): the MQTT
+    limit follows it, so ``max_new_tokens_used`` in a reply is what the answer really had."""
+    import types
+
+    from omnizip_stream.app import MqttOptions, _start_mqtt
+    from omnizip_stream.console import Console
+
+    service = FakeService()
+    service.config = types.SimpleNamespace(max_new_tokens=32)  # what StreamSession.config gives
+    async with contextlib.AsyncExitStack() as stack:
+        cfg = await _start_mqtt(stack, MqttOptions(stream_id=stream_id, broker=broker.url), service, Console())
+        async with MqttQueryClient(cfg) as client:
+            reply = await client.ask("long answer please", max_new_tokens=100, timeout_s=10)
+            default = await client.ask("default budget", timeout_s=10)
+    assert reply["max_new_tokens_used"] == 32 and "32" in reply["note"]
+    assert default["max_new_tokens_used"] == 32
+    assert [n for _, n in service.calls] == [32, 32]

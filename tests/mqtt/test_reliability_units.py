@@ -80,3 +80,35 @@ async def test_replies_cut_off_by_our_own_shutdown_get_no_strike(closing):
     await _connection_dies(outbox, _DroppingClient())
     assert (outbox.dropped_poison, len(outbox)) == ((0, 1) if closing else (1, 0))
 
+
+
+@pytest.mark.parametrize("after_bytes", [0, 1])
+async def test_a_broker_that_goes_away_during_the_connect_fails_it_at_once(after_bytes):
+    """A broker restarting mid-handshake: the connect fails now, not after aiomqtt's 10-s timeout (the
+    server then reconnects in well under a second, before questions pile up beyond the broker's queue)."""
+    import time
+
+    import aiomqtt
+
+    from omnizip_stream.query.connection import make_client
+    from omnizip_stream.query.mqtt_config import MqttConfig
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if after_bytes:
+            await reader.read(after_bytes)  # the CONNECT has started
+        writer.transport.abort()  # connection reset, no CONNACK
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = MqttConfig.from_url(f"mqtt://127.0.0.1:{port}", stream_id="cam1")
+        client = make_client(cfg, "reset", persistent=True)
+        for _ in range(2):  # the client is reused, as aiomqtt allows: its next attempt fails fast too
+            t0 = time.monotonic()
+            with pytest.raises(aiomqtt.MqttError):
+                async with client:
+                    pass
+            assert time.monotonic() - t0 < 3
+    finally:
+        server.close()
+        await server.wait_closed()
