@@ -61,4 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from omnizip_stream.cli.stream import exit_now
+
+    exit_now(main())  # everything is closed: skip the interpreter's slow (and thread-pool-aborting) teardown

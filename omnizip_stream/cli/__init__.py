@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # name -> module; adding a subcommand is one line here plus its module.
 SUBCOMMANDS: dict[str, str] = {
@@ -97,5 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> NoReturn:
+    """The installed ``omnizip`` script (and ``python -m omnizip_stream.cli``): :func:`main`, then exit at once.
+
+    Everything the run opened is closed when :func:`main` returns. Skipping the interpreter's teardown
+    saves seconds (torch, transformers) and keeps C++ thread pools of the libraries from aborting the
+    process ("terminate called without an active exception") while a library thread winds down.
+    """
+    from omnizip_stream.cli.stream import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

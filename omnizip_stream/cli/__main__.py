@@ -1,7 +1,5 @@
 """``python -m omnizip_stream.cli``."""
 
-import sys
+from omnizip_stream.cli import console_main
 
-from omnizip_stream.cli import main
-
-sys.exit(main())
+console_main()

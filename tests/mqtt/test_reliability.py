@@ -38,7 +38,7 @@ async def test_reply_that_makes_the_broker_drop_the_connection_is_dropped_once_a
             assert (await client.ask("and again", timeout_s=10))["answer"] == "answer: and again"
         stats = server.stats()
     assert stats["dropped_poison"] == 1 and stats["outbox_depth"] == 0
-    assert 2 <= connects <= 3 and server.counters["connects"] == connects  # dropped at its 2nd strike
+    assert 3 <= connects <= 4 and server.counters["connects"] == connects  # dropped at its 3rd strike
 
 
 async def test_reply_topic_that_cannot_be_encoded_is_dropped_without_losing_the_connection(broker, stream_id, service):

@@ -45,15 +45,17 @@ async def _connection_dies(outbox: Outbox, client: _DroppingClient) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_reply_unacknowledged_across_two_dead_connections_alone_is_dropped():
+async def test_a_reply_unacknowledged_across_three_dead_connections_is_dropped():
     outbox = Outbox(100)
     for topic in ("suspect", "innocent"):
         outbox.put(OutMessage(topic, b"{}"))
     client = _DroppingClient()
     await _connection_dies(outbox, client)  # both in flight: one strike each, both kept
     assert client.published == ["suspect", "innocent"] and len(outbox) == 2
-    await _connection_dies(outbox, client)  # the suspect now travels alone ... and dies again
-    assert client.published[2:] == ["suspect"]
+    await _connection_dies(outbox, client)  # the suspect now travels alone ... and dies again: kept once more
+    assert client.published[2:] == ["suspect"] and outbox.dropped_poison == 0 and len(outbox) == 2
+    await _connection_dies(outbox, client)  # alone, a third dead connection: poison
+    assert client.published[3:] == ["suspect"]
     assert outbox.dropped_poison == 1 and len(outbox) == 1 and outbox.head_is_suspect()
 
 
@@ -76,7 +78,7 @@ async def test_a_publish_that_raises_before_the_wire_is_dropped_and_the_rest_flo
 async def test_replies_cut_off_by_our_own_shutdown_get_no_strike(closing):
     outbox = Outbox(100)
     outbox.closing = closing
-    outbox.put(OutMessage("t", b"{}", strikes=1))
+    outbox.put(OutMessage("t", b"{}", strikes=2))
     await _connection_dies(outbox, _DroppingClient())
     assert (outbox.dropped_poison, len(outbox)) == ((0, 1) if closing else (1, 0))
 
