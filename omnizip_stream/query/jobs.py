@@ -26,6 +26,7 @@ from omnizip_stream.query.schema import (
     RequestError,
     Route,
     check_reply_topic,
+    client_key,
     decode_payload,
     encode,
     final_answer,
@@ -271,14 +272,12 @@ class QueryDesk:
     def _allow(self, declared: str | None, route: Route | None, request_id: Any) -> bool:
         """Token buckets: the declared client id, and the reply route (shared by the ids it carries)."""
         cfg = self.config
-        if declared is not None:
-            checks = [(self._limiter, f"id:{declared}", 1)]
-            if route is not None:
-                checks.append((self._route_limiter, f"route:{route.topic}", ROUTE_RATE_FACTOR))
-        elif route is not None:
-            checks = [(self._limiter, f"topic:{route.topic}", 1)]
-        else:
+        key = client_key(declared, route)
+        if key is None:
             return True
+        checks = [(self._limiter, key, 1)]
+        if declared is not None and route is not None:
+            checks.append((self._route_limiter, f"route:{route.topic}", ROUTE_RATE_FACTOR))
         for limiter, key, factor in checks:
             if not limiter.allow(key):
                 wait_s = limiter.retry_after_s(key)
