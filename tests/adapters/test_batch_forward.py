@@ -93,9 +93,9 @@ def test_one_item_and_shared_caches(adapter3):
         forward_many(adapter3, [ForwardItem(embeds[:0], positions[:, :0], cache)])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    st.lists(st.tuples(st.integers(0, 24), st.integers(1, 12), st.booleans()), min_size=2, max_size=5),
+    st.lists(st.tuples(st.integers(0, 16), st.integers(1, 8), st.booleans()), min_size=2, max_size=4),
     st.sampled_from(FAMILIES),
 )
 def test_random_chunk_sizes(request, shapes, family):
@@ -108,3 +108,34 @@ def test_random_chunk_sizes(request, shapes, family):
     ref, got, ref_caches, got_caches, calls = _run_both(adapter, lengths, chunks, seed=len(shapes))
     assert calls == 1
     _assert_same(ref, got, ref_caches, got_caches)
+
+
+def test_packed_forward_with_eager_attention(adapter25, monkeypatch):
+    """The packed call runs the model's own attention implementation per stream (here eager, float masks)."""
+    monkeypatch.setattr(adapter25.thinker.model.language_model.config, "_attn_implementation", "eager")
+    chunks = [(*_random_chunk(adapter25, n, 9, seed=n), None, True) for n in (4, 1, 6)]
+    ref, got, ref_caches, got_caches, calls = _run_both(adapter25, [0, 9, 2], chunks)
+    assert calls == 1
+    _assert_same(ref, got, ref_caches, got_caches)
+
+
+def test_a_failing_packed_call_leaves_the_model_as_it_was(adapter3, monkeypatch):
+    caches, _ = prefilled_caches(adapter3, [2, 3])
+    chunks = [_random_chunk(adapter3, 2, 5, seed=i) for i in range(2)]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cache full")
+
+    monkeypatch.setattr(caches[1], "update", broken)
+    with pytest.raises(RuntimeError, match="cache full"):
+        forward_many(adapter3, [ForwardItem(e, p, c) for (e, p), c in zip(chunks, caches, strict=True)])
+    lm = adapter3.thinker.model.language_model
+    assert lm.config._attn_implementation == "sdpa"
+    bad = {"video_mask": torch.ones(3, dtype=torch.bool), "deepstack": [torch.zeros(3, 64)] * 2}
+    fresh, _ = prefilled_caches(adapter3, [0, 0])
+    with pytest.raises(ValueError, match="video_mask"):
+        forward_many(adapter3, [ForwardItem(e, p, c, extras=bad if i else None)
+                                for i, ((e, p), c) in enumerate(zip(chunks, fresh, strict=True))])
+    # the model still answers one stream at a time as before
+    (cache,), _ = prefilled_caches(adapter3, [2])
+    assert adapter3.forward(*chunks[0], cache) is not None
