@@ -371,7 +371,10 @@ class ThinkerAdapter:
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, *,
         extras: dict[str, Any] | None = None, rows: list[int],
     ) -> torch.Tensor:
-        """:meth:`forward` with the logits ``[len(rows), V]`` of the positions ``rows`` (only they reach ``lm_head``)."""
+        """:meth:`forward` of ``embeds [N, D]`` at ``positions [3, N]``; logits ``[len(rows), V]`` of rows ``rows``.
+
+        Only the positions in ``rows`` reach ``lm_head``; ``forward_many`` packs several streams this way.
+        """
         lm = self.thinker.model.language_model
         pos = positions.to(self.device).reshape(3, 1, -1)
         out = lm(
