@@ -188,3 +188,20 @@ async def test_retries_back_off_exponentially_up_to_the_cap(tiny25):
         await server.stream("cam").wait()
         assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0] and server.stream("cam").retries == 6
         assert server.stream("cam").state == "ended"
+
+
+async def test_a_stream_removed_while_it_is_starting_is_closed_and_its_add_refused(tiny25):
+    async with server_for(tiny25) as server:
+        adding = asyncio.ensure_future(server.add(spec("cam")))
+        for _ in range(1000):  # until add() has reserved the id (its engine starts on the model thread)
+            if server.ids():
+                break
+            await asyncio.sleep(0)
+        assert server.ids() == ["cam"] and server.stream("cam").state == "starting"
+        session = server.session("cam")
+        await server.remove("cam")
+        with pytest.raises(ValueError, match="removed while it was starting"):
+            await adding
+        assert server.ids() == [] and session.stopping and server.worker.streams() == []
+        await server.add(spec("cam"))  # the id is free again
+        await server.stream("cam").wait()
