@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from omni_helpers import make_adapter, synthetic_clip
+
 from omnizip.adapters.base import AVCursor, EncodedAV
 from omnizip.adapters.batch_encode import EncodeRequest, encode_av_many
 
