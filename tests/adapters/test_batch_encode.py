@@ -167,3 +167,30 @@ def test_a_request_without_audio_or_video_is_refused(small25):
     wav, _ = synthetic_clip(2.0, video=False)
     with pytest.raises(ValueError, match="audio or video"):
         encode_av_many(small25, [EncodeRequest(wav, None, AVCursor(1)), EncodeRequest(None, None, AVCursor(1))])
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(4, 4)
+        self.k_proj = torch.nn.Linear(4, 4)
+
+    def forward(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return self.q_proj(hidden) + self.k_proj(hidden)
+
+
+def test_capture_split_gives_each_request_its_rows_and_blocks():
+    from omnizip.adapters.capture import QKCapture
+
+    attn = _Attention()
+    hidden = torch.randn(9, 4)
+    with QKCapture(attn) as cap:
+        attn(hidden, torch.tensor([0, 2, 5, 6, 9]))  # blocks 2, 3 | 1 | 3
+    parts = cap.split([5, 1, 3])
+    assert [b for _, _, b in parts] == [[2, 3], [1], [3]]
+    torch.testing.assert_close(parts[2][0], attn.q_proj(hidden)[6:], rtol=0, atol=0)
+    torch.testing.assert_close(parts[1][1], attn.k_proj(hidden)[5:6], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="do not split"):
+        cap.split([4, 5])  # a block straddles the two requests
+    with pytest.raises(RuntimeError, match="positions"):
+        cap.split([5, 1])
