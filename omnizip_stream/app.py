@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnizip_stream.clock import MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.console import Console, read_lines, status_line
 from omnizip_stream.query.base import Answer, QueryError
@@ -120,14 +121,15 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     terminate = _Terminate()
     terminate.install()
     mqtt_failed: list[BaseException] = []  # the MQTT server stopped for good: the run ends and raises it
+    clock = MonotonicClock()  # one clock for the sources, the windowing and the session
     try:
         async with contextlib.AsyncExitStack() as stack:
-            session = await stack.enter_async_context(StreamSession.from_config(config))
+            session = await stack.enter_async_context(StreamSession.from_config(config, clock=clock))
             adapter = session.adapter
             windows = await stack.enter_async_context(open_windows(
                 options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
                 camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
-                max_side=options.max_side, duration_s=options.duration_s,
+                max_side=options.max_side, duration_s=options.duration_s, clock=clock,
             ))
             session.attach_source(windows.counters, live_clock=windows.session_time if windows.live else None)
             mqtt_config = None

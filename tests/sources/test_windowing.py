@@ -163,7 +163,8 @@ def test_windows_wait_for_both_kinds():
     assert feed(w, [AudioChunk(0.0, np.zeros(32000, np.float32))]) == []  # video has not passed 2.0 s
     assert feed(w, [VideoFrame(0.0, img()), VideoFrame(1.9, img())]) == []
     out = feed(w, [VideoFrame(2.0, img())])
-    assert len(out) == 1 and out[0].num_frames == 2
+    assert len(out) == 1 and out[0].num_frames == 4  # on the grid: slots 0.5 and 1.5 repeat their nearest
+    np.testing.assert_allclose(out[0].frame_pts_s, [0.0, 0.5, 1.0, 1.5])
 
 
 def test_close_until_makes_video_only_windows_when_mic_is_silent():
@@ -214,20 +215,10 @@ def test_video_only_and_audio_only_windowers():
     w = Windower(has_audio=False)
     out = feed(w, [VideoFrame(i / 10, img()) for i in range(50)]) + w.end({"video"})
     assert [x.audio.shape for x in out] == [(0,), (0,), (0,)]
-    assert [x.num_frames for x in out] == [4, 4, 2]
+    assert [x.num_frames for x in out] == [4, 4, 4]  # the 1-s tail is put on the grid too
     w = Windower(has_video=False)
     out = feed(w, [AudioChunk(k * 0.1, np.ones(1600, np.float32)) for k in range(40)])
     assert len(out) == 2 and all(x.num_frames == 0 for x in out)
-
-
-def test_upstream_drops_attributed_to_their_window():
-    c = StreamCounters()
-    w = Windower(counters=c, has_audio=False)
-    c.note_video_drop(0.7)
-    c.note_video_drop(2.6)
-    out = feed(w, [VideoFrame(0.0, img()), VideoFrame(2.0, img()), VideoFrame(4.0, img())])
-    assert [x.video_dropped for x in out] == [1, 1]
-    assert c.video_dropped == 2
 
 
 def test_stack_frames_resizes_odd_sizes():
