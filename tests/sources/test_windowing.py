@@ -260,6 +260,19 @@ def test_a_slow_jittery_camera_gives_windows_exactly_on_the_grid():
     assert c.video_frames_repeated == 3 * 8 - c.video_frames_in > 0
 
 
+def test_video_far_ahead_of_audio_is_emitted_not_dropped():
+    """Audio stuck at 0.5 s while 30 s of video arrive (a track that stopped, a skewed file): the pending frames
+    are bounded by emitting the oldest windows early, never by dropping frames."""
+    c = StreamCounters()
+    w = Windower(counters=c)
+    out = feed(w, [AudioChunk(0.0, np.ones(8000, np.float32))] + [VideoFrame(k / 2, img(k + 1)) for k in range(60)])
+    assert 0 < len(out) < 15 and all(x.num_frames == 4 for x in out)
+    out += w.end({"audio", "video"})
+    assert [x.t0_s for x in out] == [2.0 * k for k in range(15)]
+    assert [int(f.max()) for x in out for f in x.frames] == list(range(1, 61))  # every frame, in order
+    assert c.video_dropped == 0 and c.video_frames_repeated == 0
+
+
 def test_on_grid_puts_a_hand_made_window_on_the_grid_and_pads_its_audio_once():
     frames = np.stack([img(v) for v in (10, 20, 30, 40, 50)])
     w = Window(6.0, np.ones(20000, np.float32), frames, 6.0 + np.array([0.02, 0.4, 1.1, 1.45, 1.9]), duration_s=2.0)
