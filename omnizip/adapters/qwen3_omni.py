@@ -201,6 +201,32 @@ class Qwen3OmniAdapter(ThinkerAdapter):
             "deepstack": [level[feature_index.to(level.device)] for level in deepstack],
         }
 
+    def pack_extras(self, parts: list[tuple[int, dict[str, Any] | None]]) -> dict[str, Any] | None:
+        """Deepstack inputs of chunks ``(S_i, extras_i)`` packed into one forward of ``sum S_i`` embeddings.
+
+        The video masks are concatenated (all False for a chunk without extras) and each deepstack level
+        stacks the chunks' rows in order, so row ``j`` of a level is still the ``j``-th video token.
+        Returns None when no chunk holds a video token.
+        """
+        masks: list[torch.Tensor] = []
+        levels: list[list[torch.Tensor]] = []
+        for n, extras in parts:
+            if not extras or not extras.get("deepstack"):
+                masks.append(torch.zeros(n, dtype=torch.bool))
+                continue
+            mask = extras["video_mask"].cpu()
+            if mask.shape != (n,):
+                raise ValueError(f"video_mask has shape {tuple(mask.shape)}, expected [{n}]")
+            if levels and len(levels) != len(extras["deepstack"]):
+                raise ValueError("packed chunks carry different numbers of deepstack levels")
+            levels = levels or [[] for _ in extras["deepstack"]]
+            for rows, level in zip(levels, extras["deepstack"], strict=True):
+                rows.append(level)
+            masks.append(mask)
+        if not levels:
+            return None
+        return {"video_mask": torch.cat(masks), "deepstack": [torch.cat(rows) for rows in levels]}
+
     def _lm_kwargs(self, embeds: torch.Tensor, extras: dict[str, Any] | None) -> dict[str, Any]:
         """Deepstack keyword arguments of the text model for one forward call of ``S`` embeddings.
 

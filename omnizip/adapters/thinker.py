@@ -341,6 +341,10 @@ class ThinkerAdapter:
         """
         return None
 
+    def pack_extras(self, parts: list[tuple[int, dict[str, Any] | None]]) -> dict[str, Any] | None:
+        """Extras of chunks ``(S_i, extras_i)`` packed into one forward, in order (None: the family needs none)."""
+        return None
+
     def _lm_kwargs(self, embeds: torch.Tensor, extras: dict[str, Any] | None) -> dict[str, Any]:
         """Extra keyword arguments of the text model for this chunk (Qwen3: deepstack)."""
         return {}
@@ -359,6 +363,18 @@ class ThinkerAdapter:
 
         Only the last position goes through ``lm_head`` (full-length logits cost ~0.9 GB at 7B).
         """
+        out = self.forward_rows(embeds, positions, cache, extras=extras, rows=[embeds.shape[0] - 1] if logits else [])
+        return out[0] if logits else None
+
+    @torch.no_grad()
+    def forward_rows(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, *,
+        extras: dict[str, Any] | None = None, rows: list[int],
+    ) -> torch.Tensor:
+        """:meth:`forward` of ``embeds [N, D]`` at ``positions [3, N]``; logits ``[len(rows), V]`` of rows ``rows``.
+
+        Only the positions in ``rows`` reach ``lm_head``; ``forward_many`` packs several streams this way.
+        """
         lm = self.thinker.model.language_model
         pos = positions.to(self.device).reshape(3, 1, -1)
         out = lm(
@@ -368,10 +384,8 @@ class ThinkerAdapter:
             use_cache=True,
             **self._lm_kwargs(embeds, extras),
         )
-        if not logits:
-            return None
-        last = out.last_hidden_state[:, -1]
-        return self.thinker.lm_head(last).float()[0]
+        picked = out.last_hidden_state[0, torch.as_tensor(rows, dtype=torch.long, device=self.device)]
+        return self.thinker.lm_head(picked).float()
 
     @torch.no_grad()
     def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
