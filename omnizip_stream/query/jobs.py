@@ -119,6 +119,8 @@ class QueryDesk:
         self.closing = reason
         for task in self._tasks[1:]:  # workers stop taking jobs; running answers continue below
             task.cancel()
+        if self.control is not None:  # an add/remove not finished is answered shutting_down
+            await self.control.stop()
         self._intake_now()
         if self._answering and grace_s > 0:
             await asyncio.wait(set(self._answering), timeout=grace_s)

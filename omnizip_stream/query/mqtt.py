@@ -314,7 +314,7 @@ class MqttQueryServer(StatusPublishing):
             self.connected.clear()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
 
     async def _graceful_shutdown(self, client: Any, tasks: list[asyncio.Task[None]]) -> None:
         """Answer what is running (up to the grace), refuse what waits, flush replies, go offline.
@@ -322,9 +322,7 @@ class MqttQueryServer(StatusPublishing):
         ``tasks`` are the connection's (watcher, status loop, publisher), or empty when the
         cancellation came while connecting.
         """
-        for task in tasks[1:2]:  # the status loop: no "online" after this
-            task.cancel()
-        await asyncio.gather(*tasks[1:2], return_exceptions=True)
+        await cancel_and_wait(tasks[1:2])  # the status loop: no "online" after this
         await self._desk.stop(self.shutdown_grace_s)
         if tasks and not tasks[2].done():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -332,7 +330,7 @@ class MqttQueryServer(StatusPublishing):
         self._outbox.closing = True
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await self._publish_status(client, "offline", "shutdown")
         logger.info("MQTT query server for stream %r stopped (status offline)", self.config.stream_id)
 
@@ -341,3 +339,18 @@ class MqttQueryServer(StatusPublishing):
         """Return only by raising ``MqttError`` when the connection drops (messages go to the inbox)."""
         async for _ in client.messages:
             pass
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again if one swallowed it.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt's publish) loses a cancellation that
+    arrives as the awaited operation completes; the status loop then published on and a shutdown
+    waited for it forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -90,8 +90,13 @@ class StatusPublishing:
         """Every ``status_interval_s``, and at once when the streams change: the retained status(es)."""
         cfg = self.config
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), cfg.status_interval_s)
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that comes as
+            # the event is set (the loop would then outlive the connection's shutdown)
+            waiter = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=cfg.status_interval_s)
+            finally:
+                waiter.cancel()
             changed = self._changed.is_set()
             self._changed.clear()
             await self._publish_statuses(client, "online", with_list=changed)

@@ -1,0 +1,158 @@
+"""Adding, removing and listing streams at run time over MQTT (<prefix>/server/streams), authenticated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+from mqtt_helpers import FakeService, FakeStreams, fast_config, retained, serve_streams
+
+from omnizip_stream.query.base import QueryError
+from omnizip_stream.query.mqtt_client import MqttQueryClient
+
+pytestmark = pytest.mark.broker
+
+TOKEN = "s3cret-admin-token-4242"
+
+
+class AdmissionRefused(ValueError):
+    """What the stream server raises when a stream does not fit its memory budget."""
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"p{uuid.uuid4().hex[:10]}"
+
+
+def admin(broker, prefix, **overrides):
+    """A client of the server's own topics (replies on <prefix>/server/reply/<id>)."""
+    return MqttQueryClient(fast_config(broker.url, "server", topic_prefix=prefix, **overrides))
+
+
+async def control(client, prefix, body, timeout_s=10.0):
+    return await client.request(body, topic=f"{prefix}/server/streams", timeout_s=timeout_s)
+
+
+async def test_add_a_stream_then_query_it_and_the_list_is_published(broker, prefix):
+    streams = FakeStreams(door=FakeService())
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix), admin_token=TOKEN):
+        before = await retained(broker.port, f"{prefix}/server/streams/list")
+        async with admin(broker, prefix) as client:
+            reply = await control(client, prefix, {"op": "add", "token": TOKEN, "stream": {
+                "id": "garage", "source": "rtsp://admin:pw@10.0.0.5/live", "rho_video": 0.7}})
+        assert reply["ok"] is True and reply["op"] == "add" and reply["stream_id"] == "garage"
+        assert [s["id"] for s in reply["streams"]] == ["door", "garage"]
+        assert streams.added == [{"id": "garage", "source": "rtsp://admin:pw@10.0.0.5/live", "rho_video": 0.7}]
+        listed = await retained(broker.port, f"{prefix}/server/streams/list",
+                                lambda body: len(body.get("streams", [])) == 2)
+        status = await retained(broker.port, f"{prefix}/garage/status")
+        async with MqttQueryClient(fast_config(broker.url, "garage", topic_prefix=prefix)) as garage:
+            answer = await garage.ask("is the car there?", timeout_s=10)
+    assert [s["id"] for s in before["streams"]] == ["door"] and before["state"] == "online"
+    garage_item = listed["streams"][1]
+    assert garage_item["id"] == "garage" and garage_item["state"] == "running"
+    assert "pw" not in garage_item["source"] and "10.0.0.5" in garage_item["source"]  # redacted
+    assert "pw" not in json.dumps(reply)
+    assert status["state"] == "online" and status["stream_id"] == "garage"
+    assert answer["stream_id"] == "garage" and answer["answer"] == "answer: is the car there?"
+
+
+async def test_remove_a_stream_its_status_goes_offline_and_its_questions_get_unknown_stream(broker, prefix):
+    streams = FakeStreams(door=FakeService(), attic=FakeService())
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix), admin_token=TOKEN):
+        assert (await retained(broker.port, f"{prefix}/attic/status"))["state"] == "online"
+        async with admin(broker, prefix) as client:
+            reply = await control(client, prefix, {"op": "remove", "token": TOKEN, "stream_id": "attic"})
+            again = await control(client, prefix, {"op": "remove", "token": TOKEN, "stream_id": "attic"})
+            listed = await control(client, prefix, {"op": "list", "token": TOKEN})
+        assert reply["ok"] is True and [s["id"] for s in reply["streams"]] == ["door"]
+        assert again["ok"] is False and again["error"]["code"] == "unknown_stream"
+        assert [s["id"] for s in listed["streams"]] == ["door"]
+        status = await retained(broker.port, f"{prefix}/attic/status", lambda body: body["state"] == "offline")
+        assert status["reason"] == "removed"
+        assert [s["id"] for s in (await retained(broker.port, f"{prefix}/server/streams/list",
+                                                 lambda body: len(body["streams"]) == 1))["streams"]] == ["door"]
+        async with MqttQueryClient(fast_config(broker.url, "attic", topic_prefix=prefix)) as attic:
+            with pytest.raises(QueryError) as info:
+                await attic.ask("anything up there?", timeout_s=10)
+    assert info.value.code == "unknown_stream"
+
+
+async def test_wrong_or_missing_token_is_unauthorized_counted_and_never_logged(broker, prefix, caplog):
+    caplog.set_level(logging.DEBUG)
+    streams = FakeStreams(door=FakeService())
+    wrong = "not-the-token-" + uuid.uuid4().hex
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix),
+                             admin_token=TOKEN) as server:
+        async with admin(broker, prefix) as client:
+            bad = await control(client, prefix, {"op": "add", "token": wrong, "stream": {"id": "x", "source": "y"}})
+            missing = await control(client, prefix, {"op": "remove", "stream_id": "door"})
+            typed = await control(client, prefix, {"op": "list", "token": 12345})
+    for reply in (bad, missing, typed):
+        assert reply["ok"] is False and reply["error"]["code"] == "unauthorized"
+    assert streams.ids() == ["door"] and streams.added == []
+    assert server.errors["unauthorized"] == 3
+    assert wrong not in caplog.text and TOKEN not in caplog.text
+
+
+async def test_without_an_admin_token_control_is_forbidden(broker, prefix):
+    streams = FakeStreams(door=FakeService())
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix)) as server:
+        async with admin(broker, prefix) as client:
+            reply = await control(client, prefix, {"op": "add", "token": TOKEN, "stream": {"id": "x", "source": "y"}})
+    assert reply["error"]["code"] == "forbidden" and streams.added == []
+    assert server.errors["forbidden"] == 1
+
+
+async def test_wrong_tokens_are_rate_limited_like_questions(broker, prefix):
+    streams = FakeStreams(door=FakeService())
+    cfg = fast_config(broker.url, "server", topic_prefix=prefix, rate_limit_per_s=0.01, rate_limit_burst=3)
+    async with serve_streams(streams, cfg, admin_token=TOKEN):
+        async with admin(broker, prefix) as client:
+            codes = [(await control(client, prefix, {"op": "list", "token": f"guess{i}"}))["error"]["code"]
+                     for i in range(6)]
+    assert codes == ["unauthorized"] * 3 + ["rate_limited"] * 3
+
+
+async def test_bad_requests_duplicates_and_refused_admission_are_error_replies(broker, prefix):
+    streams = FakeStreams(door=FakeService())
+    streams.refuse["huge"] = AdmissionRefused("does not fit the KV budget: 900 MB free, the stream needs 1200 MB")
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix),
+                             admin_token=TOKEN) as server:
+        async with admin(broker, prefix) as client:
+            topic = f"{prefix}/server/streams"
+            not_json = await client.request(b"{not json", topic=topic, timeout_s=10)
+            cases = {
+                "unknown_op": {"op": "explode", "token": TOKEN},
+                "unknown_field": {"op": "list", "token": TOKEN, "extra": 1},
+                "no_stream": {"op": "add", "token": TOKEN},
+                "bad_id": {"op": "add", "token": TOKEN, "stream": {"id": "a/b", "source": "x"}},
+                "reserved_id": {"op": "add", "token": TOKEN, "stream": {"id": "server", "source": "x"}},
+                "no_source": {"op": "add", "token": TOKEN, "stream": {"id": "ok"}},
+                "duplicate": {"op": "add", "token": TOKEN, "stream": {"id": "door", "source": "x"}},
+                "refused": {"op": "add", "token": TOKEN, "stream": {"id": "huge", "source": "x"}},
+            }
+            replies = {name: await control(client, prefix, body) for name, body in cases.items()}
+            still = await control(client, prefix, {"op": "list", "token": TOKEN})
+        async with MqttQueryClient(fast_config(broker.url, "door", topic_prefix=prefix)) as door:
+            alive = await door.ask("still answering?", timeout_s=10)
+    assert not_json["ok"] is False and not_json["error"]["code"] == "bad_request"
+    codes = {name: r["error"]["code"] for name, r in replies.items()}
+    assert codes == {"unknown_op": "bad_request", "unknown_field": "bad_request", "no_stream": "bad_request",
+                     "bad_id": "bad_request", "reserved_id": "bad_request", "no_source": "bad_request",
+                     "duplicate": "conflict", "refused": "refused"}
+    assert "900 MB free" in replies["refused"]["error"]["message"]
+    assert [s["id"] for s in still["streams"]] == ["door"] and alive["ok"] is True
+    assert server.counters["loop_errors"] == 0 and server.counters["handler_errors"] == 0
+
+
+@pytest.mark.mqtt5
+async def test_control_over_mqtt5_echoes_the_correlation_data(broker, prefix):
+    streams = FakeStreams(door=FakeService())
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix), admin_token=TOKEN):
+        async with admin(broker, prefix, protocol="5") as client:
+            reply = await control(client, prefix, {"op": "add", "token": TOKEN,
+                                                   "stream": {"id": "porch", "source": "camera:0"}})
+    assert reply["ok"] is True and streams.ids() == ["door", "porch"]
