@@ -151,7 +151,9 @@ class ControlDesk:
                     await self.before_add(stream_id)
                 try:
                     await self.streams.add(spec)
-                except ValueError as exc:  # admission refused, duplicate id raced in ...: the server's words
+                except (ValueError, RuntimeError) as exc:
+                    # admission refused (a ValueError naming what fits), caps that leave no room for a
+                    # question (CacheFullError), a server closing: the server's own words
                     raise ControlError("refused", f"stream {stream_id!r} not added: {exc}") from None
             logger.info("stream %r added over MQTT (source %s)", stream_id, redact_url(item["source"]))
             self.changed()

@@ -67,7 +67,7 @@ class StatusPublishing:
         await client.publish(cfg.status_topic, encode(self._status(state, reason)), qos=cfg.qos, retain=True)
         if not self.routed:
             return
-        ids = self.streams.ids() if state == "online" else []
+        ids = [s for s in self.streams.ids() if s != SERVER_ID] if state == "online" else []
         for stream_id in [s for s in self._announced if s not in ids]:
             why = reason if state != "online" else "removed"
             await client.publish(self._stream_status_topic(stream_id),

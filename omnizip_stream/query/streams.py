@@ -74,6 +74,8 @@ class SingleStream:
 
 def lookup(directory: StreamDirectory, stream_id: str) -> QueryService | None:
     """``directory.session(stream_id)``, or None when the stream is not served."""
+    if stream_id == SERVER_ID and not isinstance(directory, SingleStream):
+        return None  # the server's own topics: a stream of that id is not served over MQTT
     try:
         return directory.session(stream_id)
     except (KeyError, LookupError):

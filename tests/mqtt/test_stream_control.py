@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -156,3 +157,50 @@ async def test_control_over_mqtt5_echoes_the_correlation_data(broker, prefix):
             reply = await control(client, prefix, {"op": "add", "token": TOKEN,
                                                    "stream": {"id": "porch", "source": "camera:0"}})
     assert reply["ok"] is True and streams.ids() == ["door", "porch"]
+
+
+async def test_a_real_stream_server_adds_answers_and_removes_a_stream_over_mqtt(broker, prefix, tiny25):
+    """The tiny model behind StreamServer: add a stream over MQTT, ask it, see its status, remove it."""
+    from omni_helpers import make_adapter
+
+    from omnizip_stream.config import StreamConfig
+    from omnizip_stream.server.config import (
+        ServerConfig,
+        ServerSettings,
+        StreamSpec,
+        stream_spec_from_mapping,
+    )
+    from omnizip_stream.server.service import StreamServer
+
+    defaults = StreamConfig(model="tiny", method="omnizip", max_new_tokens=6, max_question_tokens=32,
+                            video_max_pixels=56 * 56, window_queue=16)
+    door = StreamSpec("door", "synthetic", defaults, realtime=False, duration_s=6.0, max_side=112)
+    config = ServerConfig(defaults, ServerSettings(admin_token=TOKEN), (door,))
+    make_spec = functools.partial(stream_spec_from_mapping, defaults=defaults)
+    mqtt = fast_config(broker.url, "server", topic_prefix=prefix)
+    async with StreamServer(config, adapter=make_adapter(tiny25, video_max_pixels=56 * 56)) as streams, \
+            serve_streams(streams, mqtt, admin_token=config.server.admin_token, make_spec=make_spec):
+        async with admin(broker, prefix) as client:
+            added = await control(client, prefix, {"op": "add", "token": TOKEN, "stream": {
+                "id": "yard", "source": "synthetic:seed=5", "realtime": False, "duration_s": 6, "max_side": 112,
+                "rho_video": 0.3}}, timeout_s=60)
+            assert added["ok"] is True, added
+            assert [(s["id"], s["source"]) for s in added["streams"]] == [("door", "synthetic"),
+                                                                         ("yard", "synthetic:seed=5")]
+            yard_config = streams.session("yard").config
+            assert getattr(yard_config, "compression", yard_config).rho_video == 0.3  # the override reached it
+            async with MqttQueryClient(fast_config(broker.url, "yard", topic_prefix=prefix)) as yard:
+                answer = await yard.ask("what do you see?", timeout_s=60)
+            status = await retained(broker.port, f"{prefix}/yard/status",
+                                    lambda body: body.get("session", {}).get("windows_ingested", 0) > 0)
+            removed = await control(client, prefix, {"op": "remove", "token": TOKEN, "stream_id": "yard"},
+                                    timeout_s=60)
+            assert removed["ok"] is True and [s["id"] for s in removed["streams"]] == ["door"]
+            assert streams.ids() == ["door"]
+            gone = await retained(broker.port, f"{prefix}/yard/status", lambda body: body["state"] == "offline")
+            async with MqttQueryClient(fast_config(broker.url, "yard", topic_prefix=prefix)) as yard:
+                with pytest.raises(QueryError) as info:
+                    await yard.ask("still there?", timeout_s=10)
+    assert answer["stream_id"] == "yard" and answer["window_range"] is not None and answer["tokens_generated"] > 0
+    assert {"windows_ingested", "video_dropped", "window_lag_s", "kv_tokens"} <= set(status["session"])
+    assert gone["reason"] == "removed" and info.value.code == "unknown_stream"
