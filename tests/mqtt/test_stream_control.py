@@ -8,7 +8,7 @@ import logging
 import uuid
 
 import pytest
-from mqtt_helpers import FakeService, FakeStreams, fast_config, retained, serve_streams
+from mqtt_helpers import FakeService, FakeStreams, fast_config, retained, serve, serve_streams
 
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.query.mqtt_client import MqttQueryClient
@@ -204,3 +204,25 @@ async def test_a_real_stream_server_adds_answers_and_removes_a_stream_over_mqtt(
     assert answer["stream_id"] == "yard" and answer["window_range"] is not None and answer["tokens_generated"] > 0
     assert {"windows_ingested", "video_dropped", "window_lag_s", "kv_tokens"} <= set(status["session"])
     assert gone["reason"] == "removed" and info.value.code == "unknown_stream"
+
+
+@pytest.mark.mosquitto
+async def test_adding_an_id_another_live_server_answers_is_a_conflict_but_a_stale_status_is_not(broker, prefix):
+    """The stream-id-in-use check of serve-mqtt, on add: a live one-stream server keeps its id; a dead one's
+    retained 'online' (no last will for per-stream statuses) does not block the id for ever."""
+    import aiomqtt
+
+    streams = FakeStreams(door=FakeService())
+    async with aiomqtt.Client("127.0.0.1", broker.port) as raw:
+        await raw.publish(f"{prefix}/ghost/status", json.dumps(
+            {"state": "online", "instance": "crashed-before", "status_interval_s": 0.2}), qos=1, retain=True)
+    one = fast_config(broker.url, "cam", topic_prefix=prefix)
+    async with serve(FakeService(), one), \
+            serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix), admin_token=TOKEN):
+        async with admin(broker, prefix) as client:
+            taken = await control(client, prefix, {"op": "add", "token": TOKEN,
+                                                   "stream": {"id": "cam", "source": "camera"}})
+            stale = await control(client, prefix, {"op": "add", "token": TOKEN,
+                                                   "stream": {"id": "ghost", "source": "camera"}})
+    assert taken["ok"] is False and taken["error"]["code"] == "conflict"
+    assert stale["ok"] is True and streams.ids() == ["door", "ghost"]
