@@ -254,9 +254,11 @@ async def _serve(session: StreamSession, run: StreamRun, options: RunOptions, co
 
 async def _start_mqtt(
     stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console,
-    on_dead: Callable[[BaseException], None] | None = None,
+    on_dead: Callable[[BaseException], None] | None = None, embedded: Any = None,
 ) -> Any:
     """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
+
+    ``embedded``: an :class:`EmbeddedBroker` already running (``omnizip serve``: one for every stream).
 
     Raises:
         BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
@@ -268,7 +270,7 @@ async def _start_mqtt(
 
     url, protocol = opts.broker, None
     if url is None:
-        broker = await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs that it is embedded, and where
+        broker = embedded or await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs where it is
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     # The engine caps every answer at the session's max_new_tokens (reserved in its context): so does MQTT,
     # and a reply's max_new_tokens_used is the budget the answer really had.

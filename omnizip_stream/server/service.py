@@ -40,6 +40,7 @@ from typing import Any
 
 from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.credentials import redact_url
+from omnizip_stream.kv import CacheFullError
 from omnizip_stream.runctl import first_of
 from omnizip_stream.server.config import ServerConfig, StreamSpec
 from omnizip_stream.server.worker import ModelWorker
@@ -56,6 +57,10 @@ KEY_STATS = ("windows_ingested", "windows_failed", "video_dropped", "window_lag_
 # (event, info): event "added", "removed" or "state"; info the stream's describe() entry.
 ChangeCallback = Callable[[str, dict[str, Any]], Any]
 OpenSource = Callable[..., Any]  # (spec, *, window_s, fps, clock) -> async context manager of windows
+
+
+class StreamRefusedError(ValueError):
+    """A configured stream cannot be served with the loaded model (its config does not fit)."""
 
 
 @contextlib.asynccontextmanager
@@ -133,12 +138,15 @@ class StreamServer:
 
         Raises:
             ModelLoadError: the model cannot be loaded.
-            ValueError / CacheFullError: a configured stream does not fit the model.
+            StreamRefusedError: a configured stream does not fit the model (one line naming it).
         """
         await self.worker.start()
         try:
             for spec in self.config.streams:
-                await self.add(spec)
+                try:
+                    await self.add(spec)
+                except (ValueError, CacheFullError) as exc:
+                    raise StreamRefusedError(f"stream {spec.id!r}: {' '.join(str(exc).split())}") from exc
         except BaseException:
             await self.close()
             raise
@@ -335,4 +343,4 @@ def _error_line(exc: BaseException, source: str) -> str:
     return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
 
 
-__all__ = ["KEY_STATS", "STATES", "StreamRun", "StreamServer", "open_stream_source"]
+__all__ = ["KEY_STATS", "STATES", "StreamRefusedError", "StreamRun", "StreamServer", "open_stream_source"]
