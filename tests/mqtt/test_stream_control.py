@@ -226,3 +226,58 @@ async def test_adding_an_id_another_live_server_answers_is_a_conflict_but_a_stal
                                                    "stream": {"id": "ghost", "source": "camera"}})
     assert taken["ok"] is False and taken["error"]["code"] == "conflict"
     assert stale["ok"] is True and streams.ids() == ["door", "ghost"]
+
+
+def test_omnizip_serve_adds_a_stream_over_mqtt_with_the_token_of_its_environment(tmp_path, broker):
+    """The CLI wiring: ``omnizip serve --config FILE --broker URL`` with OMNIZIP_ADMIN_TOKEN; add, ask, list."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from mqtt_helpers import default_protocol
+
+    config = tmp_path / "server.yaml"
+    config.write_text(textwrap.dedent("""\
+        model: tiny
+        max_new_tokens: 3
+        video_max_pixels: 3136
+        streams:
+          - {id: door, source: "synthetic:seed=1,size=64x64"}
+        """))
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "OMNIZIP_ADMIN_TOKEN": TOKEN}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "omnizip_stream.cli", "serve", "--config", str(config),
+                                 "--broker", broker.url], stdout=log, stderr=subprocess.STDOUT, env=env)
+    protocol = default_protocol(broker.url)
+
+    async def exercise() -> tuple[dict, dict, dict]:
+        # the server is up (its model loads first) once its own status is online
+        await retained(broker.port, "omnizip/server/status", lambda body: body.get("state") == "online", 110)
+        async with MqttQueryClient(fast_config(broker.url, "server", protocol=protocol)) as client:
+            added = await control(client, "omnizip", {"op": "add", "token": TOKEN, "stream": {
+                "id": "porch", "source": "synthetic:seed=3,size=64x64"}}, timeout_s=60)
+        listed = await retained(broker.port, "omnizip/server/streams/list",
+                                lambda body: [s["id"] for s in body.get("streams", [])] == ["door", "porch"])
+        async with MqttQueryClient(fast_config(broker.url, "porch", protocol=protocol)) as porch:
+            answer = await porch.ask("what is on the porch?", timeout_s=60)
+        return added, listed, answer
+
+    try:
+        deadline = time.monotonic() + 120
+        added, listed, answer = asyncio.run(asyncio.wait_for(exercise(), deadline - time.monotonic()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
+    output = log_path.read_text()
+    assert added["ok"] is True and added["stream_id"] == "porch"
+    assert listed["state"] == "online" and answer["stream_id"] == "porch" and answer["window_range"] is not None
+    assert "stream porch: added" in output and "omnizip/server/streams (on)" in output
+    assert TOKEN not in output and "Traceback" not in output
