@@ -283,9 +283,15 @@ async def retained(port: int, topic: str, want: Any = None, timeout_s: float = 1
 
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311) as client:
         await client.subscribe(topic, qos=1)
-        async with asyncio.timeout(timeout_s):
-            async for message in client.messages:
-                body = json.loads(message.payload) if message.payload else {}
-                if want is None or want(body):
-                    return body
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for message in client.messages:
+                    if not message.topic.matches(topic):  # amqtt: another client's subscription handed over
+                        continue
+                    body = json.loads(message.payload) if message.payload else {}
+                    if want is None or want(body):
+                        return body
+        finally:  # amqtt 0.12 hands a gone client's subscriptions to clients that connect later
+            with contextlib.suppress(Exception):
+                await client.unsubscribe(topic)
     raise AssertionError("unreachable")
