@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from collections.abc import Callable, Container
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -57,9 +58,10 @@ class _Lanes(Generic[T]):
             lane.add(path[1:], item)
         self.size += 1
 
-    def take(self) -> T:
-        """The next item round-robin: the first lane's next item; that lane goes to the back."""
-        key, lane = next(iter(self.lanes.items()))
+    def take(self, blocked: Container[str] = ()) -> T:
+        """The next item round-robin: the first lane's (not ``blocked``) next item; that lane goes to the back."""
+        key = next(k for k in self.lanes if k not in blocked)
+        lane = self.lanes[key]
         item = lane.popleft() if self.depth == 1 else lane.take()
         self.size -= 1
         if len(lane):
@@ -146,15 +148,32 @@ class FairQueue(Generic[T]):
         self._ready.set()
         return evicted
 
-    def pop(self) -> T:
-        """Take the next item round-robin (the queue must not be empty)."""
-        item = self._root.take()
+    def pop(self, blocked: Container[str] = ()) -> T:
+        """Take the next item round-robin, skipping the first-level keys in ``blocked``.
+
+        Raises:
+            StopIteration: nothing queued outside ``blocked``.
+        """
+        item = self._root.take(blocked)
         if not self._root.size:
             self._ready.clear()
         return item
 
-    async def get(self) -> T:
-        """Wait for and take the next item."""
-        while not self._root.size:
+    def _available(self, blocked: Container[str]) -> bool:
+        return any(key not in blocked for key in self._root.lanes)
+
+    async def get(self, blocked: Callable[[], Container[str]] | None = None) -> T:
+        """Wait for and take the next item; ``blocked()`` names first-level keys not to take now.
+
+        Call :meth:`poke` when what ``blocked()`` returns may have shrunk.
+        """
+        while True:
+            skip = blocked() if blocked is not None else ()
+            if self._available(skip):
+                return self.pop(skip)
+            self._ready.clear()
             await self._ready.wait()
-        return self.pop()
+
+    def poke(self) -> None:
+        """Wake the waiting :meth:`get` calls to look again (e.g. a key is no longer blocked)."""
+        self._ready.set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
@@ -90,6 +91,7 @@ class QueryDesk:
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.jobs: FairQueue[Job] = FairQueue(depth=2)  # (stream id, reply route)
         self.in_flight = 0
+        self.running: Counter[str] = Counter()  # answers in progress per stream (max_concurrent_queries each)
         self.closing: str | None = None  # set at shutdown: new questions get this error message
         self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self._route_limiter = RateLimiter(config.rate_limit_per_s * ROUTE_RATE_FACTOR,
@@ -109,6 +111,23 @@ class QueryDesk:
         self.closing = None
         self._tasks = [asyncio.ensure_future(self._intake())]
         self._tasks += [asyncio.ensure_future(self._worker()) for _ in range(self.config.max_concurrent_queries)]
+        self._grow_workers()
+
+    @property
+    def slots(self) -> int:
+        """Answers that may run at once: ``max_concurrent_queries`` per stream served."""
+        streams = max(1, len(self.streams.ids())) if self.routed else 1
+        return self.config.max_concurrent_queries * streams
+
+    def _grow_workers(self) -> None:
+        """One worker per slot (many-stream desks gain workers as streams are added; idle ones cost nothing)."""
+        if self._tasks and self.closing is None:
+            self._tasks += [asyncio.ensure_future(self._worker()) for _ in range(self.slots - len(self._tasks) + 1)]
+
+    def _blocked(self) -> set[str]:
+        """Streams with ``max_concurrent_queries`` answers running: their next question waits."""
+        limit = self.config.max_concurrent_queries
+        return {sid for sid, n in self.running.items() if n >= limit}
 
     async def stop(self, grace_s: float = 0.0, reason: str = "the service is shutting down") -> None:
         """Refuse new questions, let running answers finish for up to ``grace_s``, refuse the rest.
@@ -219,7 +238,9 @@ class QueryDesk:
         if route is None:
             self.reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
             return
-        capacity = cfg.max_concurrent_queries + cfg.max_queued_queries - self.in_flight
+        if self.routed:
+            self._grow_workers()
+        capacity = self.slots + cfg.max_queued_queries - self.in_flight
         job = Job(request, route, time.monotonic(), stream_id)
         refused = self.jobs.push((stream_id, route.topic), job, capacity)
         busy = f"{self.in_flight} queries running and {len(self.jobs)} waiting; try again later"
@@ -285,8 +306,9 @@ class QueryDesk:
     # ------------------------------------------------------------------ answering
     async def _worker(self) -> None:
         while True:
-            job = await self.jobs.get()
+            job = await self.jobs.get(self._blocked)
             self.in_flight += 1
+            self.running[job.stream_id] += 1
             task = asyncio.ensure_future(self._answer(job))
             self._answering.add(task)
             try:
@@ -294,14 +316,17 @@ class QueryDesk:
                 await asyncio.shield(task)
             finally:
                 if task.done():
-                    self._answering.discard(task)
-                    self.in_flight -= 1
+                    self._answer_done(job, task)
                 else:
-                    task.add_done_callback(self._answer_done)
+                    task.add_done_callback(functools.partial(self._answer_done, job))
 
-    def _answer_done(self, task: asyncio.Task[None]) -> None:
+    def _answer_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._answering.discard(task)
         self.in_flight -= 1
+        self.running[job.stream_id] -= 1
+        if self.running[job.stream_id] <= 0:
+            del self.running[job.stream_id]
+        self.jobs.poke()  # its stream may take its next question now
 
     async def _answer(self, job: Job) -> None:
         req = job.request

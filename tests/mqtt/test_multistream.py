@@ -116,6 +116,28 @@ async def test_a_flooded_stream_does_not_starve_another_streams_question(broker,
     assert order.index("quiet:urgent") <= 2, order[:5]
 
 
+async def test_each_stream_has_its_own_answer_slots(broker, prefix):
+    """max_concurrent_queries is per stream: a long answer on one stream does not hold another stream's
+    question (the model worker can then batch questions of several streams)."""
+    slow, fast = FakeService(), FakeService()
+    gate = asyncio.Event()
+    slow.gates["long"] = gate
+    streams = FakeStreams(slow=slow, fast=fast)
+    cfg = fast_config(broker.url, "server", topic_prefix=prefix, max_concurrent_queries=1)
+    async with serve_streams(streams, cfg) as server:
+        async with MqttQueryClient(fast_config(broker.url, "slow", topic_prefix=prefix)) as a, \
+                MqttQueryClient(fast_config(broker.url, "fast", topic_prefix=prefix)) as b:
+            long = asyncio.ensure_future(a.ask("long", timeout_s=20))
+            await slow.wait_for_call("long")
+            quick = await b.ask("quick", timeout_s=10)  # answered while "long" still runs
+            second = asyncio.ensure_future(a.ask("after", timeout_s=20))
+            await wait_until(lambda: server.stats()["queue_depth"] == 1)  # the slow stream's own slot is taken
+            assert not long.done() and [q for q, _ in slow.calls] == ["long"]
+            gate.set()
+            assert (await long)["answer"] == "answer: long" and (await second)["answer"] == "answer: after"
+    assert quick["answer"] == "answer: quick"
+
+
 def test_fair_queue_takes_streams_in_turn_and_a_flooded_stream_gives_way_when_full():
     q: FairQueue[str] = FairQueue(depth=2)
     for i in range(6):
@@ -129,6 +151,11 @@ def test_fair_queue_takes_streams_in_turn_and_a_flooded_stream_gives_way_when_fu
     assert one.push(("cam", "flood"), "f4", capacity=4) == "f4"
     assert one.push(("cam", "good"), "g0", capacity=4) == "f3"
     assert [one.pop() for _ in range(2)] == ["f0", "g0"]
+    # a stream at its limit of running answers is skipped, the others are served
+    two: FairQueue[str] = FairQueue(depth=2)
+    for item, key in (("a0", ("a", "r")), ("a1", ("a", "r")), ("b0", ("b", "r"))):
+        two.push(key, item, capacity=10)
+    assert two.pop(blocked={"a"}) == "b0" and two.pop() == "a0"
 
 
 async def test_the_one_stream_server_keeps_its_topics(broker, stream_id, service):
