@@ -174,3 +174,14 @@ def test_a_many_stream_server_takes_the_reserved_server_id():
     server = MqttQueryServer.for_streams(FakeStreams(a=FakeService()), fast_config("mqtt://127.0.0.1:1", "x"))
     assert server.config.stream_id == "server" and server.client_id.startswith("omnizip-server-")
     assert server.config.status_topic == "omnizip/server/status"
+
+
+@pytest.mark.mosquitto
+async def test_a_second_stream_server_on_the_same_prefix_is_refused(broker, prefix):
+    from omnizip_stream.query.connection import StreamIdInUseError
+
+    cfg = fast_config(broker.url, "server", topic_prefix=prefix)
+    async with serve_streams(FakeStreams(a=FakeService()), cfg):
+        second = MqttQueryServer.for_streams(FakeStreams(b=FakeService()), cfg)
+        with pytest.raises(StreamIdInUseError, match="another stream server already runs"):
+            await asyncio.wait_for(second.run(), 10)
