@@ -76,15 +76,19 @@ _COUNTERS = ("received", "accepted", "answered", "failed", "rejected", "unroutab
 
 
 class MqttQueryServer(StatusPublishing):
-    """Serve ``service`` on the MQTT topics of ``config.stream_id`` until cancelled.
+    """Serve ``service`` on the MQTT topics of ``config.stream_id`` (or every stream of ``streams``) until cancelled.
 
     Args:
-        service: the stream session (``ask`` / ``ask_stream`` / ``stats``).
+        service: the stream session (``ask`` / ``ask_stream`` / ``stats``); None with ``streams``.
         config: broker, topics and limits.
         shutdown_grace_s: on cancellation, how long answers already running may take to finish.
         check_in_use: before every connect, refuse to serve a stream id another live server
             already answers (two servers with the same pinned client id would knock each other off
-            forever; with different ids both would answer every question).
+            forever; with different ids both would answer every question); a many-stream server
+            checks the server id, and each stream id added over MQTT.
+        streams: serve every stream of this directory on one connection (prefer
+            :meth:`for_streams`, which also sets up stream control); ``config.stream_id`` becomes
+            the reserved ``server``.
 
     Example::
 
