@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -283,3 +284,76 @@ def test_omnizip_serve_adds_a_stream_over_mqtt_with_the_token_of_its_environment
     assert listed["state"] == "online" and answer["stream_id"] == "porch" and answer["window_range"] is not None
     assert "stream porch: added" in output and "omnizip/server/streams (on)" in output
     assert TOKEN not in output and "Traceback" not in output
+
+
+# The README ACL's service and device lines, plus what a many-stream server and its admin need.
+MULTI_ACL = """\
+user omnizip
+topic read omnizip/+/query
+topic readwrite omnizip/+/status
+topic write omnizip/+/reply/#
+topic read omnizip/server/streams
+topic write omnizip/server/streams/list
+
+user admin
+topic write omnizip/server/streams
+topic read omnizip/server/reply/#
+
+pattern write omnizip/+/query
+pattern read omnizip/+/status
+pattern read omnizip/+/reply/%c
+pattern read omnizip/+/reply/%c/#
+pattern read omnizip/server/streams/list
+"""
+
+
+ACL_USERS = {"omnizip": "svc-pw", "admin": "admin-pw", "alice": "alice-pw"}
+
+
+@pytest.fixture
+def multi_acl_broker(broker_factory, tmp_path):
+    import subprocess
+
+    from mqtt_helpers import need_binary
+
+    passwd = need_binary("mosquitto_passwd")
+    pw = tmp_path / "passwd"
+    for i, (user, password) in enumerate(ACL_USERS.items()):
+        subprocess.run([passwd, "-b", *(["-c"] if i == 0 else []), str(pw), user, password], check=True)
+    (tmp_path / "acl").write_text(MULTI_ACL)
+    b = broker_factory(auth=f"allow_anonymous false\npassword_file {pw}\nacl_file {tmp_path / 'acl'}\n")
+    b.start()
+    return b
+
+
+@pytest.mark.mosquitto
+async def test_under_a_broker_acl_only_the_admin_account_can_change_the_streams(multi_acl_broker):
+    b, users = multi_acl_broker, ACL_USERS
+
+    def cfg(stream_id, user, **kw):
+        return fast_config(b.url, stream_id, username=user, password=users[user], **kw)
+
+    streams = FakeStreams(door=FakeService())
+    async with serve_streams(streams, cfg("server", "omnizip"), admin_token=TOKEN) as server:
+        async with MqttQueryClient(cfg("server", "alice", client_id="alice")) as alice:
+            with pytest.raises(TimeoutError):  # the broker drops her request: she may not write there
+                await control(alice, "omnizip", {"op": "add", "token": TOKEN,
+                                                 "stream": {"id": "spy", "source": "camera"}}, timeout_s=1.0)
+        async with MqttQueryClient(cfg("server", "admin", client_id="admin")) as admin_client:
+            added = await control(admin_client, "omnizip", {"op": "add", "token": TOKEN,
+                                                            "stream": {"id": "yard", "source": "camera"}})
+        async with MqttQueryClient(cfg("yard", "alice", client_id="alice")) as alice:
+            answer = await alice.ask("what is in the yard?", timeout_s=10)
+        async with aiomqtt_client(b.port, "alice", users["alice"]) as reader:
+            await reader.subscribe("omnizip/server/streams/list", qos=1)
+            async with asyncio.timeout(10):
+                listed = json.loads((await anext(aiter(reader.messages))).payload)
+    assert added["ok"] is True and streams.ids() == ["door", "yard"] and server.errors["unauthorized"] == 0
+    assert answer["answer"] == "answer: what is in the yard?"
+    assert [s["id"] for s in listed["streams"]] == ["door", "yard"]
+
+
+def aiomqtt_client(port, user, password):
+    import aiomqtt
+
+    return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=f"{user}-reader")
