@@ -89,7 +89,7 @@ def run_app(main: Callable[[], Coroutine[Any, Any, Any]], user_errors: tuple[typ
         mqtt_errors: tuple[type[BaseException], ...] = (BrokerUnavailableError, BrokerRefusedError)
     except ImportError:  # the [mqtt] extra is not installed
         mqtt_errors = ()
-    errors = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors, *user_errors)
+    errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors, *user_errors)
     try:
         result = asyncio.run(main())
     except errors as exc:

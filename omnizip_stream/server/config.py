@@ -200,9 +200,14 @@ def load_server_config(path: str | Path, overrides: Mapping[str, Any] | Sequence
         ValueError: one line naming the stream and key, or the server setting.
     """
     from omnizip_stream.config import resolve_config_path
+    from omnizip_stream.presets import available_presets
 
-    data = dict(read_config_file(path))
-    file_path = resolve_config_path(path)
+    try:
+        file_path = resolve_config_path(path)
+    except ValueError:
+        raise ValueError(f"server file {str(path)!r} does not exist; shipped server files: "
+                         f"{', '.join(available_presets(server=True))}") from None
+    data = dict(read_config_file(file_path))
     streams_raw = data.pop("streams", None)
     server_raw = data.pop("server", None)
     if isinstance(overrides, Mapping):

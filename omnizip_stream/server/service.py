@@ -86,6 +86,7 @@ class StreamRun:
     error: BaseException | None = None  # the failure that ended the stream (state "failed")
     counters: Any = None  # the current source connection's StreamCounters
     task: asyncio.Task[None] | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # the engine start is over (either way)
     opened: asyncio.Event = field(default_factory=asyncio.Event)  # the first open was tried
     done: asyncio.Event = field(default_factory=asyncio.Event)  # the source ended or was given up
     next_t_s: float = 0.0  # stream time where the next window starts
@@ -200,8 +201,14 @@ class StreamServer:
         try:
             await run.session.start()
         except BaseException:
-            self._runs.pop(spec.id, None)
+            if self._runs.get(spec.id) is run:
+                del self._runs[spec.id]
             raise
+        finally:
+            run.started.set()
+        if self._runs.get(spec.id) is not run:  # removed while it was starting
+            await run.session.close()
+            raise ValueError(f"stream {spec.id!r} was removed while it was starting")
         run.task = asyncio.create_task(self._feed(run), name=f"stream:{spec.id}")
         self._notify("added", run)
         if wait_open:
@@ -218,11 +225,12 @@ class StreamServer:
             KeyError: no such stream.
         """
         run = self._runs[stream_id]
-        if run.task is None:
-            raise KeyError(f"stream {stream_id!r} is still starting")
         del self._runs[stream_id]
-        run.task.cancel()
-        await asyncio.gather(run.task, return_exceptions=True)
+        if run.task is None:  # still starting: its add() closes it once the engine start is over
+            await run.started.wait()
+        else:
+            run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
         await run.session.close()
         run.session.engine = None  # the cache goes with it (stats() keeps its last snapshot)
         self._notify("removed", run)

@@ -86,6 +86,11 @@ def test_bad_server_settings(tmp_path, text, message):
         load_server_config(write(tmp_path, text), environ={})
 
 
+def test_a_missing_server_file_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ValueError, match="server file .*nope.yaml' does not exist; shipped server files: server$"):
+        load_server_config(tmp_path / "nope.yaml")
+
+
 def test_an_add_request_is_checked_by_the_same_rules():
     defaults = StreamConfig(model="tiny", rho_video=0.5)
     spec = stream_spec_from_mapping({"id": "yard", "source": "camera:1", "rho_audio": 0.2}, defaults)

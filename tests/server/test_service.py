@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
-from server_helpers import adapter_for, stream_config, until, windows_for
+from server_helpers import adapter_for, stream_config, windows_for
 
 from omnizip_stream.clock import ManualClock
 from omnizip_stream.server.config import ServerConfig, ServerSettings, StreamSpec
@@ -112,7 +112,10 @@ async def test_a_failing_source_is_retried_and_reported_and_never_affects_the_ot
     bad = StreamSpec("bad", f"file:{tmp_path / 'does_not_exist.mp4'}", stream_config(), realtime=False)
     async with server_for(tiny25, bad, spec("good")) as server:
         await server.stream("good").wait()
-        await until(lambda: server.stream("bad").retries >= 3, rounds=100_000)
+        for _ in range(1000):  # bounded: 3 retries take ~0.1 s
+            if server.stream("bad").retries >= 3:
+                break
+            await asyncio.sleep(0.01)
         good, bad_info = server.describe()[1], server.describe()[0]
         assert good["state"] == "ended" and good["windows_ingested"] == 3 and good["last_error"] is None
         assert bad_info["state"] == "retrying" and bad_info["retries"] >= 3
@@ -185,3 +188,20 @@ async def test_retries_back_off_exponentially_up_to_the_cap(tiny25):
         await server.stream("cam").wait()
         assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0] and server.stream("cam").retries == 6
         assert server.stream("cam").state == "ended"
+
+
+async def test_a_stream_removed_while_it_is_starting_is_closed_and_its_add_refused(tiny25):
+    async with server_for(tiny25) as server:
+        adding = asyncio.ensure_future(server.add(spec("cam")))
+        for _ in range(1000):  # until add() has reserved the id (its engine starts on the model thread)
+            if server.ids():
+                break
+            await asyncio.sleep(0)
+        assert server.ids() == ["cam"] and server.stream("cam").state == "starting"
+        session = server.session("cam")
+        await server.remove("cam")
+        with pytest.raises(ValueError, match="removed while it was starting"):
+            await adding
+        assert server.ids() == [] and session.stopping and server.worker.streams() == []
+        await server.add(spec("cam"))  # the id is free again
+        await server.stream("cam").wait()
