@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import uuid
+from pathlib import Path
 
 import pytest
 from mqtt_helpers import FakeService, FakeStreams, fast_config, retained, serve, serve_streams
@@ -17,6 +18,7 @@ from omnizip_stream.query.mqtt_client import MqttQueryClient
 pytestmark = pytest.mark.broker
 
 TOKEN = "s3cret-admin-token-4242"
+ADMIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mqtt_streams.py"
 
 
 class AdmissionRefused(ValueError):
@@ -357,3 +359,37 @@ def aiomqtt_client(port, user, password):
     import aiomqtt
 
     return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=f"{user}-reader")
+
+
+async def test_the_admin_script_lists_adds_and_removes_streams(broker, prefix, capsys, monkeypatch):
+    import importlib.util
+
+    from mqtt_helpers import script_protocol_flags
+
+    spec = importlib.util.spec_from_file_location("mqtt_streams", ADMIN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    async def run(*args, token=TOKEN):
+        monkeypatch.setenv("OMNIZIP_ADMIN_TOKEN", token)
+        argv = ["--broker", broker.url, "--topic-prefix", prefix, "--timeout", "20",
+                *script_protocol_flags(broker.url), *args]
+        code = await asyncio.to_thread(script.main, argv)  # the script runs its own event loop
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    streams = FakeStreams(door=FakeService())
+    async with serve_streams(streams, fast_config(broker.url, "server", topic_prefix=prefix), admin_token=TOKEN):
+        added = await run("add", "yard", "rtsp://u:pw@cam/yard", "rho_video=0.7", "loop=true")
+        listed = await run("list")
+        removed = await run("remove", "yard")
+        wrong = await run("list", token="guess")
+        usage = await run("add", "yard")
+    assert added[0] == 0 and "yard\trunning\trtsp://***@cam/yard" in added[1], added
+    assert streams.added == [{"id": "yard", "source": "rtsp://u:pw@cam/yard", "rho_video": 0.7, "loop": True}]
+    assert listed[0] == 0 and listed[1].splitlines() == ["door\trunning\tsynthetic:door",
+                                                         "yard\trunning\trtsp://***@cam/yard"]
+    assert removed[0] == 0 and removed[1].splitlines() == ["door\trunning\tsynthetic:door"]
+    assert wrong[0] == 1 and "unauthorized" in wrong[2]
+    assert usage[0] == 2 and "add needs a stream id and a source" in usage[2]
+    assert all(TOKEN not in out + err for _, out, err in (added, listed, removed, wrong, usage))
