@@ -243,12 +243,15 @@ class StreamingBudgetController:
             return kmin if c_hi < kmin else kmax
         return int(min(hi, max(lo, math.ceil(desired - 0.5))))
 
-    def step(self, retention: float | None, n_tokens: int) -> int:
+    def step(self, retention: float | None, n_tokens: int, max_keep: int | None = None) -> int:
         """Decide a window's keep count and record it (windows are fed in stream order).
 
         Args:
             retention: the window's audio retention score ``S_t`` (``None``/NaN without audio).
             n_tokens: the window's video token count ``n_t``; 0 leaves the state unchanged.
+            max_keep: at most this many tokens exist to keep (a window whose vision tower encoded a
+                smaller grid than ``n_t``, see :mod:`omnizip.vision_budget`); the count actually kept
+                is what is recorded, so any shortfall is repaid by the following windows.
 
         Returns:
             ``k_t``, the number of video tokens the window keeps.
@@ -257,6 +260,8 @@ class StreamingBudgetController:
         if n <= 0:
             return 0
         k = self.propose(retention, n)
+        if max_keep is not None:
+            k = min(k, max(0, int(max_keep)))
         self._error += k - self.target * n
         if self.horizon > 1:
             self._hist.append((n, k))

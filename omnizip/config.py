@@ -9,6 +9,8 @@ Mode = Literal["offline", "streaming"]
 SaliencyVariant = Literal["global", "block"]
 StreamAudioScope = Literal["trailing", "window"]
 ScoreDtype = Literal["float32", "bfloat16"]
+VisionBudget = Literal["off", "audio"]
+VisionBudgetAxes = Literal["temporal", "spatial", "both"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,15 @@ class OmniZipConfig:
             do not depend on the model dtype) or ``bfloat16`` (the reference's arithmetic with a bf16
             model: scores rounded to bf16, so near-ties resolve as the reference resolves them).
             Merge weights and the budget arithmetic stay float32.
+        vision_budget: ``off`` (default: the vision tower encodes every frame at full size) or
+            ``audio`` ("listen before you look", streaming mode only): the window's audio is encoded
+            first, its video keep count is decided from it, and the vision tower encodes only a grid
+            that can hold that count (fewer grid steps and/or a lower resolution, see
+            :mod:`omnizip.vision_budget`); ISTC prunes the rest.
+        vision_budget_axes: which reductions ``vision_budget="audio"`` may use: ``temporal`` (skip the
+            most static frames: fewer grid steps), ``spatial`` (a lower resolution) or ``both``.
+        vision_budget_headroom: encoded video tokens per kept token at least (``>= 1``): what ISTC
+            still chooses from.
     """
 
     rho_audio: float = 0.3
@@ -62,6 +73,9 @@ class OmniZipConfig:
     controller_tolerance: float = 0.02
     stream_audio_scope: StreamAudioScope = "trailing"
     score_dtype: ScoreDtype = "float32"
+    vision_budget: VisionBudget = "off"
+    vision_budget_axes: VisionBudgetAxes = "both"
+    vision_budget_headroom: float = 1.25
 
     def __post_init__(self) -> None:
         for name in ("rho_audio", "rho_video", "anchor_ratio", "rho_min", "rho_max"):
@@ -89,6 +103,14 @@ class OmniZipConfig:
 
         if self.score_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"score_dtype must be 'float32' or 'bfloat16', got {self.score_dtype!r}")
+        if self.vision_budget not in ("off", "audio"):
+            raise ValueError(f"vision_budget must be 'off' or 'audio', got {self.vision_budget!r}")
+        if self.vision_budget_axes not in ("temporal", "spatial", "both"):
+            raise ValueError(
+                f"vision_budget_axes must be 'temporal', 'spatial' or 'both', got {self.vision_budget_axes!r}"
+            )
+        if not self.vision_budget_headroom >= 1.0:
+            raise ValueError(f"vision_budget_headroom must be >= 1, got {self.vision_budget_headroom}")
 
     @property
     def nominal_retention(self) -> float:

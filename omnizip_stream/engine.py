@@ -195,9 +195,10 @@ class StreamEngine:
         check_on_grid(window, spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
         audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
+        planner = getattr(self.compressor, "vision_planner", lambda: None)()  # vision_budget: audio
         encoded = self.adapter.encode_av(
             audio if audio.size else None, frames if len(frames) else None, cursor,
-            saliency=self.config.saliency, stream=True,
+            saliency=self.config.saliency, stream=True, **({"vision_plan": planner} if planner else {}),
         )
         clock.mark()
         layout = encoded.layout
@@ -232,6 +233,8 @@ class StreamEngine:
         self.windows_ingested += 1
         self._prev_window, self._prev_cursor = window, encoded.next_cursor
         counts = count_kept(layout, plan.keep)
+        if "vision_plan" in encoded.extras:  # a smaller grid was encoded: the budget is of the full one
+            counts["video_total"] = encoded.extras["vision_plan"].nominal_tokens
         for key in self.totals:
             self.totals[key] += counts[key]
         stage_ms = getattr(encoded, "stage_ms", None)  # CUDA events are read after the window's last one
@@ -242,6 +245,8 @@ class StreamEngine:
             "prefill_ms": prefill_ms,
             "total_ms": encode_ms + compress_ms + prefill_ms,
         })
+        if "video_patches" in encoded.extras:
+            timings["video_patches"] = float(encoded.extras["video_patches"])  # a count: vision-tower patches
         return WindowReport(index, window.t0_s, window.t0_s + window_s, counts["audio_total"], counts["audio_kept"],
                             counts["video_total"], counts["video_kept"], evicted, timings)
 

@@ -180,8 +180,13 @@ class OmniAdapter(Protocol):
         interleave: bool = True,
         stream: bool = False,
         video_fps: float | None = None,
+        vision_plan: Any = None,
     ) -> EncodedAV:
-        """Encode a window of audio ``[n]`` float32 16 kHz and frames ``[F, H, W, 3]`` uint8."""
+        """Encode a window of audio ``[n]`` float32 16 kHz and frames ``[F, H, W, 3]`` uint8.
+
+        ``vision_plan``: an :data:`omnizip.vision_budget.VisionPlanner` called between the audio and
+        the vision tower (listen before you look), or None.
+        """
         ...
 
     def embed_ids(self, ids: list[int] | torch.Tensor) -> torch.Tensor:

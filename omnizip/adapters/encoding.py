@@ -38,6 +38,7 @@ from omnizip.preprocess import (
 )
 from omnizip.saliency import audio_saliency
 from omnizip.sequence import layout_from_ids
+from omnizip.vision_budget import VisionBudgetInput, VisionPlan, VisionPlanner, plan_frames
 
 _AUDIO_CONTEXT_SAMPLES = 400  # left context kept for the next window's log-mel (needs n_fft / 2 = 200)
 _SALIENCY_VARIANTS = (None, "block", "global")
@@ -55,6 +56,9 @@ class EncodeRequest:
         stream: stream-mode log-mel (left context and running floor from the cursor).
         interleave: ``use_audio_in_video`` layout.
         video_fps: the rate the frames were sampled at (default ``spec.fps``).
+        vision_plan: "listen before you look" hook (:mod:`omnizip.vision_budget`), or None: called
+            after the audio tower with the window's audio saliency and full video grid, it returns the
+            grid the vision tower encodes (fewer steps / a smaller size); None encodes every frame.
     """
 
     audio: np.ndarray | None
@@ -64,6 +68,7 @@ class EncodeRequest:
     stream: bool = True
     interleave: bool = True
     video_fps: float | None = None
+    vision_plan: VisionPlanner | None = None
 
 
 @dataclass
@@ -136,6 +141,7 @@ class AVEncoding:
         interleave: bool = True,
         stream: bool = False,
         video_fps: float | None = None,
+        vision_plan: VisionPlanner | None = None,
     ) -> EncodedAV:
         """Encode one window (or a whole clip) into the full, uncompressed token layout.
 
@@ -149,11 +155,12 @@ class AVEncoding:
                 cursor) instead of a whole clip.
             video_fps: the rate the frames were sampled at (default ``spec.fps``); a clip whose frames
                 were capped is sampled more sparsely, which stretches each grid step's time.
+            vision_plan: see :class:`EncodeRequest` (listen before you look), None to encode every frame.
 
         Returns:
             The :class:`EncodedAV`; ``layout.embeds`` is ``[N, D]`` in the model dtype.
         """
-        request = EncodeRequest(audio, frames, cursor, saliency, stream, interleave, video_fps)
+        request = EncodeRequest(audio, frames, cursor, saliency, stream, interleave, video_fps, vision_plan)
         return self.encode_av_batch([request])[0]
 
     @torch.no_grad()
@@ -192,9 +199,12 @@ class AVEncoding:
             encoded = self._audio_tower([(m[0], m[1]) for m in mels], [requests[i].saliency for i, _ in audio_at])
             audio_out = {i: _AudioOut(f, s, m[2]) for (i, _), (f, s), m in zip(audio_at, encoded, mels, strict=True)}
             audio_stage = self._stage_time(t0)
+        plans = {i: self._plan_vision(requests[i], f, audio_out.get(i)) for i, f in video_at
+                 if requests[i].vision_plan is not None}
         if video_at:
             t0 = self._mark()
-            encoded_video = self._vision_tower([f for _, f in video_at])
+            inputs = [plan_frames(*plans[i]) if i in plans else (f, self.vision_cfg) for i, f in video_at]
+            encoded_video = self._vision_tower([f for f, _ in inputs], [c for _, c in inputs])
             video_out = {i: out for (i, _), out in zip(video_at, encoded_video, strict=True)}
             video_stage = self._stage_time(t0)
         results = []
@@ -209,8 +219,9 @@ class AVEncoding:
                     events[name] = stage
                 else:
                     timings[name] = stage
+            plan = plans[i][1] if i in plans else None
             results.append(self._assemble(r, audios[i], audio_out.get(i), clips[i], video_out.get(i),
-                                          timings, events))
+                                          timings, events, plan))
         return results
 
     # ------------------------------------------------------------------ per request
@@ -222,18 +233,44 @@ class AVEncoding:
         mel = log_mel_window(audio, cursor.audio_tail, running_max_log10=cursor.mel_max_log10, cfg=self.audio_cfg)
         return mel.input_features, mel.feature_attention_mask, mel.max_log10
 
+    def _plan_vision(
+        self, request: EncodeRequest, frames: np.ndarray, a: _AudioOut | None
+    ) -> tuple[VisionBudgetInput, VisionPlan]:
+        """Ask the request's ``vision_plan`` hook which grid to encode (after its audio was encoded)."""
+        assert request.vision_plan is not None
+        cfg, tp = self.vision_cfg, self.vision_cfg.temporal_patch_size
+        h, w = cfg.resized_size(int(frames.shape[1]), int(frames.shape[2]))
+        grid = (-(-int(frames.shape[0]) // tp), h // cfg.patch_size, w // cfg.patch_size)
+        inp = VisionBudgetInput(
+            frames=frames, grid_thw=grid, vision_cfg=cfg, audio_saliency=None if a is None else a.saliency,
+            n_audio=0 if a is None else int(a.features.shape[0]), first_grid=request.cursor.grids,
+        )
+        return inp, request.vision_plan(inp)
+
     def _assemble(
         self, request: EncodeRequest, audio: np.ndarray | None, a: _AudioOut | None, frames: np.ndarray | None,
         v: _VideoOut | None, timings: dict[str, float], events: dict[str, tuple[Any, Any]],
+        plan: VisionPlan | None = None,
     ) -> EncodedAV:
-        """One request's token plan, layout, positions and next cursor from its encoder outputs."""
+        """One request's token plan, layout, positions and next cursor from its encoder outputs.
+
+        With a vision ``plan`` the positions follow the grid actually encoded (its steps stretched to
+        span the window, its first step in those units); the next cursor advances by the full grid.
+        """
         d, cursor = self.spec.hidden_size, request.cursor
         empty = torch.zeros(0, d, dtype=self.dtype, device=self.device)
         a_feat = a.features if a is not None else empty
         v_feat = v.features if v is not None else empty
         grid = v.grid if v is not None else None
         fps = request.video_fps or self.spec.fps
-        toks = self._av_tokens(a_feat.shape[0], grid, cursor, request.interleave, self.spec.temporal_patch_size / fps)
+        grids_done = grid[0] if grid else 0
+        token_cursor = cursor
+        if plan is not None and frames is not None:
+            fps *= plan.fps_scale
+            grids_done = -(-len(frames) // self.spec.temporal_patch_size)
+            token_cursor = dataclasses.replace(cursor, grids=plan.first_grid)
+        toks = self._av_tokens(a_feat.shape[0], grid, token_cursor, request.interleave,
+                               self.spec.temporal_patch_size / fps)
         # The token plan is built on the host (tmrope); it moves to the model's device once, and the
         # layout lives there entirely (see omnizip.device).
         kind = toks.kind.to(self.device)
@@ -259,9 +296,13 @@ class AVEncoding:
         if v is not None and "deepstack" in v.extras:
             extras["deepstack"] = v.extras["deepstack"]  # per level, video tokens in feature order
             extras["video_feature_index"] = feature_index[is_video]
+        if plan is not None:
+            extras["vision_plan"] = plan
+        if grid is not None:
+            extras["video_patches"] = grid[0] * grid[1] * grid[2]  # vision-tower patches encoded
         tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if audio is not None else None
         next_cursor = AVCursor(
-            cursor.base, cursor.audio_tokens + int(a_feat.shape[0]), cursor.grids + (grid[0] if grid else 0), tail,
+            cursor.base, cursor.audio_tokens + int(a_feat.shape[0]), cursor.grids + grids_done, tail,
             a.mel_max_log10 if a is not None else cursor.mel_max_log10,
         )
         return EncodedAV(
@@ -336,13 +377,17 @@ class AVEncoding:
             results.append((f, s))
         return results
 
-    def _vision_tower(self, clips: list[np.ndarray]) -> list[_VideoOut]:
+    def _vision_tower(
+        self, clips: list[np.ndarray], cfgs: list[VisionPreprocessConfig] | None = None
+    ) -> list[_VideoOut]:
         """Frames ``[F_i, H_i, W_i, 3]`` uint8 of each request -> features ``[N_i, D]`` (t, row, col order).
 
         One vision-tower call: the requests' patches back to back, one ``grid_thw`` row each (the tower
-        attends inside each frame, so sizes may differ).
+        attends inside each frame, so sizes may differ). ``cfgs``: each clip's preprocessing (its pixel
+        budget), default the adapter's.
         """
-        patches = [patchify_video(resize_frames(f, self.vision_cfg), self.vision_cfg) for f in clips]
+        cfgs = cfgs or [self.vision_cfg] * len(clips)
+        patches = [patchify_video(resize_frames(f, c), c) for f, c in zip(clips, cfgs, strict=True)]
         pixels = torch.cat([p for p, _ in patches]) if len(patches) > 1 else patches[0][0]
         grid_thw = torch.cat([g for _, g in patches]) if len(patches) > 1 else patches[0][1]
         core = self.thinker.model

@@ -16,6 +16,7 @@ float32; ties go to the earlier token (see :mod:`omnizip.audio` and :mod:`omnizi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -88,3 +89,18 @@ def make_omnizip(config: OmniZipConfig) -> Compressor:
     if config.mode == "streaming":
         return OmniZipStreamingCompressor(config)
     return OmniZipOfflineCompressor(config)
+
+
+@register("omnizip-lbyl")
+def make_omnizip_lbyl(config: OmniZipConfig) -> Compressor:
+    """Streaming OmniZip with ``vision_budget="audio"`` (listen before you look, :mod:`omnizip.vision_budget`).
+
+    Raises:
+        ValueError: in ``offline`` mode (the vision budget is decided window by window, before the
+            vision tower of each window; a whole clip has no such point).
+    """
+    if config.mode != "streaming":
+        raise ValueError("omnizip-lbyl (vision_budget: audio) works in streaming mode only")
+    compressor = OmniZipStreamingCompressor(dataclasses.replace(config, vision_budget="audio"))
+    compressor.name = "omnizip-lbyl"
+    return compressor

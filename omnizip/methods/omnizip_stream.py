@@ -18,6 +18,17 @@ Per chunk (2-s window), in stream order:
 
 The audio history and the controller persist across :meth:`plan` calls until :meth:`reset`.
 ``rho_video = 0`` disables video pruning.
+
+Listen before you look (``vision_budget="audio"``): :meth:`vision_planner` is the adapter's hook
+between the audio and the vision tower (:class:`~omnizip.adapters.encoding.EncodeRequest`
+``vision_plan``). It predicts the window's retention score from its audio saliency alone (the
+salient count of step 1 plus the anchors of step 2, which depend on no video), asks the controller
+for the keep count of the *full* grid (:meth:`StreamingBudgetController.propose`, no state change)
+and picks the grid to encode (:func:`omnizip.vision_budget.choose_vision_plan`). The following
+:meth:`plan` of that window accounts the window as one controller step with the full grid's token
+count, capped at the tokens actually encoded, and spreads the count over the encoded frames. With one
+chunk per window (2-s Qwen2.5-Omni windows) the predicted and actual scores are the same number,
+so the count is the one plain streaming OmniZip would have chosen.
 """
 
 from __future__ import annotations
@@ -26,10 +37,10 @@ from collections import deque
 
 import torch
 
-from omnizip.audio import salient_count, salient_mask, top_indices
+from omnizip.audio import anchor_count, salient_count, salient_mask, top_indices
 from omnizip.budget import StreamingBudgetController, spread_over_frames
 from omnizip.config import OmniZipConfig
-from omnizip.methods._layout import build_plan, index_layout
+from omnizip.methods._layout import LayoutIndex, build_plan, index_layout
 from omnizip.methods._stages import (
     cat_merges,
     checked_saliency,
@@ -40,6 +51,7 @@ from omnizip.methods._stages import (
     windowed_audio_stage,
 )
 from omnizip.types import KeepPlan, TokenLayout
+from omnizip.vision_budget import VisionBudgetInput, VisionPlan, VisionPlanner, choose_vision_plan
 
 
 class OmniZipStreamingCompressor:
@@ -59,11 +71,42 @@ class OmniZipStreamingCompressor:
             config.rho_video, config.rho_min, config.rho_max, config.controller_horizon, config.controller_tolerance
         )
         self._history: deque[torch.Tensor] = deque(maxlen=max(0, config.controller_horizon - 1))
+        self._vision_plan: VisionPlan | None = None
 
     def reset(self) -> None:
         """Forget the stream: audio history and controller state."""
         self.controller.reset()
         self._history.clear()
+        self._vision_plan = None
+
+    def vision_planner(self) -> VisionPlanner | None:
+        """The encode hook of ``vision_budget="audio"`` (None when the option is off)."""
+        return self.plan_vision if self.config.vision_budget == "audio" else None
+
+    def predicted_retention(self, saliency: torch.Tensor | None, n_audio: int) -> float | None:
+        """A window's retention score from its audio alone: salient tokens plus anchors over ``n_audio``.
+
+        Args:
+            saliency: ``[n_audio]`` saliency of the window's audio tokens, or None.
+            n_audio: the window's LLM audio tokens (0: no audio, returns None).
+        """
+        if n_audio <= 0:
+            return None
+        k = self._salient_count(saliency, n_audio)
+        if self.config.g > 0 and k < n_audio:
+            k += min(anchor_count(n_audio, self.config.anchor_ratio), n_audio - k)
+        return float(torch.tensor(k, dtype=torch.float32) / n_audio)  # float32 like plan()
+
+    def plan_vision(self, inp: VisionBudgetInput) -> VisionPlan:
+        """Choose the grid the window's vision tower encodes; remembered for the window's :meth:`plan`."""
+        cfg = self.config
+        retention = self.predicted_retention(inp.audio_saliency, inp.n_audio)
+        nominal = inp.nominal_tokens
+        keep = nominal if cfg.rho_video == 0.0 else self.controller.propose(retention, nominal)
+        plan = choose_vision_plan(inp, keep, axes=cfg.vision_budget_axes, headroom=cfg.vision_budget_headroom,
+                                  retention=retention)
+        self._vision_plan = plan
+        return plan
 
     def _salient_count(self, saliency: torch.Tensor | None, n: int) -> int:
         """Salient tokens of a chunk of ``n`` audio tokens (trailing or window top-k)."""
@@ -72,6 +115,25 @@ class OmniZipStreamingCompressor:
         pool = torch.cat([*self._history, saliency])
         top = top_indices(pool, salient_count(int(pool.numel()), self.config.rho_audio))
         return int((top >= pool.numel() - n).sum())
+
+    def _window_video_budget(
+        self, vision_plan: VisionPlan, index: LayoutIndex, audio_keep: torch.Tensor, ratios: list[float]
+    ) -> tuple[list[int], list[float]]:
+        """One controller step for a window encoded under ``vision_plan`` (full-grid token count).
+
+        Returns:
+            Per encoded frame keep counts and the chunks' video ratios (of the full grid).
+        """
+        n_audio = int(audio_keep.numel())
+        s_w = float(audio_keep.sum().to(torch.float32) / n_audio) if n_audio else None
+        nominal, encoded = vision_plan.nominal_tokens, int(index.video_idx.numel())
+        if self.config.rho_video == 0.0:
+            kept = encoded
+        else:
+            kept = self.controller.step(s_w, nominal, max_keep=encoded)
+        ratio = 1.0 - kept / nominal
+        with_video = [n > 0 for n in index.video_counts]
+        return spread_over_frames(kept, index.num_frames), [ratio if v else r for v, r in zip(with_video, ratios, strict=True)]
 
     def plan(self, layout: TokenLayout) -> KeepPlan:
         """Plan the layout's chunks in order, updating the stream state.
@@ -84,6 +146,9 @@ class OmniZipStreamingCompressor:
         """
         cfg = self.config
         index = index_layout(layout)
+        vision_plan, self._vision_plan = self._vision_plan, None
+        if vision_plan is not None and vision_plan.grid_thw[0] != index.num_frames:
+            vision_plan = None  # not the window the plan was made for: plan it as usual
         saliency = checked_saliency(layout)
         # A stream window is small: convert it to the score dtype once instead of in every stage.
         work = layout.embeds.to(score_dtype(cfg))
@@ -114,9 +179,14 @@ class OmniZipStreamingCompressor:
             if nv == 0:
                 ratios.append(float("nan"))
                 continue
+            if vision_plan is not None:
+                ratios.append(float("nan"))  # decided for the whole window below
+                continue
             kept = nv if cfg.rho_video == 0.0 else self.controller.step(s_w, nv)
             ratios.append(1.0 - kept / nv)
             frame_counts.extend(spread_over_frames(kept, index.frame_counts[c]))
+        if vision_plan is not None:
+            frame_counts, ratios = self._window_video_budget(vision_plan, index, audio_keep, ratios)
         video_keep = None
         if index.video_idx.numel():
             counts = torch.tensor(frame_counts, dtype=torch.int64, device=dev)

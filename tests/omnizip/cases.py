@@ -44,6 +44,7 @@ CASES = [
     Case("omnizip", {"g": 0}, budget="omnizip_offline"),
     Case("omnizip", {"mode": "streaming"}, budget="omnizip_streaming"),
     Case("omnizip", {"mode": "streaming", "stream_audio_scope": "window"}, budget="omnizip_streaming"),
+    Case("omnizip-lbyl", {"mode": "streaming"}, budget="omnizip_streaming"),
 ]
 
 
