@@ -8,7 +8,9 @@ what serving stacks with a frame ring buffer do.
 
 Names: ``full`` (identity), ``<method>-45`` / ``<method>-35`` for ``omnizip``, ``random``,
 ``uniform``, ``dycoke`` at the paper's 45 % (rho_audio 0.3 / rho_video 0.6) and 35 % (0.4 / 0.7)
-settings, ``reprefill`` (no compression) and ``reprefill+omnizip-45`` / ``reprefill+omnizip-35``.
+settings, ``omnizip-45-lbyl`` / ``omnizip-35-lbyl`` (the same with ``vision_budget: audio``: the
+audio budget decides the grid the vision tower encodes, :mod:`omnizip.vision_budget`), ``reprefill``
+(no compression) and ``reprefill+omnizip-45`` / ``reprefill+omnizip-35``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ BUDGETS: dict[str, tuple[float, float]] = {"45": (0.3, 0.6), "35": (0.4, 0.7)}
 """Setting name (percent of A/V tokens kept, roughly) -> (rho_audio, rho_video), the fractions removed."""
 
 STREAMING_METHODS = ("omnizip", "random", "uniform", "dycoke")
+LBYL_SUFFIX = "-lbyl"
+"""Mode-name suffix of listen before you look (``omnizip-35-lbyl``: compressor ``omnizip-lbyl``)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ def _build() -> list[Mode]:
     for method in STREAMING_METHODS:
         for budget, (ra, rv) in BUDGETS.items():
             modes.append(Mode(f"{method}-{budget}", "streaming", method, ra, rv))
+    for budget, (ra, rv) in BUDGETS.items():
+        modes.append(Mode(f"omnizip-{budget}{LBYL_SUFFIX}", "streaming", "omnizip-lbyl", ra, rv))
     modes.append(Mode("reprefill", "reprefill", "identity"))
     for budget, (ra, rv) in BUDGETS.items():
         modes.append(Mode(f"reprefill+omnizip-{budget}", "reprefill", "omnizip", ra, rv))

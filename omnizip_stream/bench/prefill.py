@@ -17,6 +17,12 @@ Warm-up (discarded): one run per case for the tiny models; for ``small``, whose 
 minutes, one run before its first case. Timed runs: 3 (tiny) or 1 (small); the median is reported.
 
 Target (issue 3): full / omnizip-35 prefill time >= 2.5x on the 60-s clip.
+
+Listen before you look (issue 17): a ``-lbyl`` method (``omnizip-35-lbyl``) runs in streaming mode
+only, so when one is asked for, every method of the run also replays each clip as 2-s stream windows
+(:mod:`omnizip_stream.bench.lbyl`: vision-encoder time, patches encoded and whole-window time, per
+window and per clip, ratios to full) under ``stream_windows`` / ``lbyl_targets`` in the report; the
+offline rows are those of the other methods, as before.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from omnizip_stream.bench.env import PeakRss, environment, load_average, median, set_threads, trim_memory
-from omnizip_stream.bench.modes import ALL_MODES, Mode, parse_modes
+from omnizip_stream.bench.modes import ALL_MODES, LBYL_SUFFIX, Mode, parse_modes
 from omnizip_stream.bench.progress import ProgressBar
 from omnizip_stream.bench.report import run_json_script
 from omnizip_stream.bench.summary import check
@@ -42,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 QUESTION = "What is happening in this clip?"
 PIXEL_BUDGET = 128 * 28 * 28
-STREAMING_NAMES = ",".join(m.name for m in ALL_MODES if m.kind == "streaming")
+STREAMING_NAMES = ",".join(m.name for m in ALL_MODES if m.kind == "streaming" and not m.name.endswith(LBYL_SUFFIX))
 
 
 class EncodeOnce:
@@ -138,7 +144,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny only, 4-s and 10-s clips, one timed run")
     p.add_argument("--models", default=None, help="comma-separated: tiny, tiny-qwen3, small (default tiny,small)")
     p.add_argument("--clips", default=None, help="clip lengths in seconds (default 10,60; quick 4,10)")
-    p.add_argument("--methods", default=STREAMING_NAMES, help="methods (default: full and every method at 45/35)")
+    p.add_argument("--methods", default=STREAMING_NAMES,
+                   help="methods (default: full and every method at 45/35); a -lbyl method (omnizip-35-lbyl) "
+                        "adds the stream-window replay of every method of the run")
     p.add_argument("--small-long-methods", default="full,omnizip-45,omnizip-35",
                    help="methods of the small model on clips of 60 s or more (each full prefill takes minutes "
                         "on a 2-core CPU; the baselines keep as many tokens as omnizip, so their prefill "
@@ -171,6 +179,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, float, list[Mode]]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every case; return the report."""
+    from omnizip_stream.bench import lbyl
     from omnizip_stream.bench.models import load_bench_adapter, model_info
 
     plan = _plan(args)
@@ -178,8 +187,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--repeats must be at least 1")
     set_threads(args.threads)
     t0 = time.perf_counter()
-    bar = ProgressBar(sum(len(ms) for _, _, ms in plan), label="prefill")
+    windowed = {id(ms): any(m.name.endswith(LBYL_SUFFIX) for m in ms) for _, _, ms in plan}
+    bar = ProgressBar(sum(len(ms) * (2 if windowed[id(ms)] else 1) for _, _, ms in plan), label="prefill")
     results: list[dict[str, Any]] = []
+    stream_rows: list[dict[str, Any]] = []
     models: dict[str, Any] = {}
     env: dict[str, Any] | None = None
     adapter, loaded = None, None
@@ -200,16 +211,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proxy = EncodeOnce(adapter)
             # tiny: one discarded run per case. small (a prefill takes up to minutes): one discarded run of
             # the model's first clip with its last method, before its first case
-            if small and model not in warmed:
-                run_case(proxy, audio, frames, methods[-1], warmup=0, repeats=1)
+            offline = [m for m in methods if not m.name.endswith(LBYL_SUFFIX)]
+            if small and model not in warmed and offline:
+                run_case(proxy, audio, frames, offline[-1], warmup=0, repeats=1)
             warmed.add(model)
             warmup = 0 if small else 1
-            for mode in methods:
+            for mode in offline:
                 row = run_case(proxy, audio, frames, mode, warmup=warmup, repeats=repeats)
                 results.append({"model": model, "clip_s": clip_s, "warmup": warmup, "repeats": repeats, **row})
                 bar.advance(f"{model} {clip_s:g}s {mode.name}: prefill {row['prefill_ms']:.0f} ms")
+            if windowed[id(methods)]:
+                windows = lbyl.clip_windows(audio, frames, adapter.spec.fps)
+                for mode in methods:
+                    srow = lbyl.stream_clip_case(adapter, windows, mode)
+                    stream_rows.append({"model": model, "clip_s": clip_s, **srow})
+                    bar.advance(f"{model} {clip_s:g}s {mode.name} (stream windows): window p50 "
+                                f"{srow['total_ms_p50']:.0f} ms")
     finally:
         bar.close()
+    lbyl.ratios_to_full(stream_rows)
     for row in results:
         full = next((r for r in results if r["model"] == row["model"] and r["clip_s"] == row["clip_s"]
                      and r["method"] == "full"), None)
@@ -231,6 +251,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "(lower bound)"),
         "results": results,
         "targets": targets(results),
+        "stream_windows": stream_rows,
+        "lbyl_targets": lbyl.targets(stream_rows) if stream_rows else {},
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -260,8 +282,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if done is None:
         return 2
     args, report = done
-    for name, t in report["targets"].items():
+    for name, t in (report["targets"] | report["lbyl_targets"]).items():
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
         print(f"{name}: {verdict} ({t['measured']:.2f}x)" if t["measured"] else f"{name}: {verdict}")
+    from omnizip_stream.bench.lbyl import summary_lines
+
+    for line in summary_lines(report["stream_windows"]):
+        print(line)
     print(f"wrote {args.out}")
     return 0

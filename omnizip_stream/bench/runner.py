@@ -108,6 +108,7 @@ class StreamingRunner:
             "encode_ms": round(t.get("encode_ms", 0.0), 3),
             "audio_tokens": report.audio_tokens, "audio_kept": report.audio_kept,
             "video_tokens": report.video_tokens, "video_kept": report.video_kept,
+            "video_patches": int(t.get("video_patches", 0)),  # vision-tower patches encoded (lbyl: fewer)
             "evicted": len(report.evicted),
             "kv_tokens": stats["kv_tokens"],
             "kv_mb": stats["kv_bytes"] / 2**20,

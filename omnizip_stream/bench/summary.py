@@ -94,6 +94,7 @@ def rows_for(record: ModeRecord, window_s: float, warmup: int) -> list[dict[str,
             "prompt_tokens": q["prompt_tokens"],
             "history_s": q["history_s"],
             "window_ms_p50": stages["total_ms"]["p50"],
+            "video_patches_p50": percentiles([w.get("video_patches", 0) for w in span])["p50"],
             "window_ms_p95": stages["total_ms"]["p95"],
             "window_ms_p99": stages["total_ms"]["p99"],
             "stage_ms": stages,
@@ -142,6 +143,9 @@ def mode_summary(record: ModeRecord, window_s: float, warmup: int) -> dict[str, 
     out: dict[str, Any] = {"mode": record.mode, "kind": record.kind, "windows": len(record.windows),
                            "stream_s": record.windows[-1]["t_s"] if record.windows else 0.0, **record.info}
     out["stage_ms"] = _stage_stats(span)
+    out["video_patches_total"] = sum(w.get("video_patches", 0) for w in record.windows)
+    out["video_encode_ms_total"] = sum(w.get("video_encode_ms", 0.0) for w in record.windows)
+    out["window_ms_total"] = sum(w.get("total_ms", 0.0) for w in record.windows)
     if record.kind == "streaming":
         out["rtf"] = _rtf(span, window_s)
         out.update(_kept(record.windows))

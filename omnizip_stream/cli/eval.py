@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         settings = build_settings(_split(args.methods), _split(args.retention), available())
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.path == "offline" and any(s.method.endswith("-lbyl") for s in settings):
+        raise UserError("the -lbyl methods (vision_budget: audio) run on the streaming path only; add --path streaming")
     try:
         items = load_benchmark(args.benchmark, args.data_root, args.annotation)
     except AnnotationError as exc:

@@ -16,6 +16,7 @@ from omnizip.config import OmniZipConfig
 RETENTION_PRESETS: dict[str, tuple[float, float]] = {"0.45": (0.3, 0.6), "0.35": (0.4, 0.7)}
 FULL = "full"
 DEFAULT_METHODS = ("full", "omnizip", "random", "uniform", "dycoke")
+LBYL_SUFFIX = "-lbyl"  # listen before you look: ``omnizip-35-lbyl`` = method omnizip-lbyl at retention 0.35
 # G (audio tokens merged per anchor): 15 on the audio-centric AVUT, 3 elsewhere (the paper's scripts).
 BENCHMARK_G = {"avut": 15}
 DEFAULT_G = 3
@@ -79,8 +80,24 @@ def parse_retention(value: str) -> tuple[str, float, float]:
     )
 
 
+def pinned_method(name: str) -> tuple[str, str] | None:
+    """``omnizip-35-lbyl`` -> ``("omnizip-lbyl", "0.35")``; ``random-45`` -> ``("random", "0.45")``; else None.
+
+    A bench-style name (``<method>-<45|35>[-lbyl]``) names its method and its retention at once.
+    """
+    base, lbyl = (name[: -len(LBYL_SUFFIX)], LBYL_SUFFIX) if name.endswith(LBYL_SUFFIX) else (name, "")
+    method, _, budget = base.rpartition("-")
+    label = f"0.{budget}"
+    if not method or label not in RETENTION_PRESETS:
+        return None
+    return method + lbyl, label
+
+
 def build_settings(methods: list[str], retentions: list[str], available: list[str]) -> list[EvalSetting]:
     """The sweep's settings: ``full`` once (if asked), then each retention x each compressing method.
+
+    A method named with its retention (``omnizip-35-lbyl``, ``uniform-45``; see :func:`pinned_method`)
+    runs at that retention only, whatever ``retentions`` says.
 
     Args:
         methods: method names; ``full`` (or ``identity``) is the uncompressed reference.
@@ -93,8 +110,16 @@ def build_settings(methods: list[str], retentions: list[str], available: list[st
     if not methods:
         raise ValueError("--methods is empty")
     names = []
+    pinned: list[EvalSetting] = []
     for m in (m.strip() for m in methods):
         name = FULL if m in (FULL, "identity") else m
+        pin = pinned_method(name) if name not in available else None
+        if pin is not None and pin[0] in available:
+            label, rho_a, rho_v = parse_retention(pin[1])
+            if any(s.method == pin[0] and s.retention == label for s in pinned):
+                raise ValueError(f"method {m!r} is listed twice")
+            pinned.append(EvalSetting(pin[0], label, rho_a, rho_v))
+            continue
         if name != FULL and name not in available:
             raise ValueError(f"unknown method {m!r}; choose full or one of {', '.join(a for a in available if a != 'identity')}")
         if name in names:
@@ -104,6 +129,8 @@ def build_settings(methods: list[str], retentions: list[str], available: list[st
     compressing = [n for n in names if n != FULL]
     if compressing and not parsed:
         raise ValueError("--retention is empty")
+    if not names and not pinned:
+        raise ValueError("--methods is empty")
     settings = [EvalSetting("identity", FULL, 0.0, 0.0)] if FULL in names else []
     seen = set()
     for label, rho_a, rho_v in parsed:
@@ -111,6 +138,10 @@ def build_settings(methods: list[str], retentions: list[str], available: list[st
             raise ValueError(f"retention {label} is listed twice")
         seen.add(label)
         settings += [EvalSetting(n, label, rho_a, rho_v) for n in compressing]
+    for setting in pinned:
+        if setting in settings:
+            raise ValueError(f"{setting.method} at {setting.retention} is listed twice")
+        settings.append(setting)
     return settings
 
 
