@@ -151,6 +151,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="methods of the small model on clips of 60 s or more (each full prefill takes minutes "
                         "on a 2-core CPU; the baselines keep as many tokens as omnizip, so their prefill "
                         "time is the same to within noise)")
+    p.add_argument("--lbyl-axes", default="both",
+                   help="vision_budget_axes of the -lbyl methods, comma-separated (temporal,spatial,both: each "
+                        "axis measured on its own; rows other than both are named omnizip-35-lbyl[temporal])")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 3 tiny, 1 small)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
@@ -183,6 +186,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from omnizip_stream.bench.models import load_bench_adapter, model_info
 
     plan = _plan(args)
+    axes_list = [a.strip() for a in args.lbyl_axes.split(",") if a.strip()]
+    if not axes_list or any(a not in ("temporal", "spatial", "both") for a in axes_list):
+        raise ValueError(f"--lbyl-axes must list temporal, spatial or both, got {args.lbyl_axes!r}")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
     set_threads(args.threads)
@@ -223,8 +229,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if windowed[id(methods)]:
                 windows = lbyl.clip_windows(audio, frames, adapter.spec.fps)
                 for mode in methods:
-                    srow = lbyl.stream_clip_case(adapter, windows, mode)
-                    stream_rows.append({"model": model, "clip_s": clip_s, **srow})
+                    for axes in axes_list if mode.name.endswith(LBYL_SUFFIX) else [None]:
+                        srow = lbyl.stream_clip_case(adapter, windows, mode, axes=axes)
+                        stream_rows.append({"model": model, "clip_s": clip_s, **srow})
                     bar.advance(f"{model} {clip_s:g}s {mode.name} (stream windows): window p50 "
                                 f"{srow['total_ms_p50']:.0f} ms")
     finally:
