@@ -134,7 +134,7 @@ def test_stream_lengths_round_up_to_whole_windows(tmp_path):
 
     args = build_parser().parse_args(["bench", "--out", str(tmp_path), "--stream-minutes", "0.25,1,0.5"])
     modes, settings = resolve(args)
-    assert settings.checkpoints_s == (16.0, 30.0, 60.0) and len(modes) == 12
+    assert settings.checkpoints_s == (16.0, 30.0, 60.0) and len(modes) == 14  # 12 + the two -lbyl modes
     assert settings.stream.torch_threads == 1  # recorded in the resolved config
     quick = resolve(build_parser().parse_args(["bench", "--out", str(tmp_path), "--quick"]))[1]
     assert quick.checkpoints_s == (30.0, 90.0) and quick.stream.cache_max_tokens == 4096
