@@ -382,12 +382,26 @@ class StreamSession:
                     "ingest_lag_s": self._last_lag_s})
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
+            out["last_window"] = window_summary(self.reports[-1])
         out.update(self.live.fields(oldest_t1))
         return out
 
     def _check_running(self) -> None:
         if not self._registered or self.stopping or not self._worker.running:
             raise QueryError("not_ready", "the stream session is not running")
+
+
+def window_summary(report: WindowReport) -> dict[str, Any]:
+    """One window's compression as plain JSON: index, times, tokens in/kept per modality.
+
+    ``audio_retention`` (audio_kept / audio_tokens) and ``video_keep_ratio`` (video_kept / video_tokens)
+    are the audio-guided budget of each window (None for a modality the window did not carry).
+    """
+    return {"index": report.index, "t0_s": report.t0_s, "t1_s": report.t1_s,
+            "audio_tokens": report.audio_tokens, "audio_kept": report.audio_kept,
+            "video_tokens": report.video_tokens, "video_kept": report.video_kept,
+            "audio_retention": report.audio_kept / report.audio_tokens if report.audio_tokens else None,
+            "video_keep_ratio": report.video_kept / report.video_tokens if report.video_tokens else None}
 
 
 class _Closed(Exception):
