@@ -43,7 +43,7 @@ from omnizip_stream.server.service import StreamServer
 logger = logging.getLogger(__name__)
 
 # Modules whose ``install(app: FastAPI) -> None`` adds routes/static files to every app (e.g. the web page).
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["omnizip_stream.web"]
 
 # QueryError / RequestError codes -> HTTP status.
 STATUS_OF_CODE = {"bad_request": 400, "too_long": 400, "unauthorized": 401, "forbidden": 403,

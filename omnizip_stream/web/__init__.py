@@ -8,6 +8,6 @@ and ``GET /v1/streams/{id}/windows`` (each window's audio retention and video ke
 
 from __future__ import annotations
 
-from omnizip_stream.web.routes import STATIC_DIR, WebRoutes, mount_web
+from omnizip_stream.web.routes import STATIC_DIR, WebRoutes, install, mount_web
 
-__all__ = ["STATIC_DIR", "WebRoutes", "mount_web"]
+__all__ = ["STATIC_DIR", "WebRoutes", "install", "mount_web"]

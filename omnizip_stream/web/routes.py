@@ -18,8 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from omnizip_stream.server.config import StreamSpec, check_stream_id
+from omnizip_stream.http.app import ApiError, read_json
+from omnizip_stream.http.streams import unknown_stream
+from omnizip_stream.server.config import MAX_STREAMS, StreamSpec, check_stream_id
 from omnizip_stream.session import window_summary
+from omnizip_stream.sources.base import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +30,6 @@ STATIC_DIR = Path(__file__).with_name("static")
 MAX_SDP_CHARS = 64_000
 SNAPSHOT_MAX_SIDE = 640
 JPEG_QUALITY = 80
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    """A JSON error body like the MQTT replies: ``{"error": {"code", "message"}}``."""
-    return JSONResponse({"error": {"code": code, "message": " ".join(message.split())}}, status_code=status)
 
 
 def encode_jpeg(image: Any, *, max_side: int = SNAPSHOT_MAX_SIDE, quality: int = JPEG_QUALITY) -> bytes:
@@ -51,10 +49,16 @@ class WebRoutes:
 
     def __init__(self) -> None:
         self.peers: dict[str, Any] = {}  # stream id -> WebRTCPeer
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
         """Close every browser's peer connection (their streams are removed)."""
         await asyncio.gather(*(peer.close() for peer in list(self.peers.values())), return_exceptions=True)
+
+
+def install(app: FastAPI) -> None:
+    """The HTTP app's extension hook (``omnizip_stream.http.app.EXTENSIONS``): the page on ``app.state.server``."""
+    mount_web(app, app.state.server)
 
 
 def mount_web(app: FastAPI, server: Any) -> WebRoutes:
@@ -79,25 +83,26 @@ def mount_web(app: FastAPI, server: Any) -> WebRoutes:
 
     @app.post("/v1/webrtc/offer")
     async def webrtc_offer(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "bad_request", "the body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}")
+        body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or not body["sdp"].strip():
-            return _error(400, "bad_request", "the body needs \"sdp\" (the browser's offer) and \"type\": \"offer\"")
+            raise ApiError("bad_request", "the body needs \"sdp\" (the browser's offer) and \"type\": \"offer\"")
         if len(body["sdp"]) > MAX_SDP_CHARS:
-            return _error(413, "too_large", f"the SDP offer is longer than {MAX_SDP_CHARS} characters")
+            raise ApiError("too_long", f"the SDP offer is longer than {MAX_SDP_CHARS} characters", 413)
         stream_id = body.get("id") or webrtc.new_peer_id()
         try:
             check_stream_id(stream_id)
         except ValueError as exc:
-            return _error(400, "bad_request", str(exc))
+            raise ApiError("bad_request", str(exc)) from None
         if stream_id in server.ids() or stream_id in peers:
-            return _error(409, "conflict", f"stream {stream_id!r} already exists")
+            raise ApiError("conflict", f"stream {stream_id!r} is already being served")
+        if len(server.ids()) >= MAX_STREAMS:
+            raise ApiError("busy", f"{len(server.ids())} streams are served; at most {MAX_STREAMS}")
         try:
             peer, answer_sdp = await webrtc.accept_offer(body["sdp"], str(body.get("type", "offer")), stream_id)
+        except SourceError as exc:  # aiortc is not installed
+            raise ApiError("not_ready", exc.message) from None
         except ValueError as exc:
-            return _error(400, "bad_request", str(exc))
+            raise ApiError("bad_request", " ".join(str(exc).split())) from None
         peers[stream_id] = peer
         spec = StreamSpec(stream_id, f"webrtc:{stream_id}", server.config.defaults)
         try:
@@ -105,7 +110,8 @@ def mount_web(app: FastAPI, server: Any) -> WebRoutes:
         except Exception as exc:
             peers.pop(stream_id, None)
             await peer.close()
-            return _error(409 if isinstance(exc, ValueError) else 503, "refused", f"stream {stream_id!r}: {exc}")
+            code = "shutting_down" if isinstance(exc, RuntimeError) else "busy"
+            raise ApiError(code, f"stream {stream_id!r}: {' '.join(str(exc).split())}") from None
 
         async def removed(closed: webrtc.WebRTCPeer) -> None:
             peers.pop(closed.id, None)
@@ -121,17 +127,17 @@ def mount_web(app: FastAPI, server: Any) -> WebRoutes:
     async def webrtc_close(stream_id: str) -> Response:
         peer = peers.get(stream_id)
         if peer is None:
-            return _error(404, "not_found", f"no WebRTC stream {stream_id!r}")
+            raise ApiError("unknown_stream", f"no WebRTC stream {stream_id[:130]!r}")
         await peer.close()
         return Response(status_code=204)
 
     @app.get("/v1/streams/{stream_id}/snapshot.jpg")
     async def snapshot(stream_id: str) -> Response:
         if stream_id not in server.ids():
-            return _error(404, "not_found", f"no stream {stream_id!r}")
+            raise unknown_stream(server, stream_id)
         latest = server.stream(stream_id).latest_frame
         if latest is None:
-            return _error(404, "no_frame", f"stream {stream_id!r} has delivered no video frame yet")
+            raise ApiError("not_found", f"stream {stream_id!r} has delivered no video frame yet")
         t_s, image = latest
         jpeg = await asyncio.to_thread(encode_jpeg, image)
         return Response(jpeg, media_type="image/jpeg",
@@ -140,9 +146,17 @@ def mount_web(app: FastAPI, server: Any) -> WebRoutes:
     @app.get("/v1/streams/{stream_id}/windows")
     async def windows(stream_id: str, after: int = -1) -> Response:
         if stream_id not in server.ids():
-            return _error(404, "not_found", f"no stream {stream_id!r}")
+            raise unknown_stream(server, stream_id)
         reports = list(server.session(stream_id).reports)
         return JSONResponse({"windows": [window_summary(r) for r in reports if r.index > after]})
 
+    def on_change(event: str, info: dict[str, Any]) -> None:
+        peer = peers.get(info.get("id", ""))
+        if event == "removed" and peer is not None:  # DELETE /v1/streams/{id}: hang up on the browser too
+            task = asyncio.get_running_loop().create_task(peer.close())
+            routes.tasks.add(task)
+            task.add_done_callback(routes.tasks.discard)
+
+    server.on_change.append(on_change)
     app.state.web = routes
     return routes
