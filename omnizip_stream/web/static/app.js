@@ -2,6 +2,8 @@
 // Streams: GET /v1/streams. Camera: getUserMedia -> RTCPeerConnection -> POST /v1/webrtc/offer.
 // Questions: POST /v1/chat/completions {stream: true} read as SSE through fetch. Live panel: the SSE of
 // GET /v1/streams/{id}/events. Chart: GET /v1/streams/{id}/windows. Snapshot: GET /v1/streams/{id}/snapshot.jpg.
+// A server with an API key: every /v1/ call sends "Authorization: Bearer KEY" (typed once, kept in
+// localStorage), which is why event streams and snapshots are read with fetch, not EventSource/<img src>.
 "use strict";
 
 const state = {
@@ -12,6 +14,7 @@ const state = {
   events: null,
   points: [],          // [{index, t0_s, t1_s, audio_retention, video_keep_ratio}]
   lastIndex: -1,
+  backfilled: false,   // the chart's series was fetched once for the selected stream
   answers: 0,
 };
 window.omnizip = state; // read by the browser tests
@@ -19,10 +22,40 @@ window.omnizip = state; // read by the browser tests
 const $ = (id) => document.getElementById(id);
 const fmt = (x, digits = 1) => (x === null || x === undefined || Number.isNaN(x)) ? "-" : Number(x).toFixed(digits);
 
+function api(url, options = {}) {
+  const key = localStorage.getItem("omnizip_api_key");
+  const headers = { ...(options.headers || {}) };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return fetch(url, { cache: "no-store", ...options, headers }).then((r) => {
+    if (r.status === 401) $("key-form").hidden = false;
+    return r;
+  });
+}
+
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await api(url);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
+}
+
+// Server-sent events read through fetch: calls onEvent(name, data) per event; resolves at the end.
+async function readSSE(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const lines = buf.slice(0, cut).split("\n");
+      buf = buf.slice(cut + 2);
+      const name = (lines.find((l) => l.startsWith("event:")) || "event: message").slice(6).trim();
+      const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) onEvent(name, data);
+    }
+  }
 }
 
 function errorText(body, status) {
@@ -66,6 +99,7 @@ function select(id) {
   state.current = id;
   state.points = [];
   state.lastIndex = -1;
+  state.backfilled = false;
   $("current").textContent = id;
   for (const li of $("streams").children) li.classList.toggle("selected", li.dataset.id === id);
   drawChart();
@@ -76,16 +110,15 @@ function select(id) {
 
 // ------------------------------------------------------------------ live panel (SSE)
 function openEvents(id) {
-  if (state.events) state.events.close();
-  const es = new EventSource(`/v1/streams/${encodeURIComponent(id)}/events`);
-  const onStatus = (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch { return; }
-    showStatus(msg);
-  };
-  es.onmessage = onStatus;
-  es.addEventListener("status", onStatus);
-  state.events = es;
+  if (state.events) state.events.abort();
+  const ctl = new AbortController();
+  state.events = ctl;
+  api(`/v1/streams/${encodeURIComponent(id)}/events`, { signal: ctl.signal, headers: { Accept: "text/event-stream" } })
+    .then((r) => (r.ok ? readSSE(r, (name, data) => {
+      if (name === "removed") { $("state").textContent = "removed"; return; }
+      try { showStatus(JSON.parse(data)); } catch { /* not JSON */ }
+    }) : null))
+    .catch(() => { /* aborted, or the server went away */ });
 }
 
 function showStatus(msg) {
@@ -102,21 +135,27 @@ function showStatus(msg) {
 
 // ------------------------------------------------------------------ chart (canvas, no library)
 function addPoints(windows) {
+  const byIndex = new Map(state.points.map((w) => [w.index, w]));
   let added = false;
   for (const w of windows) {
-    if (w.index <= state.lastIndex) continue;
-    state.points.push(w);
-    state.lastIndex = w.index;
+    if (byIndex.has(w.index)) continue;
+    byIndex.set(w.index, w);
     added = true;
   }
-  if (state.points.length > 300) state.points.splice(0, state.points.length - 300);
-  if (added) drawChart();
+  if (!added) return;
+  state.points = [...byIndex.values()].sort((a, b) => a.index - b.index).slice(-300);
+  state.lastIndex = state.points[state.points.length - 1].index;
+  drawChart();
 }
 
 async function refreshWindows() {
-  if (!state.current) return;
+  const id = state.current;
+  if (!id) return;
+  const after = state.backfilled ? state.lastIndex : -1; // the first call backfills the whole series
   try {
-    const body = await getJSON(`/v1/streams/${encodeURIComponent(state.current)}/windows?after=${state.lastIndex}`);
+    const body = await getJSON(`/v1/streams/${encodeURIComponent(id)}/windows?after=${after}`);
+    if (id !== state.current) return; // another stream was selected meanwhile
+    state.backfilled = true;
     addPoints(body.windows || []);
   } catch { /* the stream may have gone */ }
 }
@@ -165,10 +204,16 @@ function drawChart() {
 // ------------------------------------------------------------------ snapshot
 function refreshSnapshot() {
   if (!state.current || state.current === state.ownStream) { $("snapshot").hidden = true; return; }
-  const img = new Image();
-  img.onload = () => { $("snapshot").src = img.src; $("snapshot").hidden = false; };
-  img.onerror = () => { $("snapshot").hidden = true; };
-  img.src = `/v1/streams/${encodeURIComponent(state.current)}/snapshot.jpg?t=${Date.now()}`;
+  api(`/v1/streams/${encodeURIComponent(state.current)}/snapshot.jpg`)
+    .then((r) => (r.ok ? r.blob() : null))
+    .then((blob) => {
+      const img = $("snapshot");
+      if (!blob) { img.hidden = true; return; }
+      if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+      img.src = URL.createObjectURL(blob);
+      img.hidden = false;
+    })
+    .catch(() => { $("snapshot").hidden = true; });
 }
 
 // ------------------------------------------------------------------ camera over WebRTC
@@ -186,7 +231,7 @@ async function useCamera() {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGathered(pc);
     status.textContent = "connecting...";
-    const r = await fetch("/v1/webrtc/offer", {
+    const r = await api("/v1/webrtc/offer", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
     });
@@ -215,7 +260,8 @@ function iceGathered(pc) {
 }
 
 function leave() {
-  if (state.ownStream) navigator.sendBeacon(`/v1/webrtc/${encodeURIComponent(state.ownStream)}/close`);
+  // keepalive: the request outlives the page (a beacon that can carry the API key)
+  if (state.ownStream) api(`/v1/webrtc/${encodeURIComponent(state.ownStream)}/close`, { method: "POST", keepalive: true });
   if (state.pc) state.pc.close();
 }
 
@@ -241,7 +287,7 @@ async function ask(ev) {
   const t0 = performance.now();
   let ttftMs = null, serverTtft, range, pieces = 0;
   try {
-    const r = await fetch("/v1/chat/completions", {
+    const r = await api("/v1/chat/completions", {
       method: "POST", headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ model: state.current, stream: true, messages: [{ role: "user", content: question }] }),
     });
@@ -250,32 +296,20 @@ async function ask(ev) {
       try { body = await r.json(); } catch { /* not JSON */ }
       throw new Error(errorText(body, r.status));
     }
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {
-        const event = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
-        if (!data || data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(errorText(chunk, "stream"));
-        const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
-        if (piece) {
-          if (ttftMs === null) ttftMs = performance.now() - t0;
-          out.textContent += piece;
-          pieces += 1;
-          out.dataset.pieces = String(pieces);
-        }
-        serverTtft = findKey(chunk, "ttft_ms") ?? serverTtft;
-        range = findKey(chunk, "time_range_s") ?? range;
+    await readSSE(r, (name, data) => {
+      if (data === "[DONE]") return;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(errorText(chunk, "stream"));
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) {
+        if (ttftMs === null) ttftMs = performance.now() - t0;
+        out.textContent += delta.content;
+        pieces += 1;
+        out.dataset.pieces = String(pieces);
       }
-    }
+      serverTtft = findKey(chunk, "ttft_ms") ?? serverTtft;
+      range = findKey(chunk, "time_range_s") ?? range;
+    });
     const parts = [`TTFT ${fmt(ttftMs, 0)} ms in the browser`];
     if (serverTtft !== undefined) parts.push(`${fmt(serverTtft, 0)} ms on the server`);
     if (Array.isArray(range)) parts.push(`saw ${fmt(range[0])}-${fmt(range[1])} s of the stream`);
@@ -292,6 +326,12 @@ async function ask(ev) {
 }
 
 // ------------------------------------------------------------------ start
+$("key-form").onsubmit = (ev) => {
+  ev.preventDefault();
+  localStorage.setItem("omnizip_api_key", $("key").value.trim());
+  $("key-form").hidden = true;
+  refreshStreams();
+};
 $("use-camera").onclick = useCamera;
 $("ask").onsubmit = ask;
 window.addEventListener("pagehide", leave);
