@@ -112,6 +112,11 @@ def parse_http_address(text: str) -> tuple[str, int]:
     elif raw.count(":") == 1:
         host, port_text = raw.split(":")
         host = host or DEFAULT_HOST
+    elif ":" in raw:  # a bare IPv6 address, no port
+        try:
+            host = str(ipaddress.IPv6Address(raw))
+        except ValueError:
+            raise ValueError(f"--http {text!r}: expected HOST:PORT (an IPv6 address with a port: [::1]:8000)") from None
     elif raw:
         host = raw
     if port_text == "":
