@@ -221,6 +221,10 @@ async function useCamera() {
   const status = $("camera-status");
   $("use-camera").disabled = true;
   try {
+    if (!navigator.mediaDevices || !window.RTCPeerConnection) {
+      throw new Error("this page is not a secure context: open it as http://localhost:PORT/ on the server's "
+        + "machine, or through HTTPS (a reverse proxy) from another one");
+    }
     status.textContent = "asking for the camera and microphone...";
     const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
     $("local").srcObject = media;
