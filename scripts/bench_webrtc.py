@@ -67,7 +67,7 @@ def window_latency(report: Any, ingested_wall_s: float, frame_log: list[Any]) ->
     if frames:
         last = frames[-1]
         out["arrival_wall_s"] = last.arrival_wall_s
-        out["sender_capture_s"] = last.capture_wall_s  # on the browser's RTCP clock
+        out["sender_capture_s"] = last.sender_capture_s  # on the browser's RTCP clock
         out["arrival_to_ingested_ms"] = round((ingested_wall_s - last.arrival_wall_s) * 1e3, 1)
         # the window's media was complete (its end reached the server) at about:
         end_wall_s = last.arrival_wall_s + (report.t1_s - last.pts_s)
@@ -80,7 +80,7 @@ def apply_capture_offset(windows: list[dict[str, Any]], frame_log: list[Any]) ->
 
     Returns the estimated offset (s), or None when the browser sent no RTCP sender report.
     """
-    transits = [f.arrival_wall_s - f.capture_wall_s for f in frame_log if f.capture_wall_s is not None]
+    transits = [f.arrival_wall_s - f.sender_capture_s for f in frame_log if f.sender_capture_s is not None]
     if not transits:
         return None
     offset_s = min(transits)

@@ -8,8 +8,9 @@ video), which feed the same :class:`~omnizip_stream.windowing.Windower` as a cam
 Times: each track is anchored at the session time its first frame arrived; later frames are placed by
 their RTP timestamps (continuous audio, no arrival jitter). Audio is resampled to 16 kHz mono, video
 sampled at ``fps`` by timestamp and scaled to ``max_side``. When the browser's RTCP sender reports
-have arrived, :meth:`WebRTCPeer.capture_time` maps a frame's RTP timestamp to the wall-clock time the
-browser captured it (the sender's NTP clock): the frame log behind ``bench_webrtc`` latency numbers.
+have arrived, :meth:`WebRTCPeer.capture_time` maps a frame's RTP timestamp to the time the browser
+captured it on the *sender's* NTP clock (Chromium's and aiortc's are not the wall clock: a constant
+offset): the frame log behind ``scripts/bench_webrtc.py``'s latency numbers.
 """
 
 from __future__ import annotations
@@ -48,21 +49,22 @@ def import_aiortc() -> Any:
 
 @dataclass(frozen=True)
 class FrameTiming:
-    """When one kept video frame was captured and received (wall clock, ``time.time()`` seconds).
+    """When one kept video frame was captured and received.
 
     Attributes:
         pts_s: the frame's session time.
-        capture_wall_s: when the browser captured it (RTCP sender report mapping; None before the first report).
-        arrival_wall_s: when the decoded frame reached the source.
+        sender_capture_s: when the browser captured it, seconds on the sender's RTCP (NTP) clock, which
+            differs from this machine's wall clock by a constant (None before the first sender report).
+        arrival_wall_s: when the decoded frame reached the source (``time.time()``).
     """
 
     pts_s: float
-    capture_wall_s: float | None
+    sender_capture_s: float | None
     arrival_wall_s: float
 
 
 class _SenderClock:
-    """RTP timestamp -> sender wall clock, from the latest RTCP sender report of one track."""
+    """RTP timestamp -> the sender's NTP clock (as Unix seconds), from the latest RTCP sender report of one track."""
 
     def __init__(self) -> None:
         self.rtp_ts: int | None = None
@@ -160,7 +162,7 @@ class WebRTCPeer:
         receiver._handle_rtcp_packet = handle
 
     def capture_time(self, kind: str, rtp_ts: int, clock_rate_hz: int) -> float | None:
-        """Wall-clock time (``time.time()`` seconds) the browser captured the media at ``rtp_ts``, if known."""
+        """When the browser captured the media at ``rtp_ts``, on its RTCP clock (Unix-epoch seconds), if known."""
         sender_clock = self._sender_clocks.get(kind)
         return sender_clock.wall(rtp_ts, clock_rate_hz) if sender_clock is not None else None
 
