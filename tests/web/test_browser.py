@@ -111,3 +111,27 @@ def test_the_page_streams_the_browsers_camera_and_answers_a_question(tmp_path):
             raise
         finally:
             browser.close()
+
+
+def test_with_an_api_key_the_page_asks_for_it_once_and_sends_it_on_every_call():
+    from omnizip_stream.http.settings import HttpSettings
+
+    lobby = StreamSpec("lobby", "synthetic:seed=3", stream_config(), loop=True, max_side=160)
+    with Served((lobby,), HttpSettings(port=0, api_key="s3cret-key")) as served, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), chromium_sandbox=False)
+        try:
+            page = browser.new_page()
+            page.goto(served.url + "/")  # the page itself needs no key; /v1/streams answers 401
+            page.wait_for_selector("#key-form:not([hidden])", timeout=15_000)
+            assert page.locator("#streams li").count() == 0
+            page.fill("#key", "s3cret-key")
+            page.click("#key-form button")
+            page.wait_for_selector("#streams li[data-id=lobby].selected", timeout=15_000)
+            # the event stream, the chart's series and the snapshot are read with the key too
+            page.wait_for_function("() => document.getElementById('windows').textContent !== '-'", timeout=30_000)
+            page.wait_for_function("() => Number(document.getElementById('chart').dataset.points) >= 1",
+                                   timeout=30_000)
+            page.wait_for_function("() => !document.getElementById('snapshot').hidden", timeout=15_000)
+            assert page.evaluate("localStorage.getItem('omnizip_api_key')") == "s3cret-key"
+        finally:
+            browser.close()
