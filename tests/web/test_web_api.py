@@ -142,3 +142,26 @@ async def test_a_peer_that_hangs_up_removes_its_stream(served):
 
 async def _has_windows(http, stream_id):
     return (await http.get(f"/v1/streams/{stream_id}/windows")).json()["windows"]
+
+
+async def test_shutting_the_server_down_hangs_up_on_the_browsers():
+    client = await browser_offer(video=False)
+    try:
+        with Served(()) as own:
+            async with httpx.AsyncClient(base_url=own.url, timeout=60) as http:
+                r = await http.post("/v1/webrtc/offer", json={"sdp": client.localDescription.sdp, "type": "offer"})
+                assert r.status_code == 200, r.text
+                await complete(client, r.json()["sdp"])
+                await wait_for(lambda: _has_windows(http, r.json()["id"]), 60, "no window from the peer")
+        closed = asyncio.Event()
+
+        @client.on("connectionstatechange")
+        def _state() -> None:
+            if client.connectionState in ("closed", "failed"):
+                closed.set()
+
+        if client.connectionState not in ("closed", "failed"):
+            async with asyncio.timeout(15):
+                await closed.wait()
+    finally:
+        await client.close()
