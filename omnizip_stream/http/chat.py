@@ -49,8 +49,8 @@ async def chat_completions(request: Request) -> Any:
     server: StreamServer = request.app.state.server
     body = await read_json(request)
     stream_id, session, question, max_tokens = _parse(server, body)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(
-        body.get("stream_options"), dict) else False
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body["model"]}
     metrics = request.app.state.metrics
     answer_stream = session.ask_stream(question, max_tokens)

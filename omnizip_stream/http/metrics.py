@@ -94,21 +94,21 @@ class _StreamCollector(Collector):
             for s in STATES:
                 state.add_metric([sid, s], 1.0 if info["state"] == s else 0.0)
             retries.add_metric([sid], float(info.get("retries") or 0))
-            for key, family in counters.items():
+            for key, counter in counters.items():
                 if _number(stats.get(key)) is not None:
-                    family.add_metric([sid], float(stats[key]))
-            for key, family in gauges.items():
+                    counter.add_metric([sid], float(stats[key]))
+            for key, gauge in gauges.items():
                 if _number(stats.get(key)) is not None:
-                    family.add_metric([sid], float(stats[key]))
+                    gauge.add_metric([sid], float(stats[key]))
             for modality in ("audio", "video"):
                 value = _number(stats.get(f"retention_{modality}"))
                 if value is not None:
                     retention.add_metric([sid, modality], value)
             source = stats.get("source") or {}
-            for family, key, reason in _SOURCE_DROPS:
+            for modality, key, reason in _SOURCE_DROPS:
                 if _number(source.get(key)) is not None:
-                    family_of = source_video if family == "video" else source_audio
-                    family_of.add_metric([sid, reason], float(source[key]))
+                    dropped = source_video if modality == "video" else source_audio
+                    dropped.add_metric([sid, reason], float(source[key]))
         yield state
         yield retries
         yield from counters.values()

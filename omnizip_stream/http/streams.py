@@ -19,6 +19,7 @@ from omnizip_stream.server.service import StreamServer
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+KEEPALIVE_S = 15.0  # an idle event stream gets a comment line this often
 
 
 def stream_info(server: StreamServer, stream_id: str) -> dict[str, Any]:
@@ -113,13 +114,17 @@ async def _events(server: StreamServer, stream_id: str, first: dict[str, Any], i
 
     server.on_change.append(on_change)
     try:
-        last = first
+        last, quiet_s = first, 0.0
         yield sse(first, "status")
         while True:
             try:
                 event, info = await asyncio.wait_for(changes.get(), interval_s)
             except asyncio.TimeoutError:
                 event = "tick"
+                quiet_s += interval_s
+                if quiet_s >= KEEPALIVE_S:  # a comment line: proxies keep an idle stream open
+                    quiet_s = 0.0
+                    yield ": keepalive\n\n"
             if event == "removed":
                 yield sse({"id": stream_id}, "removed")
                 return
@@ -130,7 +135,7 @@ async def _events(server: StreamServer, stream_id: str, first: dict[str, Any], i
                 return
             if _changed(last, now):
                 yield sse(now, "status")
-                last = now
+                last, quiet_s = now, 0.0
     finally:
         with contextlib.suppress(ValueError):
             server.on_change.remove(on_change)

@@ -169,3 +169,21 @@ def test_metrics_parse_with_prometheus_parser(api):
     assert samples[("omnizip_kv_bytes", (("stream", "door"),))] > 0
     assert samples[("omnizip_ttft_seconds_count", (("stream", "door"),))] >= 1
     assert samples[("omnizip_streams", ())] == 2
+
+
+def test_a_client_that_leaves_mid_answer_does_not_disturb_the_server(api):
+    body = {"model": "door", "stream": True, "messages": [{"role": "user", "content": "long story please"}]}
+    for _ in range(3):
+        with httpx.stream("POST", f"{api.url}/v1/chat/completions", json=body, timeout=60) as response:
+            next(response.iter_lines())  # the first chunk, then hang up
+    out = httpx.post(f"{api.url}/v1/chat/completions", timeout=60, json={**body, "stream": False})
+    assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] > 0
+
+
+def test_every_query_error_code_has_an_http_status():
+    from omnizip_stream.http.app import STATUS_OF_CODE
+    from omnizip_stream.query.schema import ERROR_CODES
+
+    assert set(ERROR_CODES) <= set(STATUS_OF_CODE)
+    assert {STATUS_OF_CODE[c] for c in ("busy", "rate_limited")} == {429}
+    assert STATUS_OF_CODE["not_ready"] == 503 and STATUS_OF_CODE["unknown_stream"] == 404
