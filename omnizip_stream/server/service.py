@@ -117,7 +117,7 @@ class StreamServer:
         self._open_source = open_source or open_stream_source
         self._runs: dict[str, StreamRun] = {}
         self.on_change: list[ChangeCallback] = []
-        self.worker = ModelWorker(config.defaults, adapter=adapter, **_worker_options(config))
+        self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock, **_worker_options(config))
         self._closed = False
 
     @property

@@ -57,6 +57,7 @@ def test_the_admin_token_comes_from_the_environment_never_the_file(tmp_path):
 @pytest.mark.parametrize(("streams", "message"), [
     ("[{id: a, source: synthetic}, {id: a, source: camera}]", "stream 'a': duplicate id"),
     ("[{id: 'a/b', source: synthetic}]", r"streams\[0\]: stream id 'a/b' must be 1-128 characters"),
+    ("[{id: server, source: synthetic}]", r"streams\[0\]: stream id 'server' is reserved"),
     ("[{id: a, source: synthetic}, {source: camera}]", r"streams\[1\]: missing key 'id'"),
     ("[{id: a}]", "stream 'a': missing key 'source'"),
     ("[{id: a, source: synthetic, rho_vidoe: 0.7}]", "stream 'a': unknown config key.*rho_vidoe"),
