@@ -67,3 +67,20 @@ async def test_a_peers_camera_and_microphone_become_windows_until_it_leaves():
     finally:
         await client.close()
         await peer.close()
+
+
+def test_rtp_timestamps_that_wrap_past_2_to_the_32_keep_time_continuous():
+    import fractions
+    from types import SimpleNamespace
+
+    from omnizip_stream.clock import ManualClock
+    from omnizip_stream.sources.webrtc import WebRTCTrackSource
+
+    peer = SimpleNamespace(id="p", tracks={"audio": None}, closed=asyncio.Event(), frame_log=[],
+                           capture_time=lambda *a: None)
+    clock = ManualClock(100.0)
+    source = WebRTCTrackSource(peer, "audio", clock=clock, session_t0=98.0)  # session time 2.0 s now
+    start = 2**32 - 960  # one 20-ms Opus frame before the wrap
+    times = [source._session_time(SimpleNamespace(pts=(start + k * 960) % 2**32,
+                                                  time_base=fractions.Fraction(1, 48000))) for k in range(4)]
+    assert times == pytest.approx([2.0, 2.02, 2.04, 2.06])
