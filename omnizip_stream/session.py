@@ -2,7 +2,7 @@
 
 The event loop never touches the model. Windows and questions go into two bounded per-stream queues
 served by a :class:`~omnizip_stream.server.worker.ModelWorker` (questions first: a question waits at
-most for the window being processed). A session made with ``StreamSession.from_config(cfg)`` alone
+most for the window, or batch of several streams' windows, being processed). A session made with ``StreamSession.from_config(cfg)`` alone
 starts a private one-stream worker; ``ModelWorker.add_stream`` makes one of many sessions sharing a
 model. When windows pile up and the oldest pending one is more than a window behind real time (the
 model is slower than the live source), pending windows lose their video oldest-first (audio is never
@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from omnizip_stream.answer_stream import AnswerStream
+from omnizip_stream.batch import Ask
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
@@ -177,6 +178,7 @@ class StreamSession:
         self._busy = True
         if isinstance(item, PendingWindow):
             self._current_t1_s = item.window.t1_s
+            self._post(self._space.set)
 
     def job_done(self) -> None:
         """The worker finished this stream's job (lock held)."""
@@ -190,29 +192,25 @@ class StreamSession:
         self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
         logger.error("stream %s: %s job failed: %s", self.stream_id, kind, exc, exc_info=exc)
 
-    def serve_window(self, pending: PendingWindow) -> None:
-        """Ingest one window (model thread)."""
-        assert self.engine is not None
-        self._post(self._space.set)
+    def window_done(self, pending: PendingWindow, outcome: WindowReport | Exception) -> None:
+        """Record what ingesting one of this stream's windows gave (model thread)."""
         window = pending.window
         try:
-            try:
-                report = self.engine.ingest(window)
-                self.reports.append(report)
-                self._last_lag_s = time.perf_counter() - pending.pushed_at
-                self.live.window_landed(report.t1_s)
-            except Exception as exc:  # a bad window must not stop the stream
+            if isinstance(outcome, Exception):  # a bad window must not stop the stream
                 self.counters["windows_failed"] += 1
-                self.last_error = f"window t={window.t0_s:.1f}s: {type(exc).__name__}: {exc}"
-                logger.exception("stream %s: window at t=%.1fs failed; the stream continues",
-                                 self.stream_id, window.t0_s)
+                self.last_error = f"window t={window.t0_s:.1f}s: {type(outcome).__name__}: {outcome}"
+                logger.error("stream %s: window at t=%.1fs failed; the stream continues",
+                             self.stream_id, window.t0_s, exc_info=outcome)
+            else:
+                self.reports.append(outcome)
+                self._last_lag_s = time.perf_counter() - pending.pushed_at
+                self.live.window_landed(outcome.t1_s)
             self.publish_stats()
         finally:
             self._post(self._progress.set)
 
-    def serve_query(self, query: _Query) -> None:
-        """Answer one question (model thread); the stream state (and its stats) is left unchanged."""
-        assert self.engine is not None
+    def ask_for(self, query: _Query) -> Ask:
+        """The engine's view of a question: its pieces go to the asker's loop (model thread)."""
         callback = query.on_text
 
         def on_text(piece: str) -> None:
@@ -221,25 +219,24 @@ class StreamSession:
             if callback is not None:
                 self._post(callback, piece)
 
-        try:
-            result = self.engine.answer(query.question, query.max_new_tokens, submitted_at=query.submitted_at,
-                                        on_text=on_text)
-        except QueryError as exc:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, exc)
+        return Ask(query.question, query.max_new_tokens, query.submitted_at, on_text)
+
+    def query_done(self, query: _Query, outcome: QueryResult | Exception) -> None:
+        """Deliver a question's answer or failure (model thread); the stream state is unchanged."""
+        if isinstance(outcome, QueryResult):
+            self.counters["queries_answered"] += 1
+            self._post(set_result, query.future, outcome)
             return
-        except _Closed:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, QueryError("internal", "the stream session was closed"))
-            return
-        except Exception as exc:
-            self.counters["queries_failed"] += 1
-            self.last_error = f"query: {type(exc).__name__}: {exc}"
-            logger.exception("stream %s: query failed", self.stream_id)
-            self._post(set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
-            return
-        self.counters["queries_answered"] += 1
-        self._post(set_result, query.future, result)
+        self.counters["queries_failed"] += 1
+        if isinstance(outcome, QueryError):
+            error = outcome
+        elif isinstance(outcome, _Closed):
+            error = QueryError("internal", "the stream session was closed")
+        else:
+            self.last_error = f"query: {type(outcome).__name__}: {outcome}"
+            logger.error("stream %s: query failed", self.stream_id, exc_info=outcome)
+            error = QueryError("internal", f"answer failed: {outcome}")
+        self._post(set_exception, query.future, error)
 
     def publish_stats(self) -> None:
         """Snapshot the engine's stats for :meth:`stats` (model thread)."""

@@ -45,16 +45,19 @@ def trace_jobs(worker: ModelWorker) -> list[tuple[str, str]]:
 
 
 def gate_ingest(session: Any) -> tuple[threading.Event, threading.Event]:
-    """Make the session's next ingest wait on ``gate``; ``entered`` is set when the model thread is in it."""
+    """Make the session's next ingest wait on ``gate``; ``entered`` is set when the model thread is in it.
+
+    Gates the window's first phase, which a batch of one and a batch of several streams both run.
+    """
     gate, entered = threading.Event(), threading.Event()
-    original = session.engine.ingest
+    original = session.engine.begin_window
 
     def gated(window: Window) -> Any:
         entered.set()
         gate.wait(10)
         return original(window)
 
-    session.engine.ingest = gated
+    session.engine.begin_window = gated
     return gate, entered
 
 
