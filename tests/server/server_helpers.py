@@ -17,8 +17,8 @@ PIXELS = 56 * 56
 
 def stream_config(**overrides: Any) -> StreamConfig:
     """A tiny-model stream config (small answers, small frames); ``overrides`` per stream."""
-    return StreamConfig(model="tiny", **{"method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
-                                         "video_max_pixels": PIXELS, "window_queue": 16, **overrides})
+    return StreamConfig(**{"model": "tiny", "method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
+                           "video_max_pixels": PIXELS, "window_queue": 16, **overrides})
 
 
 def adapter_for(tiny25: Any) -> Any:
@@ -68,3 +68,33 @@ async def until(predicate: Any, rounds: int = 1000) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition not reached")
+
+
+class Hold:
+    """Keeps the model thread inside a window of a stream of its own while work queues up behind it.
+
+    ``async with hold:`` pushes the holder's next window and returns once the model thread is stuck in
+    it; on exit the window goes on, and what was queued meanwhile is picked as whole batches.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._windows = iter(windows_for(60.0, seed=99, size=(56, 56)))
+        self._gate: threading.Event | None = None
+
+    async def __aenter__(self) -> Hold:
+        self._gate, entered = gate_ingest(self.session)
+        await self.session.push_window(next(self._windows))
+        assert await asyncio.to_thread(entered.wait, 10)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._gate is not None
+        self._gate.set()
+
+
+def trace_batches(worker: ModelWorker) -> list[tuple[str, list[str]]]:
+    """Record ``(kind, stream_ids)`` of every batch the model thread runs, in order."""
+    trace: list[tuple[str, list[str]]] = []
+    worker.on_batch = lambda kind, ids: trace.append((kind, list(ids)))
+    return trace
