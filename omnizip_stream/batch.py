@@ -197,9 +197,14 @@ def answer_questions(pairs: Sequence[tuple[StreamEngine, Ask]]) -> list[QueryRes
     outcomes: list[Any] = [None] * len(pairs)
     jobs = _each(outcomes, range(len(pairs)), lambda i: engines[i].begin_question(pairs[i][1]))
     generations: dict[int, Any] = {}
+
+    def put_back(ids: list[int]) -> None:
+        for i in ids:
+            engines[i].cache.restore(jobs[i].checkpoint)
+
     try:
         logits = _together(outcomes, list(jobs), lambda ids: forward_many(adapter, [jobs[i].item for i in ids]),
-                           lambda ids: [engines[i].cache.restore(jobs[i].checkpoint) for i in ids])
+                           put_back)
         device = cuda_device(adapter)
         if device is not None:
             torch.cuda.synchronize(device)  # TTFT is wall-clock latency
