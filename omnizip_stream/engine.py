@@ -39,6 +39,7 @@ from omnizip_stream.config import StreamConfig
 from omnizip_stream.kv import RollingKVCache, Segment
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.window import SAMPLE_RATE_HZ, Window
+from omnizip_stream.windowing import check_on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ class StreamEngine:
         if not self._started:
             self.start()
         window_s = self.config.window_s
-        audio = normalise_audio(window, window_s)
-        frames = normalise_frames(window, self.adapter.spec.fps, window_s)
+        check_on_grid(window, self.adapter.spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
+        audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
         request = EncodeRequest(audio if audio.size else None, frames if len(frames) else None, cursor,
                                 saliency=self.config.saliency, stream=True)

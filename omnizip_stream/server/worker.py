@@ -16,7 +16,7 @@ Usage::
 
 ``StreamSession.from_config(cfg)`` alone makes a private one-stream worker. What runs next is the
 :class:`~omnizip_stream.server.scheduler.Scheduler`'s choice (questions round-robin across
-streams, then windows by real-time deadline); stream start-ups (the sink prefill) run before both.
+streams, then windows by real-time deadline on the worker's one clock); stream start-ups (the sink prefill) run before both.
 Up to ``max_batch`` streams' questions, or windows, run together as one batch with one model call per
 stage (:mod:`omnizip_stream.batch`). Whatever one stream's part of a batch raises is counted on that
 stream and never stops the thread or touches another stream.
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
@@ -64,14 +65,19 @@ class ModelWorker:
         adapter: an already loaded adapter to serve instead of loading one.
         max_batch: at most this many streams' windows (or questions) run together in one model call
             per stage (1: one job at a time).
+        clock: the one clock of its streams (window deadlines, "behind real time", lags); default
+            :class:`~omnizip_stream.clock.MonotonicClock`, a :class:`~omnizip_stream.clock.ManualClock`
+            in tests.
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None, max_batch: int = 8) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, max_batch: int = 8,
+                 clock: Clock | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.config = config
         self._adapter = adapter
         self.max_batch = max_batch
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()
         self._streams: dict[str, StreamSession] = {}  # registered (and reserved while starting)
