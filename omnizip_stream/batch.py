@@ -21,6 +21,7 @@ it touched are put back and it is run one stream at a time, so only the culprit 
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -222,6 +223,13 @@ def answer_questions(pairs: Sequence[tuple[StreamEngine, Ask]]) -> list[QueryRes
                 relays[i].replay()
 
         generations = _together(outcomes, list(logits), decode, redo)
+        again = _shared_failures(generations)
+        if again:  # a packed step failed: it ended every job in it with its error; rerun them one at a time
+            logger.warning("a decode step shared by %d streams failed; answering them one at a time", len(again))
+            redo(again)
+            for i in again:
+                del generations[i]
+            generations.update(_each(outcomes, again, lambda i: decode([i])[0]))
     finally:
         for i, job in jobs.items():
             engines[i].cache.restore(job.checkpoint)
@@ -272,6 +280,12 @@ def _together(outcomes: list[Any], ids: list[int], call: Callable[[list[int]], S
                 undo([i])
             outcomes[i] = exc
     return out
+
+
+def _shared_failures(results: dict[int, Any]) -> list[int]:
+    """Ids whose result is an exception shared with another id: a failed shared call, not their own."""
+    counts = collections.Counter(id(r) for r in results.values() if isinstance(r, BaseException))
+    return [i for i, r in results.items() if isinstance(r, BaseException) and counts[id(r)] > 1]
 
 
 class _TextRelay:

@@ -22,6 +22,7 @@ import torch
 from omni_helpers import clip_windows, make_adapter, synthetic_clip
 from server_helpers import Hold, stream_config, trace_batches, until
 
+import omnizip.adapters.batch_decode as batch_decode_module
 import omnizip_stream.batch as batch_module
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.server import ModelWorker, PendingWindow, Scheduler
@@ -231,7 +232,10 @@ async def test_a_failing_stream_in_a_batch_does_not_disturb_the_others(request, 
 
 
 async def test_a_failing_shared_call_is_rerun_one_stream_at_a_time(request, alone, monkeypatch):
-    """A batched call that dies halfway (one cache already extended, text already sent): same results."""
+    """A batched call that dies halfway (one cache already extended, text already sent): same results.
+
+    Also a packed decode step that fails (it ends every job in it with its error): rerun one at a time.
+    """
     family = FAMILIES["tiny"]
     real_forward, real_decode = batch_module.forward_many, batch_module.greedy_decode_many
     failed: collections.Counter[str] = collections.Counter()
@@ -251,15 +255,23 @@ async def test_a_failing_shared_call_is_rerun_one_stream_at_a_time(request, alon
             raise RuntimeError("device lost (simulated)")
         return out
 
+    def packed_step(adapter, items, **kwargs):  # a packed decode step dies: every job in it gets its error
+        if len(items) > 1 and failed["decode"] and not failed["step"]:
+            failed["step"] += 1
+            raise RuntimeError("packed step failed (simulated)")
+        return real_step(adapter, items, **kwargs)
+
+    real_step = batch_decode_module.forward_many
     monkeypatch.setattr(batch_module, "forward_many", forward)
     monkeypatch.setattr(batch_module, "greedy_decode_many", decode)
+    monkeypatch.setattr(batch_decode_module, "forward_many", packed_step)
     pieces: dict[str, list[str]] = {sid: [] for sid in family["streams"]}
 
     def prepare(sessions):
         return {"on_text": pieces}
 
     states, _, report = await _together(family, _adapter(request, "tiny"), 8, prepare=prepare)
-    assert failed == {"window": 1, "question": 1, "decode": 1}
+    assert failed == {"window": 1, "question": 1, "decode": 1, "step": 1}
     for sid in family["streams"]:
         _assert_close(states[sid], (await alone("tiny"))[sid])
         assert report[sid]["windows_failed"] == report[sid]["queries_failed"] == 0
