@@ -23,18 +23,17 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from omnizip_stream.answer_stream import AnswerStream
-from omnizip_stream.batch import Ask
 from omnizip_stream.clock import Clock
 from omnizip_stream.config import StreamConfig
-from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
+from omnizip_stream.engine import StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.server.jobs import PendingQuestion, StreamJobs
 from omnizip_stream.server.scheduler import MAX_BACKLOG_S, PendingWindow, shed_video
-from omnizip_stream.server.worker import ModelWorker, set_exception, set_result
+from omnizip_stream.server.worker import ModelWorker
 from omnizip_stream.sources.base import StreamCounters
 from omnizip_stream.status import LiveStatus
 from omnizip_stream.window import Window
@@ -43,16 +42,7 @@ from omnizip_stream.windowing import on_grid
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Query:
-    question: str
-    max_new_tokens: int
-    submitted_at: float  # time.perf_counter(): a question's latency measures the machine, not the stream
-    future: asyncio.Future[QueryResult]
-    on_text: Callable[[str], None] | None
-
-
-class StreamSession:
+class StreamSession(StreamJobs):
     """A live stream: push windows, ask questions, read stats.
 
     Use ``async with StreamSession.from_config(cfg) as session:`` (a private worker: the model is
@@ -84,7 +74,7 @@ class StreamSession:
         self._cond = self._worker.cond  # one lock for every stream of the worker
         self.engine: StreamEngine | None = None
         self.windows: collections.deque[PendingWindow] = collections.deque()
-        self.queries: collections.deque[_Query] = collections.deque()
+        self.queries: collections.deque[PendingQuestion] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
@@ -193,81 +183,6 @@ class StreamSession:
                 self._idle.clear()
             await self._idle.wait()
 
-    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the session's event loop (from the model thread)."""
-        self._worker.post(self._loop, callback, *args)
-
-    # ------------------------------------------------------------------ the model thread's side
-    def job_started(self, item: Any) -> None:
-        """The worker took ``item`` (a question or a :class:`PendingWindow`) off this stream (lock held)."""
-        self._busy = True
-        if isinstance(item, PendingWindow):
-            self._current_t1_s = item.window.t1_s
-            self._post(self._space.set)
-
-    def job_done(self) -> None:
-        """The worker finished this stream's job (lock held)."""
-        self._busy = False
-        self._current_t1_s = None
-        if not self.queries and not self.windows:
-            self._post(self._idle.set)
-
-    def job_failed(self, kind: str, exc: BaseException) -> None:
-        """A job of this stream raised past its own handling: reported here, the worker goes on."""
-        self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
-        logger.error("stream %s: %s job failed: %s", self.stream_id, kind, exc, exc_info=exc)
-
-    def window_done(self, pending: PendingWindow, outcome: WindowReport | Exception) -> None:
-        """Record what ingesting one of this stream's windows gave (model thread)."""
-        window = pending.window
-        try:
-            if isinstance(outcome, Exception):  # a bad window must not stop the stream
-                self.counters["windows_failed"] += 1
-                self.last_error = f"window t={window.t0_s:.1f}s: {type(outcome).__name__}: {outcome}"
-                logger.error("stream %s: window at t=%.1fs failed; the stream continues",
-                             self.stream_id, window.t0_s, exc_info=outcome)
-            else:
-                self.reports.append(outcome)
-                self._last_lag_s = self.clock.now() - pending.pushed_at
-                self.live.window_landed(outcome.t1_s)
-            self.publish_stats()
-        finally:
-            self._post(self._progress.set)
-
-    def ask_for(self, query: _Query) -> Ask:
-        """The engine's view of a question: its pieces go to the asker's loop (model thread)."""
-        callback = query.on_text
-
-        def on_text(piece: str) -> None:
-            if self.stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
-                raise _Closed
-            if callback is not None:
-                self._post(callback, piece)
-
-        return Ask(query.question, query.max_new_tokens, query.submitted_at, on_text)
-
-    def query_done(self, query: _Query, outcome: QueryResult | Exception) -> None:
-        """Deliver a question's answer or failure (model thread); the stream state is unchanged."""
-        if isinstance(outcome, QueryResult):
-            self.counters["queries_answered"] += 1
-            self._post(set_result, query.future, outcome)
-            return
-        self.counters["queries_failed"] += 1
-        if isinstance(outcome, QueryError):
-            error = outcome
-        elif isinstance(outcome, _Closed):
-            error = QueryError("internal", "the stream session was closed")
-        else:
-            self.last_error = f"query: {type(outcome).__name__}: {outcome}"
-            logger.error("stream %s: query failed", self.stream_id, exc_info=outcome)
-            error = QueryError("internal", f"answer failed: {outcome}")
-        self._post(set_exception, query.future, error)
-
-    def publish_stats(self) -> None:
-        """Snapshot the engine's stats for :meth:`stats` (model thread)."""
-        assert self.engine is not None
-        self._snapshot = self.engine.stats()
-
     # ------------------------------------------------------------------ windows
     async def push_window(self, window: Window) -> None:
         """Queue a window for ingestion (see the module docstring for when it waits and what it sheds).
@@ -345,7 +260,7 @@ class StreamSession:
             raise QueryError("bad_request", "max_new_tokens must be a positive integer")
         await self._wait_first_window()
         assert self._loop is not None
-        query = _Query(
+        query = PendingQuestion(
             question, max_new_tokens or self.config.max_new_tokens, time.perf_counter(),
             self._loop.create_future(), on_text,
         )
@@ -432,7 +347,3 @@ class StreamSession:
 
 DROP_KEYS = ("video_dropped", "windows_video_stripped", "windows_dropped", "audio_dropped_samples")
 """The stream's drop counters in ``stats()`` (from its one :class:`StreamCounters`)."""
-
-
-class _Closed(Exception):
-    """Raised on the model thread to abandon an answer when the session closes."""
