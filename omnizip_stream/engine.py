@@ -38,7 +38,7 @@ from omnizip_stream.batch import (  # noqa: F401 - StageClock is re-exported
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.kv import RollingKVCache, Segment
 from omnizip_stream.query.base import QueryError
-from omnizip_stream.window import SAMPLE_RATE_HZ, Window
+from omnizip_stream.window import Window
 from omnizip_stream.windowing import check_on_grid
 
 logger = logging.getLogger(__name__)
@@ -72,33 +72,6 @@ class QueryResult:
     prompt_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
     spans: dict[str, Any] = field(default_factory=dict)  # sink/recent ranges: the Answer's fields of the same names
-
-
-def normalise_frames(window: Window, fps: float, window_s: float) -> np.ndarray:
-    """Exactly ``window_s * fps`` frames at ``t0 + k / fps``: the nearest frame for each slot.
-
-    A window whose frames arrive with jitter, a dropped frame or a higher rate is mapped onto the
-    model's fixed frame grid, so the video's temporal positions stay aligned with the stream clock.
-
-    Returns:
-        ``[window_s * fps, H, W, 3]`` uint8, or an empty array when the window has no frames.
-    """
-    if window.num_frames == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
-    n = int(round(window_s * fps))
-    slots = window.t0_s + np.arange(n) / fps
-    nearest = np.abs(window.frame_pts_s[None, :] - slots[:, None]).argmin(axis=1)
-    return np.asarray(window.frames)[nearest]
-
-
-def normalise_audio(window: Window, window_s: float) -> np.ndarray:
-    """Exactly ``window_s * 16000`` samples (zero-padded or trimmed); empty when there is no audio."""
-    if window.audio.size == 0:
-        return window.audio
-    n = int(round(window_s * SAMPLE_RATE_HZ))
-    if window.audio.size >= n:
-        return window.audio[:n]
-    return np.concatenate([window.audio, np.zeros(n - window.audio.size, np.float32)])
 
 
 class StreamEngine:
