@@ -133,5 +133,10 @@ def test_with_an_api_key_the_page_asks_for_it_once_and_sends_it_on_every_call():
                                    timeout=30_000)
             page.wait_for_function("() => !document.getElementById('snapshot').hidden", timeout=15_000)
             assert page.evaluate("localStorage.getItem('omnizip_api_key')") == "s3cret-key"
+
+            gone = httpx.delete(f"{served.url}/v1/streams/lobby", headers={"Authorization": "Bearer s3cret-key"})
+            assert gone.status_code == 200, gone.text
+            page.wait_for_function("() => document.getElementById('current').textContent === '(none selected)'"
+                                   " && document.querySelectorAll('#streams li').length === 0", timeout=15_000)
         finally:
             browser.close()

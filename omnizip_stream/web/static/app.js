@@ -91,6 +91,11 @@ async function refreshStreams() {
     li.onclick = () => select(s.id);
     ul.appendChild(li);
   }
+  if (state.current && !state.streams.some((s) => s.id === state.current)) {
+    state.current = null; // removed (its page left, or DELETE): show another one
+    $("current").textContent = "(none selected)";
+    if (state.events) state.events.abort();
+  }
   if (!state.current && state.streams.length) select(state.streams[0].id);
 }
 
