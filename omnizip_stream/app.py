@@ -125,7 +125,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
             session = await stack.enter_async_context(StreamSession.from_config(config))
             adapter = session.adapter
             windows = await stack.enter_async_context(open_windows(
-                options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
+                options.source, window_s=session.config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
                 camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
                 max_side=options.max_side, duration_s=options.duration_s,
             ))
