@@ -16,7 +16,7 @@ Usage::
 
 ``StreamSession.from_config(cfg)`` alone makes a private one-stream worker. What runs next is the
 :class:`~omnizip_stream.server.scheduler.Scheduler`'s choice (questions round-robin across
-streams, then windows by real-time deadline); stream start-ups (the sink prefill) run before both.
+streams, then windows by real-time deadline on the worker's one clock); stream start-ups (the sink prefill) run before both.
 Every job runs under its own ``try``: whatever one stream's windows or questions raise is counted
 on that stream and never stops the thread or touches another stream.
 """
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
@@ -60,11 +61,15 @@ class ModelWorker:
         config: what to load (``model``, ``device``, ``dtype``, ``attn``, ``video_max_pixels``,
             ``seed``) and ``torch_threads``; streams bring their own configs.
         adapter: an already loaded adapter to serve instead of loading one.
+        clock: the one clock of its streams (window deadlines, "behind real time", lags); default
+            :class:`~omnizip_stream.clock.MonotonicClock`, a :class:`~omnizip_stream.clock.ManualClock`
+            in tests.
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> None:
         self.config = config
         self._adapter = adapter
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()
         self._streams: dict[str, StreamSession] = {}  # registered (and reserved while starting)
