@@ -83,10 +83,10 @@ class StreamEngine:
     """
 
     def __init__(self, adapter: Any, config: StreamConfig) -> None:
-        config.check_model(adapter.spec)  # whole model chunks per window (ValueError otherwise)
+        config = config.for_model(adapter.spec)  # window_s filled from the model; whole chunks (StreamConfigError)
         self.adapter = adapter
         self.config = config
-        self.compressor = make_compressor(config.method, config.omnizip_config())
+        self.compressor = make_compressor(config.method, config.compression)
         self.cache = RollingKVCache(
             adapter,
             max_tokens=config.cache_max_tokens,
@@ -149,7 +149,7 @@ class StreamEngine:
         audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
         request = EncodeRequest(audio if audio.size else None, frames if len(frames) else None, cursor,
-                                saliency=self.config.saliency, stream=True)
+                                saliency=self.config.compression.saliency, stream=True)
         return WindowJob(window, request)
 
     def compress_window(self, job: WindowJob, encoded: EncodedAV) -> ForwardItem:

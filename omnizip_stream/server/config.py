@@ -224,7 +224,7 @@ def load_server_config(path: str | Path, overrides: Mapping[str, Any] | Sequence
     else:
         extra = parse_overrides(list(overrides or []))
     try:
-        defaults = config_from_mapping({**data, **extra})
+        defaults = config_from_mapping(extra, config_from_mapping(data))  # the overrides win over the file
     except ValueError as exc:
         if str(exc).startswith("unknown config key"):
             raise ValueError(f"{exc.args[0]}; and the server keys: server, streams, http") from None

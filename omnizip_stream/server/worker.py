@@ -205,6 +205,7 @@ class ModelWorker:
 
         def start_engine() -> None:
             engine = StreamEngine(self.adapter, session.config)
+            session.config = engine.config  # resolved on the model (window_s filled)
             engine.start()
             session.engine = engine
             session.publish_stats()

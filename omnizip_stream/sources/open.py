@@ -27,7 +27,7 @@ from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S
 from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
 from omnizip_stream.sources.url import URL_SCHEMES
-from omnizip_stream.windowing import CHUNK_S, Windower, validate_window_s
+from omnizip_stream.windowing import Windower, validate_window_s
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ async def open_windows(
     *,
     window_s: float = 2.0,
     fps: float = 2.0,
-    chunk_s: float = CHUNK_S,
+    chunk_s: float | None = None,
     mic_device: str | int | None = None,
     camera_device: str | None = None,
     camera_size: str | tuple[int, int] | None = None,
@@ -218,7 +218,7 @@ async def open_windows(
         spec: source spec (see :data:`SPEC_HELP` and the module docstring).
         window_s: window length in seconds, a positive multiple of ``chunk_s``.
         fps: video frames per second kept, sampled by timestamp.
-        chunk_s: the model's chunk (2 s for Qwen2.5-Omni).
+        chunk_s: the model's chunk (``ModelSpec.seconds_per_chunk``); None: not checked here (the engine checks it).
         mic_device: microphone (PortAudio index or name) for ``mic`` / ``camera+mic``.
         camera_device: camera device (``/dev/video2``, ``0``, ``video=Name``); platform default when None.
         camera_size: camera capture size (``"640x480"``); device default when None.

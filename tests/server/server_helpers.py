@@ -8,7 +8,7 @@ from typing import Any
 
 from omni_helpers import clip_windows, make_adapter, synthetic_clip
 
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.config import StreamConfig, config_from_mapping
 from omnizip_stream.server import ModelWorker
 from omnizip_stream.window import Window
 
@@ -17,8 +17,8 @@ PIXELS = 56 * 56
 
 def stream_config(**overrides: Any) -> StreamConfig:
     """A tiny-model stream config (small answers, small frames); ``overrides`` per stream."""
-    return StreamConfig(**{"model": "tiny", "method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
-                           "video_max_pixels": PIXELS, "window_queue": 16, **overrides})
+    return config_from_mapping({"model": "tiny", "method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
+                                "video_max_pixels": PIXELS, "window_queue": 16, **overrides})
 
 
 def adapter_for(tiny25: Any) -> Any:
