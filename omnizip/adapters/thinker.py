@@ -3,8 +3,8 @@
 The family modules supply the model-specific pieces (special tokens and how their positions are
 shared, audio/video encoding with saliency capture, the order of A/V tokens, extra LM inputs such as
 Qwen3's deepstack features); this base class turns them into the :class:`~omnizip.adapters.base.OmniAdapter`
-surface: prompts, ``encode_av``, a text-model ``forward`` that projects only the last position, an
-empty cache, and exact re-rotation of cached keys.
+surface: prompts, ``encode_av`` and a text-model ``forward`` that projects only the last position; the
+position-time rules and the KV-cache surgery of a stream come from :class:`~omnizip.adapters.stream_ops.StreamOps`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec, PromptParts
+from omnizip.adapters.stream_ops import StreamOps
 from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
 from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig, log_mel, log_mel_window
 from omnizip.sequence import layout_from_ids
@@ -30,7 +31,7 @@ _QUESTION_MARKER = "\x00OMNIZIP_QUESTION\x00"
 _AUDIO_CONTEXT_SAMPLES = 400  # left context kept for the next window's log-mel (needs n_fft / 2 = 200)
 
 
-class ThinkerAdapter:
+class ThinkerAdapter(StreamOps):
     """Shared implementation of the adapter surface for omni thinkers (see ``base.OmniAdapter``).
 
     Subclasses set ``spec`` and implement ``_special``, ``_encode_audio``, ``_encode_video``,
@@ -325,12 +326,6 @@ class ThinkerAdapter:
         emb = self.thinker.get_input_embeddings()(t)
         return emb.to(self.dtype)
 
-    def new_cache(self) -> Any:
-        """An empty ``DynamicCache`` for the text model."""
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.text_config)
-
     def av_extras(
         self, encoded: EncodedAV, kept_index: torch.Tensor, *, offset: int, total: int
     ) -> dict[str, Any] | None:
@@ -372,29 +367,6 @@ class ThinkerAdapter:
             return None
         last = out.last_hidden_state[:, -1]
         return self.thinker.lm_head(last).float()[0]
-
-    @torch.no_grad()
-    def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Re-rotate cached keys by position deltas: exact because RoPE is a rotation.
-
-        Args:
-            keys: ``[B, H_kv, S, Dh]`` cached keys (already rotated to their old positions).
-            delta: ``[3, S]`` new minus old position ids per token (t, h, w rows).
-
-        Returns:
-            ``[B, H_kv, S, Dh]`` keys rotated to the new positions (same dtype).
-        """
-        rotary = self.thinker.model.language_model.rotary_emb
-        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
-            raise ValueError("key re-rotation needs a RoPE without attention scaling")
-        pos = delta.to(keys.device).reshape(3, 1, -1)
-        cos, sin = rotary(keys.float(), pos)  # [1, S, Dh] each
-        cos = cos.float().unsqueeze(1)
-        sin = sin.float().unsqueeze(1)
-        k = keys.float()
-        half = k.shape[-1] // 2
-        rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-        return (k * cos + rotated_half * sin).to(keys.dtype)
 
 
 def _cache_kwarg(lm: Any) -> str:
