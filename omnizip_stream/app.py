@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,9 +20,16 @@ from typing import Any
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.console import Console, read_lines, status_line
 from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.runctl import Terminate as _Terminate
+from omnizip_stream.runctl import first_of as _first_of
+from omnizip_stream.server.config import ServerConfig, ServerSettings, StreamSpec
+from omnizip_stream.server.service import StreamRun, StreamServer
 from omnizip_stream.session import StreamSession
 
 logger = logging.getLogger(__name__)
+
+# A run of one stream is a stream server with one stream whose source failure ends the run (no retry).
+ONE_STREAM = ServerSettings(max_source_retries=0)
 
 
 @dataclass
@@ -107,7 +113,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     """
     import os
 
-    from omnizip_stream.sources import MediaError, open_windows, parse_spec
+    from omnizip_stream.sources import MediaError, parse_spec
     from omnizip_stream.sources.devices import check_devices
 
     # A bad spec, a missing file or device fails before the (possibly slow) model load.
@@ -122,14 +128,13 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     mqtt_failed: list[BaseException] = []  # the MQTT server stopped for good: the run ends and raises it
     try:
         async with contextlib.AsyncExitStack() as stack:
-            session = await stack.enter_async_context(StreamSession.from_config(config))
-            adapter = session.adapter
-            windows = await stack.enter_async_context(open_windows(
-                options.source, window_s=config.window_s, fps=adapter.spec.fps, mic_device=options.mic,
-                camera_size=options.camera_size, realtime=options.realtime, loop=options.loop,
-                max_side=options.max_side, duration_s=options.duration_s,
-            ))
-            session.attach_source(windows.counters, live_clock=windows.session_time if windows.live else None)
+            server = await stack.enter_async_context(StreamServer(ServerConfig(config, ONE_STREAM)))
+            stream_id = options.mqtt.stream_id if options.mqtt is not None else "default"
+            session = await server.add(StreamSpec(
+                stream_id, options.source, config, loop=options.loop, realtime=options.realtime,
+                max_side=options.max_side, mic=options.mic, camera_size=options.camera_size,
+                duration_s=options.duration_s), wait_open=True)
+            run = server.stream(stream_id)
             mqtt_config = None
             if options.mqtt is not None:
                 def mqtt_dead(exc: BaseException) -> None:
@@ -139,10 +144,10 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
                 mqtt_config = await _start_mqtt(stack, options.mqtt, session, console, on_dead=mqtt_dead)
             try:
                 terminate.serving = True
-                await _serve(session, windows, options, console, result, mqtt_config, terminate.stop)
+                await _serve(session, run, options, console, result, mqtt_config, terminate.stop)
             finally:
                 result.stats = session.stats()
-                result.source_counters = windows.counters.snapshot()
+                result.source_counters = run.counters.snapshot() if run.counters is not None else {}
     except asyncio.CancelledError:
         uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
         if not terminate.received or (uncancel is not None and uncancel() > 0):
@@ -162,7 +167,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
     return result
 
 
-async def _serve(session: StreamSession, windows: Any, options: RunOptions, console: Console, result: RunResult,
+async def _serve(session: StreamSession, run: StreamRun, options: RunOptions, console: Console, result: RunResult,
                  mqtt_config: Any, stop: asyncio.Event) -> None:
     """Ingest the windows, show the status, ask the scripted questions and answer typed ones, concurrently.
 
@@ -180,11 +185,7 @@ async def _serve(session: StreamSession, windows: Any, options: RunOptions, cons
 
     async def pump() -> None:
         try:
-            async for window in windows:
-                await session.push_window(window)
-            await windows.aclose()  # stop the sources: what they would produce now is neither used nor "dropped"
-            await session.drain()
-            session.end_of_source()
+            await run.wait()  # the server's feed of the stream: every window ingested, or the source's error
         finally:
             source_done.set()
 
@@ -251,70 +252,17 @@ async def _serve(session: StreamSession, windows: Any, options: RunOptions, cons
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class _Terminate:
-    """SIGTERM (systemd, Docker) and SIGHUP (the terminal closed) as a graceful stop of the run.
-
-    While the stream is being served, the signal sets ``stop``: the run ends as at the end of the
-    source, and every context manager exits normally (an embedded broker is never left behind).
-    Before that (loading the model), or on a second signal, it cancels the run. Installed only
-    where the loop can handle signals (the main thread on Unix).
-    """
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self) -> None:
-        self.stop = asyncio.Event()
-        self.received: str | None = None  # the name of the signal that stopped the run
-        self.serving = False
-        self._task: asyncio.Task[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            for signum in self.SIGNALS:
-                previous = signal.getsignal(signum)
-                loop.add_signal_handler(signum, self._on_signal, signum)
-                self._previous[signum] = previous
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
-            return
-        self._loop, self._task = loop, asyncio.current_task()
-
-    def remove(self) -> None:
-        if self._loop is None:
-            return
-        for signum, previous in self._previous.items():
-            self._loop.remove_signal_handler(signum)
-            with contextlib.suppress(TypeError, ValueError):  # the handler that was there before the run
-                signal.signal(signum, previous)
-        self._loop = None
-
-    def _on_signal(self, signum: int) -> None:
-        self.received = signal.Signals(signum).name
-        logger.info("%s: stopping", self.received)
-        if self.serving and not self.stop.is_set():
-            self.stop.set()
-        elif self._task is not None:
-            self._task.cancel()
-
-
-async def _first_of(*awaitables: Awaitable[Any]) -> None:
-    """Wait until the first of ``awaitables`` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _start_mqtt(
-    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console,
-    on_dead: Callable[[BaseException], None] | None = None,
+    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession | None, console: Console,
+    on_dead: Callable[[BaseException], None] | None = None, embedded: Any = None, *, streams: Any = None,
+    admin_token: str | None = None, make_spec: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
+
+    ``embedded``: an :class:`EmbeddedBroker` already running (``omnizip serve``: one for every stream).
+    ``streams`` (``omnizip serve``): serve every stream of this ``StreamServer`` on one connection
+    instead of ``session``, with run-time add/remove over ``omnizip/server/streams`` when
+    ``admin_token`` is set (``make_spec`` builds a stream from a request).
 
     Raises:
         BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
@@ -326,19 +274,29 @@ async def _start_mqtt(
 
     url, protocol = opts.broker, None
     if url is None:
-        broker = await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs that it is embedded, and where
+        broker = embedded or await stack.enter_async_context(EmbeddedBroker(opts.broker_port))  # logs where it is
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     # The engine caps every answer at the session's max_new_tokens (reserved in its context): so does MQTT,
     # and a reply's max_new_tokens_used is the budget the answer really had.
-    budget = getattr(getattr(session, "config", None), "max_new_tokens", None)
-    config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
+    # (many streams: the server file's defaults; a stream's own higher max_new_tokens is capped to them)
+    if streams is None:
+        stream_config = getattr(session, "config", None)
+    else:
+        stream_config = getattr(getattr(streams, "config", None), "defaults", None)
+    budget = getattr(stream_config, "max_new_tokens", None)
+    config = MqttConfig.from_url(url, stream_id=opts.stream_id if streams is None else "server",
+                                 username=opts.username, password=opts.password,
                                  max_new_tokens_limit=budget, default_max_new_tokens=budget,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
                                  protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
     # A broker we just started holds no other server; and amqtt (the embedded fallback) would hand the
     # check's subscriptions to later clients (seen with amqtt 0.12): the check is for external brokers.
-    server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
+    if streams is None:
+        server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
+    else:
+        server = MqttQueryServer.for_streams(streams, config, admin_token=admin_token, make_spec=make_spec or dict,
+                                             check_in_use=opts.broker is not None)
     task = asyncio.ensure_future(server.run())
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
@@ -352,7 +310,13 @@ async def _start_mqtt(
     if not server.connected.is_set():
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
     task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))  # only now: a refusal at start is the CLI's one-line error, not logged twice
-    console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
+    for sid in streams.ids() if streams is not None else [opts.stream_id]:
+        topic = f"{config.topic_prefix}/{sid}"
+        console.note(f"MQTT: questions on {topic}/query at {config.url}; status on {topic}/status")
+    if streams is not None:
+        control = "on" if admin_token else "off (no admin token)"
+        console.note(f"MQTT: stream control on {config.topic_prefix}/server/streams ({control}), list on "
+                     f"{server.list_topic}; server status (last will) on {config.status_topic}")
     return config
 
 

@@ -342,7 +342,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     cfg = base or StreamConfig()
     if path is not None:
-        cfg = config_from_mapping(read_config_file(path), cfg)
+        values = read_config_file(path)
+        if "streams" in values:
+            raise ValueError(f"{path} is a server file (it lists streams): run it with omnizip serve --config {path}")
+        cfg = config_from_mapping(values, cfg)
     if overrides:
         cfg = config_from_mapping(parse_overrides(overrides), cfg)
     return cfg

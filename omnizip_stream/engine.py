@@ -25,6 +25,7 @@ from omnizip_stream.config import StreamConfig
 from omnizip_stream.kv import RollingKVCache, Segment
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.window import SAMPLE_RATE_HZ, Window
+from omnizip_stream.windowing import check_on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,8 @@ class StreamEngine:
             torch.cuda.reset_peak_memory_stats(device)
         clock = StageClock(device)
         clock.mark()
-        audio = normalise_audio(window, window_s)
-        frames = normalise_frames(window, spec.fps, window_s)
+        check_on_grid(window, spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
+        audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
         encoded = self.adapter.encode_av(
             audio if audio.size else None, frames if len(frames) else None, cursor,

@@ -28,6 +28,10 @@ class LiveStatus:
         self.source_ended = False
         self.last_t1_s: float | None = None  # end of the newest ingested window (stream seconds)
         self._behind_live_s: float | None = None
+        # Set by a StreamServer: the source's state (running, retrying, ended, failed), re-opens, last failure.
+        self.source_state: str | None = None
+        self.source_retries = 0
+        self.source_error: str | None = None
 
     def window_landed(self, t1_s: float) -> None:
         """A window ending at stream time ``t1_s`` is now in the cache (model thread)."""
@@ -50,4 +54,7 @@ class LiveStatus:
             out["last_window_t1_s"] = self.last_t1_s
         if self.counters is not None:
             out["source"] = self.counters.snapshot()
+        if self.source_state is not None:
+            out.update(source_state=self.source_state, source_retries=self.source_retries,
+                       source_error=self.source_error)
         return out

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "infer": "omnizip_stream.cli.infer",
     "stream": "omnizip_stream.cli.stream",
     "serve-mqtt": "omnizip_stream.cli.serve_mqtt",
+    "serve": "omnizip_stream.cli.serve",
     "bench": "omnizip_stream.cli.bench",
     "eval": "omnizip_stream.cli.eval",
 }

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 from omnizip_stream.cli import UserError
 from omnizip_stream.cli._common import (
@@ -66,8 +67,19 @@ def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
     :func:`~omnizip_stream.app.run_stream`); a SIGTERM before the run starts (while importing) exits 0 too.
     """
     stop_on_sigterm()
-    from omnizip.adapters.base import ModelLoadError
     from omnizip_stream.app import run_stream
+
+    return run_app(lambda: run_stream(config, options))
+
+
+def run_app(main: Callable[[], Coroutine[Any, Any, Any]], user_errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """``asyncio.run(main())`` with the exits of a live run (``stream``, ``serve-mqtt``, ``serve``).
+
+    Source, model-load, cache and broker failures (and ``user_errors``) become UserError (exit 2);
+    Ctrl-C exits 130; a result whose ``terminated`` is set (SIGTERM) exits 0.
+    """
+    stop_on_sigterm()
+    from omnizip.adapters.base import ModelLoadError
     from omnizip_stream.kv import CacheFullError
     from omnizip_stream.sources import SourceError
 
@@ -77,10 +89,10 @@ def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
         mqtt_errors: tuple[type[BaseException], ...] = (BrokerUnavailableError, BrokerRefusedError)
     except ImportError:  # the [mqtt] extra is not installed
         mqtt_errors = ()
-    user_errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors)
+    errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors, *user_errors)
     try:
-        result = asyncio.run(run_stream(config, options))
-    except user_errors as exc:
+        result = asyncio.run(main())
+    except errors as exc:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     except KeyboardInterrupt:  # Ctrl-C (once or twice): the run was cancelled and its contexts exited
         exit_now(130, "interrupted")

@@ -218,7 +218,7 @@ class StreamingAnswerer:
         windows_in = 0
         try:
             async with open_windows(f"file:{path}", window_s=config.window_s, fps=2.0, realtime=False,
-                                    max_side=self.options.max_side, backpressure="block") as windows:
+                                    max_side=self.options.max_side) as windows:
                 async with StreamSession.from_config(config, adapter=self.adapter) as session:
                     async for window in windows:
                         await session.push_window(window)

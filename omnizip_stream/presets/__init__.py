@@ -11,9 +11,20 @@ from pathlib import Path
 PRESETS_DIR = Path(__file__).resolve().parent
 
 
-def available_presets() -> list[str]:
-    """Names of the shipped presets (``qwen2.5-omni-7b``, ``tiny-cpu``, ...), sorted."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+def available_presets(server: bool = False) -> list[str]:
+    """Names of the shipped stream presets (``qwen2.5-omni-7b``, ``tiny-cpu``, ...), sorted.
+
+    ``server=True``: the server files instead (``server``: they list ``streams:``, for ``omnizip serve``).
+    """
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if is_server_file(p) == server)
+
+
+def is_server_file(path: Path) -> bool:
+    """Whether a config file is a server file (a top-level ``streams:`` key) rather than a stream preset."""
+    try:
+        return any(line.startswith("streams:") for line in path.read_text("utf-8").splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def preset_path(name: str) -> Path | None:
@@ -25,4 +36,4 @@ def preset_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-__all__ = ["PRESETS_DIR", "available_presets", "preset_path"]
+__all__ = ["PRESETS_DIR", "available_presets", "is_server_file", "preset_path"]

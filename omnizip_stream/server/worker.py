@@ -21,7 +21,7 @@ and its cache tensors (measured).
 
 ``StreamSession.from_config(cfg)`` alone makes a private one-stream worker. What runs next is the
 :class:`~omnizip_stream.server.scheduler.Scheduler`'s choice (questions round-robin across
-streams, then windows by real-time deadline); stream start-ups (the sink prefill) run before both.
+streams, then windows by real-time deadline on the worker's one clock); stream start-ups (the sink prefill) run before both.
 Every job runs under its own ``try``: whatever one stream's windows or questions raise is counted
 on that stream and never stops the thread or touches another stream.
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
@@ -66,13 +67,18 @@ class ModelWorker:
         config: what to load (``model``, ``device``, ``dtype``, ``attn``, ``video_max_pixels``,
             ``seed``) and ``torch_threads``; streams bring their own configs.
         adapter: an already loaded adapter to serve instead of loading one.
+        clock: the one clock of its streams (window deadlines, "behind real time", lags); default
+            :class:`~omnizip_stream.clock.MonotonicClock`, a :class:`~omnizip_stream.clock.ManualClock`
+            in tests.
         kv_budget_mb: memory budget in MiB that the streams' cache caps (``cache_max_mb``) share;
             None: no budget (reservations are still reported).
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None, kv_budget_mb: float | None = None) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None,
+                 kv_budget_mb: float | None = None) -> None:
         self.config = config
         self._adapter = adapter
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.budget = KVBudget(kv_budget_mb)  # guarded by cond
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()

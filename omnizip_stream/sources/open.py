@@ -186,7 +186,6 @@ async def open_windows(
     loop: bool = False,
     max_side: int | None = 640,
     duration_s: float | None = None,
-    backpressure: str = "auto",
     max_queue_windows: int = 4,
     max_latency_s: float = 0.75,
     strict_devices: bool = True,
@@ -215,9 +214,8 @@ async def open_windows(
         loop: replay a file forever.
         max_side: frames scaled at decode so the longer side is at most this many pixels (None: native).
         duration_s: stop after the windows covering this much stream time.
-        backpressure: ``"auto"`` (``drop-video`` for live media, ``block`` otherwise), ``"block"`` or
-            ``"drop-video"``.
-        max_queue_windows: windows queued for the consumer that keep their video.
+        max_queue_windows: windows queued for the consumer before the sources wait (bounded buffering; a
+            live consumer sheds video by the session's drop policy, see ``StreamSession.push_window``).
         max_latency_s: how long a live window waits for late media after its end.
         strict_devices: a device that cannot be opened at start is an error (else: warn and retry).
         url_attempts: connection attempts before a URL source gives up.
@@ -240,8 +238,6 @@ async def open_windows(
         raise ValueError(f"max_side must be >= 16 pixels, got {max_side}")
     if not (open_timeout_s > 0 and math.isfinite(open_timeout_s)):
         raise ValueError(f"open_timeout_s must be positive, got {open_timeout_s}")
-    if backpressure not in ("auto", "block", "drop-video"):
-        raise ValueError(f"backpressure must be auto, block or drop-video, got {backpressure!r}")
     parsed = parse_spec(spec)
     clock = clock if clock is not None else MonotonicClock()
     counters = StreamCounters()
@@ -264,8 +260,7 @@ async def open_windows(
     kinds = frozenset().union(*(s.kinds for s in sources))
     windower = Windower(window_s=window_s, fps=fps, chunk_s=chunk_s, has_audio="audio" in kinds,
                         has_video="video" in kinds, duration_s=duration_s, counters=counters)
-    policy = backpressure if backpressure != "auto" else ("drop-video" if live else "block")
-    stream = WindowStream(sources, windower, live=live, backpressure=policy, clock=clock, session_t0=session_t0,
+    stream = WindowStream(sources, windower, live=live, clock=clock, session_t0=session_t0,
                           max_latency_s=max_latency_s, max_queue_windows=max_queue_windows)
     logger.info("opened %s: %s, window %.1f s, %g fps, %s", redact_url(spec), "+".join(sorted(kinds)), window_s, fps,
                 "live" if live else "as fast as consumed")
