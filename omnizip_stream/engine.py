@@ -164,13 +164,8 @@ class StreamEngine:
         span = float(encoded.close_position) - logical_start + 2
         evicted = self.cache.evict_for(int(kept_embeds.shape[0]), span)
         shift = self.cache.placement_shift(logical_start, span)
-        positions = kept_pos.clone()
         modality = layout.modality[kept_index]
-        if shift:
-            delta = torch.tensor(shift).to(positions.dtype)
-            positions[0] -= delta
-            audio_rows = modality == int(Modality.AUDIO)
-            positions[1:, audio_rows] -= delta
+        positions = self.adapter.shift_positions(kept_pos, modality, torch.tensor(shift)) if shift else kept_pos.clone()
         extras = self.adapter.av_extras(encoded, kept_index, offset=0, total=int(kept_embeds.shape[0]))
         index = self.windows_ingested
         kind = "sink" if index < self.config.sink_windows else "window"

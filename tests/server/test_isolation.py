@@ -52,8 +52,9 @@ async def _script(sessions: dict[str, StreamSession]) -> dict[str, Any]:
 
 def _state(session: StreamSession, answers: list[Any]) -> dict[str, Any]:
     cache = session.engine.cache
+    kv = session.adapter.cache_tensors(cache.cache)  # [k0, v0, k1, v1, ...]
     return {
-        "kv": [(layer.keys.clone(), layer.values.clone()) for layer in cache._layers()],
+        "kv": [(k.clone(), v.clone()) for k, v in zip(kv[::2], kv[1::2], strict=True)],
         "positions": [s.positions.clone() for s in cache.segments],
         "answers": answers,
         "stats": {k: v for k, v in session.engine.stats().items()},
