@@ -253,12 +253,16 @@ async def _serve(session: StreamSession, run: StreamRun, options: RunOptions, co
 
 
 async def _start_mqtt(
-    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession, console: Console,
-    on_dead: Callable[[BaseException], None] | None = None, embedded: Any = None,
+    stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession | None, console: Console,
+    on_dead: Callable[[BaseException], None] | None = None, embedded: Any = None, *, streams: Any = None,
+    admin_token: str | None = None, make_spec: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
 
     ``embedded``: an :class:`EmbeddedBroker` already running (``omnizip serve``: one for every stream).
+    ``streams`` (``omnizip serve``): serve every stream of this ``StreamServer`` on one connection
+    instead of ``session``, with run-time add/remove over ``omnizip/server/streams`` when
+    ``admin_token`` is set (``make_spec`` builds a stream from a request).
 
     Raises:
         BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
@@ -274,15 +278,25 @@ async def _start_mqtt(
         url, protocol = broker.url, ("5" if broker.supports_v5 else "3.1.1")
     # The engine caps every answer at the session's max_new_tokens (reserved in its context): so does MQTT,
     # and a reply's max_new_tokens_used is the budget the answer really had.
-    budget = getattr(getattr(session, "config", None), "max_new_tokens", None)
-    config = MqttConfig.from_url(url, stream_id=opts.stream_id, username=opts.username, password=opts.password,
+    # (many streams: the server file's defaults; a stream's own higher max_new_tokens is capped to them)
+    if streams is None:
+        stream_config = getattr(session, "config", None)
+    else:
+        stream_config = getattr(getattr(streams, "config", None), "defaults", None)
+    budget = getattr(stream_config, "max_new_tokens", None)
+    config = MqttConfig.from_url(url, stream_id=opts.stream_id if streams is None else "server",
+                                 username=opts.username, password=opts.password,
                                  max_new_tokens_limit=budget, default_max_new_tokens=budget,
                                  ca_file=opts.ca_file, cert_file=opts.cert_file, key_file=opts.key_file,
                                  protocol=protocol, reply_prefix=opts.reply_prefix, client_id=opts.client_id,
                                  rate_limit_per_s=opts.rate_limit_per_s, rate_limit_burst=opts.rate_limit_burst)
     # A broker we just started holds no other server; and amqtt (the embedded fallback) would hand the
     # check's subscriptions to later clients (seen with amqtt 0.12): the check is for external brokers.
-    server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
+    if streams is None:
+        server = MqttQueryServer(session, config, check_in_use=opts.broker is not None)
+    else:
+        server = MqttQueryServer.for_streams(streams, config, admin_token=admin_token, make_spec=make_spec or dict,
+                                             check_in_use=opts.broker is not None)
     task = asyncio.ensure_future(server.run())
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}
@@ -296,7 +310,13 @@ async def _start_mqtt(
     if not server.connected.is_set():
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {config.url}: {server.last_error}")
     task.add_done_callback(functools.partial(_report_mqtt_end, on_dead=on_dead))  # only now: a refusal at start is the CLI's one-line error, not logged twice
-    console.note(f"MQTT: questions on {config.query_topic} at {config.url}; status on {config.status_topic}")
+    for sid in streams.ids() if streams is not None else [opts.stream_id]:
+        topic = f"{config.topic_prefix}/{sid}"
+        console.note(f"MQTT: questions on {topic}/query at {config.url}; status on {topic}/status")
+    if streams is not None:
+        control = "on" if admin_token else "off (no admin token)"
+        console.note(f"MQTT: stream control on {config.topic_prefix}/server/streams ({control}), list on "
+                     f"{server.list_topic}; server status (last will) on {config.status_topic}")
     return config
 
 

@@ -37,7 +37,7 @@ def status_line(stats: dict[str, Any]) -> str:
     source = stats.get("source") or {}
     t1 = stats.get("last_window_t1_s", 0.0) or 0.0
     kv_mb = (stats.get("kv_bytes", 0) or 0) / 2**20
-    dropped = (stats.get("video_dropped", 0) or 0) + source.get("video_dropped", 0)
+    dropped = stats.get("video_dropped", 0) or 0  # the stream's one drop counter (``source`` holds the same)
     if stats.get("source_ended"):
         live = "source ended"
     else:
@@ -51,8 +51,9 @@ def status_line(stats: dict[str, Any]) -> str:
         f"evicted {stats.get('windows_evicted', 0)}",
         f"dropped video {dropped}",
     ]
-    if source.get("audio_dropped_samples"):
-        parts.append(f"dropped audio {source['audio_dropped_samples'] / 16000:.1f}s")
+    audio_dropped = stats.get("audio_dropped_samples", 0) or 0
+    if audio_dropped:
+        parts.append(f"dropped audio {audio_dropped / 16000:.1f}s")
     if source.get("corrupt_packets"):
         parts.append(f"corrupt packets {source['corrupt_packets']}")
     if source.get("windows_without_video"):

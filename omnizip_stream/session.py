@@ -2,13 +2,18 @@
 
 The event loop never touches the model. Windows and questions go into two bounded per-stream queues
 served by a :class:`~omnizip_stream.server.worker.ModelWorker` (questions first: a question waits at
-most for the window being processed). A session made with ``StreamSession.from_config(cfg)`` alone
+most for the window, or batch of several streams' windows, being processed). A session made with ``StreamSession.from_config(cfg)`` alone
 starts a private one-stream worker; ``ModelWorker.add_stream`` makes one of many sessions sharing a
-model. When windows pile up and the oldest pending one is more than a window behind real time (the
-model is slower than the live source), pending windows lose their video oldest-first (audio is never
-dropped silently; every dropped frame is counted); otherwise (a replay faster than real time, or video
-already shed) ``push_window`` waits, which backpressures the source. A full question queue answers
-``busy`` at once instead of waiting forever.
+model. Time (deadlines, "behind real time", lags) is read from one injected
+:class:`~omnizip_stream.clock.Clock`: the worker's, shared by its streams.
+
+The one video drop policy lives here (:func:`~omnizip_stream.server.scheduler.shed_video`): when a
+live stream's oldest pending window is more than a window behind real time (the model is slower than
+the live source), ``push_window`` never makes the source wait; only the newest ``window_queue``
+pending windows keep their video (audio is never dropped silently; every drop is counted in the
+stream's one set of counters, ``stats()``). Otherwise (a replay without a live clock, or a live
+stream less than a window behind) a full queue makes ``push_window`` wait, which backpressures the
+source. A full question queue answers ``busy`` at once instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -18,32 +23,26 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from omnizip_stream.answer_stream import AnswerStream
+from omnizip_stream.clock import Clock
 from omnizip_stream.config import StreamConfig
-from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
+from omnizip_stream.engine import StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
-from omnizip_stream.server.scheduler import PendingWindow, shed_oldest_video
-from omnizip_stream.server.worker import ModelWorker, set_exception, set_result
+from omnizip_stream.server.jobs import PendingQuestion, StreamJobs
+from omnizip_stream.server.scheduler import MAX_BACKLOG_S, PendingWindow, shed_video
+from omnizip_stream.server.worker import ModelWorker
+from omnizip_stream.sources.base import StreamCounters
 from omnizip_stream.status import LiveStatus
 from omnizip_stream.window import Window
+from omnizip_stream.windowing import on_grid
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Query:
-    question: str
-    max_new_tokens: int
-    submitted_at: float
-    future: asyncio.Future[QueryResult]
-    on_text: Callable[[str], None] | None
-
-
-class StreamSession:
+class StreamSession(StreamJobs):
     """A live stream: push windows, ask questions, read stats.
 
     Use ``async with StreamSession.from_config(cfg) as session:`` (a private worker: the model is
@@ -55,18 +54,27 @@ class StreamSession:
         adapter: for a private worker, an already loaded adapter.
         worker: the shared worker to register with (None: a private one-stream worker).
         stream_id: the stream's id in its worker's registry.
+        clock: the clock of a private worker (default :class:`~omnizip_stream.clock.MonotonicClock`);
+            a stream of a shared worker uses the worker's clock.
+        max_backlog_s: pending audio a live stream behind real time keeps before whole windows are
+            dropped (counted and logged).
     """
 
     def __init__(self, config: StreamConfig, *, adapter: Any = None, worker: ModelWorker | None = None,
-                 stream_id: str = "default") -> None:
+                 stream_id: str = "default", clock: Clock | None = None,
+                 max_backlog_s: float = MAX_BACKLOG_S) -> None:
+        if worker is not None and clock is not None and clock is not worker.clock:
+            raise ValueError("a stream of a shared worker uses the worker's clock (pass clock= to ModelWorker)")
         self.config = config
         self.stream_id = stream_id
         self._owns_worker = worker is None
-        self._worker = worker if worker is not None else ModelWorker(config, adapter=adapter)
+        self._worker = worker if worker is not None else ModelWorker(config, adapter=adapter, clock=clock)
+        self.clock: Clock = self._worker.clock
+        self.max_backlog_s = max_backlog_s
         self._cond = self._worker.cond  # one lock for every stream of the worker
         self.engine: StreamEngine | None = None
         self.windows: collections.deque[PendingWindow] = collections.deque()
-        self.queries: collections.deque[_Query] = collections.deque()
+        self.queries: collections.deque[PendingQuestion] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
@@ -77,19 +85,21 @@ class StreamSession:
         self._snapshot: dict[str, Any] = {}
         self.reports: collections.deque[WindowReport] = collections.deque(maxlen=256)
         self.counters = {
-            "video_dropped": 0, "windows_video_stripped": 0, "windows_failed": 0, "windows_discarded": 0,
-            "queries_answered": 0, "queries_failed": 0, "queries_busy": 0,
+            "windows_failed": 0, "windows_discarded": 0, "queries_answered": 0, "queries_failed": 0,
+            "queries_busy": 0,
         }
+        # The stream's one set of media counters (drops included); the source's once attached.
+        self.media = StreamCounters()
         self.last_error: str | None = None  # the last failure of this stream's windows or questions
         self._last_lag_s = 0.0
-        self._clock_origin: float | None = None  # perf_counter() at stream time 0 (first push)
+        self._clock_origin: float | None = None  # clock time at stream time 0 without a live clock (first push)
         self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
 
     @classmethod
-    def from_config(cls, config: StreamConfig, *, adapter: Any = None) -> StreamSession:
+    def from_config(cls, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> StreamSession:
         """A one-stream session for ``config`` with a private worker (enter it with ``async with``)."""
-        return cls(config, adapter=adapter)
+        return cls(config, adapter=adapter, clock=clock)
 
     @property
     def adapter(self) -> Any:
@@ -102,13 +112,19 @@ class StreamSession:
         return self._worker
 
     def attach_source(self, counters: Any = None, *, live_clock: Callable[[], float] | None = None) -> None:
-        """Report the sources' counters and the live clock in :meth:`stats` (one status model).
+        """Share the sources' counters and the live clock (one status model, one set of counters).
 
         Args:
-            counters: the sources' :class:`~omnizip_stream.sources.base.StreamCounters` (``snapshot()``).
-            live_clock: seconds of live stream time now (``WindowStream.session_time``), or None for a
-                replay faster than real time, where "behind live" has no meaning.
+            counters: the sources' :class:`~omnizip_stream.sources.base.StreamCounters`: from now on the
+                stream's one set of counters (the session's drops are counted in it, and what was
+                counted before is carried over); ``stats()["source"]`` is its snapshot.
+            live_clock: seconds of live stream time now (``WindowStream.session_time``, on the same
+                clock as this session), or None for a replay faster than real time, where "behind
+                live" has no meaning and nothing is dropped (``push_window`` waits instead).
         """
+        if counters is not None and counters is not self.media:
+            counters.add(**{k: v for k, v in self.media.snapshot().items() if v})
+            self.media = counters
         self.live.counters = counters
         self.live.live_clock = live_clock
 
@@ -167,114 +183,42 @@ class StreamSession:
                 self._idle.clear()
             await self._idle.wait()
 
-    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the session's event loop (from the model thread)."""
-        self._worker.post(self._loop, callback, *args)
-
-    # ------------------------------------------------------------------ the model thread's side
-    def job_started(self, item: Any) -> None:
-        """The worker took ``item`` (a question or a :class:`PendingWindow`) off this stream (lock held)."""
-        self._busy = True
-        if isinstance(item, PendingWindow):
-            self._current_t1_s = item.window.t1_s
-
-    def job_done(self) -> None:
-        """The worker finished this stream's job (lock held)."""
-        self._busy = False
-        self._current_t1_s = None
-        if not self.queries and not self.windows:
-            self._post(self._idle.set)
-
-    def job_failed(self, kind: str, exc: BaseException) -> None:
-        """A job of this stream raised past its own handling: reported here, the worker goes on."""
-        self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
-        logger.error("stream %s: %s job failed: %s", self.stream_id, kind, exc, exc_info=exc)
-
-    def serve_window(self, pending: PendingWindow) -> None:
-        """Ingest one window (model thread)."""
-        assert self.engine is not None
-        self._post(self._space.set)
-        window = pending.window
-        try:
-            try:
-                report = self.engine.ingest(window)
-                self.reports.append(report)
-                self._last_lag_s = time.perf_counter() - pending.pushed_at
-                self.live.window_landed(report.t1_s)
-            except Exception as exc:  # a bad window must not stop the stream
-                self.counters["windows_failed"] += 1
-                self.last_error = f"window t={window.t0_s:.1f}s: {type(exc).__name__}: {exc}"
-                logger.exception("stream %s: window at t=%.1fs failed; the stream continues",
-                                 self.stream_id, window.t0_s)
-            self.publish_stats()
-        finally:
-            self._post(self._progress.set)
-
-    def serve_query(self, query: _Query) -> None:
-        """Answer one question (model thread); the stream state (and its stats) is left unchanged."""
-        assert self.engine is not None
-        callback = query.on_text
-
-        def on_text(piece: str) -> None:
-            if self.stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
-                raise _Closed
-            if callback is not None:
-                self._post(callback, piece)
-
-        try:
-            result = self.engine.answer(query.question, query.max_new_tokens, submitted_at=query.submitted_at,
-                                        on_text=on_text)
-        except QueryError as exc:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, exc)
-            return
-        except _Closed:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, QueryError("internal", "the stream session was closed"))
-            return
-        except Exception as exc:
-            self.counters["queries_failed"] += 1
-            self.last_error = f"query: {type(exc).__name__}: {exc}"
-            logger.exception("stream %s: query failed", self.stream_id)
-            self._post(set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
-            return
-        self.counters["queries_answered"] += 1
-        self._post(set_result, query.future, result)
-
-    def publish_stats(self) -> None:
-        """Snapshot the engine's stats for :meth:`stats` (model thread)."""
-        assert self.engine is not None
-        self._snapshot = self.engine.stats()
-
     # ------------------------------------------------------------------ windows
     async def push_window(self, window: Window) -> None:
-        """Queue a window for ingestion (waits when the queue is full even after dropping video)."""
+        """Queue a window for ingestion (see the module docstring for when it waits and what it sheds).
+
+        A window made by hand is put on the model's grid first
+        (:func:`~omnizip_stream.windowing.on_grid`; windows of a ``Windower`` already are).
+        """
         self._check_running()
+        window = on_grid(window, self.adapter.spec.fps, self.config.window_s, counters=self.media)
         while True:
             self._space.clear()
-            now = time.perf_counter()
+            now = self.clock.now()
             if self._clock_origin is None:
                 self._clock_origin = now - window.t1_s  # a live window can arrive at its end at the earliest
+            stream_now_s = self._stream_time_s(now)
             with self._cond:
-                if len(self.windows) < self.config.window_queue:
-                    deadline_s = self._clock_origin + window.t1_s  # complete at the live source then
+                behind_s = stream_now_s - self.windows[0].window.t1_s if self.windows else 0.0
+                shedding = self.live.live_clock is not None and behind_s > self.config.window_s
+                if len(self.windows) < self.config.window_queue or shedding:
+                    deadline_s = now - stream_now_s + window.t1_s  # complete at the live source then
                     self.windows.append(PendingWindow(window, now, deadline_s, self._worker.next_seq()))
+                    if shedding:  # live and the model is behind real time: the one drop policy
+                        shed = shed_video(self.windows, keep_video=self.config.window_queue,
+                                          max_backlog_s=self.max_backlog_s)
+                        self.media.add(**shed.counts())
                     self._cond.notify_all()
                     return
-                oldest = self.windows[0].window
-                behind_s = now - (self._clock_origin + oldest.t1_s)
-                if behind_s > self.config.window_s:
-                    # Live and the model is behind real time: shed video, never audio.
-                    self._strip_oldest_video()
             await self._space.wait()
             self._check_running()
 
-    def _strip_oldest_video(self) -> None:
-        """Drop the video of the oldest pending window that still has some (lock held)."""
-        dropped = shed_oldest_video(self.windows)
-        if dropped:
-            self.counters["video_dropped"] += dropped
-            self.counters["windows_video_stripped"] += 1
+    def _stream_time_s(self, now: float) -> float:
+        """Live stream seconds at clock time ``now``: the live clock's, else since the first push (a replay)."""
+        if self.live.live_clock is not None:
+            return float(self.live.live_clock())
+        assert self._clock_origin is not None
+        return now - self._clock_origin
 
     async def wait_windows(self, *, count: int | None = None, until_s: float | None = None) -> None:
         """Wait until ``count`` windows were ingested, or the stream reached ``until_s`` seconds."""
@@ -316,7 +260,7 @@ class StreamSession:
             raise QueryError("bad_request", "max_new_tokens must be a positive integer")
         await self._wait_first_window()
         assert self._loop is not None
-        query = _Query(
+        query = PendingQuestion(
             question, max_new_tokens or self.config.max_new_tokens, time.perf_counter(),
             self._loop.create_future(), on_text,
         )
@@ -345,10 +289,16 @@ class StreamSession:
                 await self._progress.wait()
                 self._check_running()
 
+        waiter = asyncio.ensure_future(first_window())
+        timer = asyncio.ensure_future(self.clock.asleep(wait_s))  # the stream's clock, not the loop's
         try:
-            await asyncio.wait_for(first_window(), wait_s)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, timer):
+                task.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+            raise waiter.exception()  # type: ignore[misc]
         if not self._snapshot.get("windows_ingested", 0):
             raise QueryError("not_ready", "no window of the stream has been ingested yet "
                                           f"(waited {wait_s:g} s); ask again once the stream has started")
@@ -368,7 +318,10 @@ class StreamSession:
     def stats(self) -> dict[str, Any]:
         """Live counters: the one status model (the terminal's status line and the MQTT status topic).
 
-        Engine stats (last snapshot), session queues and drops, and :class:`LiveStatus`'s fields:
+        Engine stats (last snapshot), session queues, the stream's drop counters (``video_dropped``,
+        ``windows_video_stripped``, ``windows_dropped``, ``audio_dropped_samples``: its one set of
+        counters, the same numbers as in ``source``), ``ingest_lag_s`` (clock seconds from the newest
+        ingested window's push to its landing), and :class:`LiveStatus`'s fields:
         ``window_lag_s`` (how far the cache is behind the live source; None without a live clock),
         ``source_ended`` and, once :meth:`attach_source` was called, ``source`` (its drop counters).
         """
@@ -378,10 +331,13 @@ class StreamSession:
                 self.windows[0].window.t1_s if self.windows else None)
         out = dict(self._snapshot)
         out.update(self.counters)
+        media = self.media.snapshot()
+        out.update({key: media[key] for key in DROP_KEYS})
         out.update({"windows_queued": queued_windows, "queries_queued": queued_queries,
                     "ingest_lag_s": self._last_lag_s})
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
+            out["last_window"] = window_summary(self.reports[-1])
         out.update(self.live.fields(oldest_t1))
         return out
 
@@ -390,5 +346,18 @@ class StreamSession:
             raise QueryError("not_ready", "the stream session is not running")
 
 
-class _Closed(Exception):
-    """Raised on the model thread to abandon an answer when the session closes."""
+def window_summary(report: WindowReport) -> dict[str, Any]:
+    """One window's compression as plain JSON: index, times, tokens in/kept per modality.
+
+    ``audio_retention`` (audio_kept / audio_tokens) and ``video_keep_ratio`` (video_kept / video_tokens)
+    are the audio-guided budget of each window (None for a modality the window did not carry).
+    """
+    return {"index": report.index, "t0_s": report.t0_s, "t1_s": report.t1_s,
+            "audio_tokens": report.audio_tokens, "audio_kept": report.audio_kept,
+            "video_tokens": report.video_tokens, "video_kept": report.video_kept,
+            "audio_retention": report.audio_kept / report.audio_tokens if report.audio_tokens else None,
+            "video_keep_ratio": report.video_kept / report.video_tokens if report.video_tokens else None}
+
+
+DROP_KEYS = ("video_dropped", "windows_video_stripped", "windows_dropped", "audio_dropped_samples")
+"""The stream's drop counters in ``stats()`` (from its one :class:`StreamCounters`)."""

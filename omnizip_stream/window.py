@@ -20,7 +20,7 @@ class Window:
         frames: ``[F, H, W, 3]`` uint8 RGB video frames (``F`` may be 0 for an audio-only window).
         frame_pts_s: ``[F]`` float64 presentation time of each frame in stream seconds.
         duration_s: window length in seconds; defaults to the audio length.
-        video_dropped: frames of this window dropped upstream (backpressure), for the counters.
+        video_dropped: frames of this window the session's drop policy removed (the model behind real time).
     """
 
     t0_s: float

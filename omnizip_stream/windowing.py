@@ -2,11 +2,13 @@
 
 This is the synchronous core (no asyncio, no I/O): feed it :class:`AudioChunk` / :class:`VideoFrame`
 items in session time, get back finished windows. Window ``k`` spans ``[k * window_s, (k+1) * window_s)``
-and carries exactly ``window_s * 16000`` audio samples (zero-padded where audio was missing and
-counted) or none at all when no audio arrived for it, plus the video frames sampled at ``fps`` by
-timestamp whose times fall inside the window. A window is emitted once every live kind has passed its
+and is on the model's grid: exactly ``window_s * 16000`` audio samples (zero-padded where audio was
+missing and counted) or none at all when no audio arrived for it, and exactly ``window_s * fps`` video
+frames at ``t0 + k / fps`` (see :func:`on_grid`, the one place frames are put on the grid and audio is
+padded) or none when no frame arrived for it. The engine takes windows as they are. A window is emitted once every live kind has passed its
 end, or when :meth:`Windower.close_until` forces it (the live deadline), or at the end of the media.
-The async driver that pulls sources and applies the drop policy is ``omnizip_stream.sources.stream``.
+The async driver that pulls sources into it is ``omnizip_stream.sources.stream``; shedding video when the
+model falls behind real time is the session's (``omnizip_stream.server.scheduler``), never the windowing's.
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ from omnizip_stream.window import Window
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_S", "AudioTimeline", "FrameSampler", "Windower", "stack_frames", "validate_window_s"]
+__all__ = ["AudioTimeline", "FrameSampler", "Windower", "stack_frames", "validate_window_s"]
 
-CHUNK_S = 2.0  # Qwen2.5-Omni's audio/video interleave chunk
 _EPS = 1e-6
 
 
-def validate_window_s(window_s: float, chunk_s: float = CHUNK_S) -> int:
-    """Check that ``window_s`` is a positive whole number of model chunks; returns the chunk count.
+def validate_window_s(window_s: float, chunk_s: float | None = None) -> int:
+    """Check that ``window_s`` is a positive whole number of ``chunk_s`` chunks; returns the chunk count.
+
+    ``chunk_s=None``: the model is not known here (the engine checks its chunks: ``StreamConfig.for_model``),
+    so the window is one chunk and only needs to be positive and whole audio samples.
 
     Raises:
         ValueError: ``window_s`` is not a positive multiple of ``chunk_s``.
     """
+    if chunk_s is None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        chunk_s = window_s
     if not chunk_s > 0:
         raise ValueError(f"chunk_s must be positive, got {chunk_s}")
     n = round(window_s / chunk_s) if window_s > 0 else 0
@@ -48,7 +56,7 @@ class FrameSampler:
     """Keep video frames at ``fps`` by timestamp on a grid anchored at session time 0.
 
     A frame at time ``t`` is kept when it is the first frame at or after the next grid point
-    ``k / fps``; frames before 0 are pre-roll and never kept. Applying it twice keeps the same frames
+    ``k / fps`` (the rule :func:`on_grid` applies per slot); frames before 0 are pre-roll and never kept. Applying it twice keeps the same frames
     (idempotent), so sources may sample early (to skip converting unused frames) and the windower again.
 
     Args:
@@ -151,7 +159,7 @@ class Windower:
     Args:
         window_s: window length, a positive multiple of ``chunk_s``.
         fps: video frames kept per second, by timestamp.
-        chunk_s: the model's chunk length (2 s for Qwen2.5-Omni).
+        chunk_s: the model's chunk length (``ModelSpec.seconds_per_chunk``), None when not checked here.
         has_audio / has_video: which kinds the sources deliver (a missing kind never holds windows back).
         duration_s: stop after the windows covering ``[0, duration_s)``; media at or after ``duration_s`` is
             left out (the last window is padded when ``duration_s`` is not a multiple of ``window_s``);
@@ -165,7 +173,7 @@ class Windower:
         *,
         window_s: float = 2.0,
         fps: float = 2.0,
-        chunk_s: float = CHUNK_S,
+        chunk_s: float | None = None,
         has_audio: bool = True,
         has_video: bool = True,
         duration_s: float | None = None,
@@ -191,7 +199,6 @@ class Windower:
         self._video_max_t = -math.inf
         self._audio_ended = not has_audio
         self._video_ended = not has_video
-        self._drop_pts: list[float] = []
         self._max_pending_frames = 4 * max(1, math.ceil(window_s * fps)) + 16
         self.next_index = 0
         self.windows_emitted = 0
@@ -221,7 +228,12 @@ class Windower:
             self._add_video(item)
         else:
             self._video_max_t = max(self._video_max_t, item.pts_s)  # video has passed the end
-        return self._emit_ready()
+        out = self._emit_ready()
+        while len(self._frames) > self._max_pending_frames and not self.done:
+            # Video far ahead of audio (a track that stopped, a skewed file): bounded buffering emits the
+            # oldest window instead of holding (or dropping) frames; audio arriving for it later is counted late.
+            self._emit_one(out)
+        return out
 
     def _add_video(self, frame: VideoFrame) -> None:
         t = frame.pts_s
@@ -234,9 +246,6 @@ class Windower:
             return
         self.counters.add(video_frames_in=1)
         self._frames.append(frame)
-        if len(self._frames) > self._max_pending_frames:  # video far ahead of audio: bound memory
-            old = self._frames.pop(0)
-            self.counters.note_video_drop(old.pts_s)
 
     def end(self, kinds: frozenset[str] | set[str]) -> list[Window]:
         """Mark ``kinds`` as ended; when everything has ended the remaining windows are flushed."""
@@ -305,9 +314,6 @@ class Windower:
             self.counters.add(audio_padded_samples=n - n_real)
         inside = [f for f in self._frames if f.pts_s < t1 - _EPS]
         self._frames = self._frames[len(inside):]
-        self._drop_pts.extend(self.counters.drain_video_drops())
-        dropped = sum(1 for p in self._drop_pts if t0 - _EPS <= p < t1 - _EPS)
-        self._drop_pts = [p for p in self._drop_pts if p >= t1 - _EPS]
         if not inside and n_real == 0:
             self.counters.add(windows_skipped_empty=1)
             return None
@@ -315,8 +321,8 @@ class Windower:
             self.counters.add(windows_without_video=1)
         frames = stack_frames([f.image for f in inside])
         pts = np.array([f.pts_s for f in inside], dtype=np.float64)
-        return Window(t0_s=t0, audio=audio, frames=frames, frame_pts_s=pts, duration_s=self.window_s,
-                      video_dropped=dropped)
+        window = Window(t0_s=t0, audio=audio, frames=frames, frame_pts_s=pts, duration_s=self.window_s)
+        return on_grid(window, self.fps, self.window_s, counters=self.counters)
 
 
 def stack_frames(images: list[np.ndarray]) -> np.ndarray:
@@ -332,3 +338,83 @@ def stack_frames(images: list[np.ndarray]) -> np.ndarray:
             im = im[rows][:, cols]
         fixed.append(im)
     return np.stack(fixed).astype(np.uint8, copy=False)
+
+
+def grid_slots_s(t0_s: float, fps: float, window_s: float) -> np.ndarray:
+    """``[round(window_s * fps)]`` float64 slot times ``t0 + k / fps`` of a window on the model's grid."""
+    return t0_s + np.arange(round(window_s * fps)) / fps
+
+
+def on_grid(window: Window, fps: float, window_s: float, *, counters: StreamCounters | None = None) -> Window:
+    """Put a window on the model's grid; the one place frames are sampled onto it and audio is padded.
+
+    Frames: exactly ``round(window_s * fps)`` at ``t0 + k / fps`` (``frame_pts_s`` becomes those slot
+    times). Slot ``k`` shows the first frame at or after its time and before the next slot (the
+    :class:`FrameSampler` rule); a slot no frame fell into repeats the frame nearest to it (counted in
+    ``counters.video_frames_repeated``). A window without frames stays without. Audio: exactly
+    ``round(window_s * 16000)`` samples (zero-padded or trimmed); a window without audio stays without.
+    A window already on the grid is returned as it is (applying it twice changes nothing).
+
+    The :class:`Windower` builds every window with it; windows made by hand (tests, evaluation,
+    benchmarks, users of ``StreamSession.push_window``) go through it too.
+
+    Args:
+        window: ``audio [n]`` float32 at 16 kHz, ``frames [F, H, W, 3]`` uint8 at ``frame_pts_s [F]``.
+        fps: the model's frame rate (``ModelSpec.fps``).
+        window_s: the stream's window length.
+        counters: where repeated frames are counted.
+
+    Returns:
+        A window with ``audio [window_s * 16000]`` (or ``[0]``), ``frames [window_s * fps, H, W, 3]``
+        (or none) and ``duration_s == window_s``.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if on_the_grid(window, fps, window_s):
+        return window
+    n_samples = round(window_s * SAMPLE_RATE_HZ)
+    audio = window.audio
+    if audio.size and audio.size != n_samples:
+        audio = audio[:n_samples] if audio.size > n_samples else np.concatenate(
+            [audio, np.zeros(n_samples - audio.size, np.float32)])
+    frames, pts = window.frames, window.frame_pts_s
+    if window.num_frames:
+        slots = grid_slots_s(window.t0_s, fps, window_s)
+        order = np.argsort(pts, kind="stable")
+        pts_sorted = pts[order]
+        first = np.searchsorted(pts_sorted, slots - _EPS, side="left")
+        inside = (first < pts_sorted.size) & (pts_sorted[np.minimum(first, pts_sorted.size - 1)]
+                                                < slots + 1.0 / fps - _EPS)
+        nearest = np.abs(pts_sorted[None, :] - slots[:, None]).argmin(axis=1)
+        chosen = np.where(inside, first, nearest)
+        repeated = int(np.count_nonzero(~inside))
+        if repeated and counters is not None:
+            counters.add(video_frames_repeated=repeated)
+        frames, pts = np.asarray(window.frames)[order[chosen]], slots
+    return Window(t0_s=window.t0_s, audio=audio, frames=frames, frame_pts_s=pts, duration_s=window_s,
+                  video_dropped=window.video_dropped)
+
+
+def on_the_grid(window: Window, fps: float, window_s: float) -> bool:
+    """Whether ``window`` is already on the model's grid (what :func:`on_grid` returns unchanged)."""
+    n_frames, n_samples = round(window_s * fps), round(window_s * SAMPLE_RATE_HZ)
+    if window.audio.size not in (0, n_samples) or window.num_frames not in (0, n_frames):
+        return False
+    if abs(float(window.duration_s or 0.0) - window_s) > _EPS:
+        return False
+    return not window.num_frames or bool(
+        np.allclose(window.frame_pts_s, grid_slots_s(window.t0_s, fps, window_s), rtol=0.0, atol=_EPS))
+
+
+def check_on_grid(window: Window, fps: float, window_s: float) -> None:
+    """Raise ``ValueError`` unless ``window`` is on the model's grid (the engine takes windows as they are).
+
+    Raises:
+        ValueError: one line naming what is off and :func:`on_grid`.
+    """
+    if not on_the_grid(window, fps, window_s):
+        raise ValueError(
+            f"window t={window.t0_s:g}s is not on the model's grid ({window.num_frames} frames, "
+            f"{window.audio.size} samples, {window.duration_s:g} s; expected {round(window_s * fps)} frames at "
+            f"t0 + k/{fps:g}, {round(window_s * SAMPLE_RATE_HZ)} samples, {window_s:g} s): build windows with "
+            "omnizip_stream.windowing.Windower or put them on the grid with omnizip_stream.windowing.on_grid")

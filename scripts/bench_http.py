@@ -157,8 +157,15 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="stream seconds ingested before the questions")
     p.add_argument("--video-max-pixels", type=int, default=56 * 56)
     p.add_argument("--out", type=Path, help="write the JSON here too")
+    p.add_argument("--browser-seconds", type=float, default=0.0,
+                   help="also stream the page's fake camera this long: browser-to-window latency (bench_webrtc.py)")
     args = p.parse_args()
     result = asyncio.run(bench(args))
+    if args.browser_seconds > 0:
+        from bench_webrtc import measure  # scripts/ is on sys.path when this script runs
+
+        result["browser_to_window"] = asyncio.run(measure(model=args.model, device=args.device,
+                                                          seconds=args.browser_seconds))
     text = json.dumps(result, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

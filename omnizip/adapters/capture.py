@@ -10,12 +10,14 @@ The audio layer is shared by every stream a model serves, so a capture records o
 in its own context (its thread, or its asyncio task): its hooks check a :class:`~contextvars.ContextVar`
 set on entry. Two captures open on the same layer at once (two threads encoding, or streams
 interleaving) each see their own call's ``Q``/``K`` and nothing of the other's; all state lives in the
-capture object of one call.
+capture object of one call. One call may also pack the windows of several streams back to back
+(:meth:`QKCapture.split` gives each its own rows and attention blocks).
 """
 
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -91,3 +93,35 @@ class QKCapture:
         if self.cu_seqlens is None:
             return None
         return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+    def split(self, rows: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, list[int] | None]]:
+        """Each request's ``(q [T_i, d_model], k [T_i, d_model], block lengths)`` of a packed call.
+
+        The requests of one call sit back to back in the layer's rows (``rows[i] = T_i``); the
+        encoder's attention blocks never straddle two of them, so request ``i`` owns the next blocks
+        whose lengths sum to ``T_i`` (None when ``cu_seqlens`` was not seen).
+
+        Raises:
+            RuntimeError: the hooks did not fire, the rows do not add up to what the layer saw, or a
+                block straddles two requests.
+        """
+        if self.q is None or self.k is None:
+            raise RuntimeError("audio saliency hooks did not fire")
+        if sum(rows) != self.q.shape[0]:
+            raise RuntimeError(f"the layer saw {self.q.shape[0]} positions, the requests hold {sum(rows)}")
+        blocks = self.block_lengths()
+        out: list[tuple[torch.Tensor, torch.Tensor, list[int] | None]] = []
+        start = next_block = 0
+        for n in rows:
+            own: list[int] | None = None
+            if blocks is not None:
+                own, total = [], 0
+                while total < n and next_block < len(blocks):
+                    own.append(int(blocks[next_block]))
+                    total += own[-1]
+                    next_block += 1
+                if total != n:
+                    raise RuntimeError(f"attention blocks {blocks} do not split into requests of {list(rows)} rows")
+            out.append((self.q[start:start + n], self.k[start:start + n], own))
+            start += n
+        return out

@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
 from omnizip.adapters.base import AVCursor, ModelSpec
-from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.thinker import ThinkerAdapter
 from omnizip.adapters.tmrope import AVTokens, qwen2_5_av_tokens
-from omnizip.preprocess import AudioPreprocessConfig, patchify_video, resize_frames
-from omnizip.saliency import audio_saliency, pool_saliency
+from omnizip.preprocess import AudioPreprocessConfig
+from omnizip.saliency import pool_saliency
 
 logger = logging.getLogger(__name__)
 
@@ -74,41 +72,17 @@ class Qwen2_5OmniAdapter(ThinkerAdapter):
             hidden_size=int(self.text_config.hidden_size),
         )
 
-    def _encode_audio(
-        self, audio: np.ndarray, saliency: str | None, cursor: AVCursor, stream: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-        """``[n]`` float32 16 kHz -> features ``[N_a, D]``, saliency ``[N_a]`` (25 tokens/s), mel max."""
-        features, mask, mel_max = self._log_mel(audio, cursor, stream)
-        core = self.thinker.model
-        attn = core.audio_tower.layers[-1].self_attn
-        with QKCapture(attn) as cap:
-            out = core.get_audio_features(
-                features.to(self.device, self.dtype), feature_attention_mask=mask.to(self.device)
-            )
-        feats = out.last_hidden_state
-        if saliency is None:
-            return feats, None, mel_max
-        if cap.q is None or cap.k is None:
-            raise RuntimeError("audio saliency hooks did not fire")
-        n_heads = attn.num_heads
-        t = cap.q.shape[0]
-        q = cap.q.view(t, n_heads, -1)
-        k = cap.k.view(t, n_heads, -1)
-        blocks = cap.block_lengths() if saliency == "block" else None
-        s_enc = audio_saliency(q, k, block_lengths=blocks, variant="block" if saliency == "block" else "global")
-        s = pool_saliency(s_enc, [t])
-        if s.shape[0] != feats.shape[0]:
-            raise RuntimeError(f"saliency has {s.shape[0]} scores for {feats.shape[0]} audio tokens")
-        return feats, s, mel_max
+    def _audio_pack_key(self, n_mel_frames: int) -> int:
+        """Any windows share a call (one key for all).
 
-    def _encode_video(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int], dict[str, Any]]:
-        """``[F, H, W, 3]`` uint8 -> features ``[N_v, D]`` (t, row, col order) and the grid."""
-        pixels, grid_thw = patchify_video(resize_frames(frames, self.vision_cfg), self.vision_cfg)
-        core = self.thinker.model
-        out = core.get_video_features(pixels.to(self.device, self.dtype), grid_thw.to(self.device))
-        feats = torch.cat(list(out.pooler_output), dim=0)
-        t, h, w = (int(x) for x in grid_thw[0].tolist())
-        return feats, (t, h, w), {}
+        The tower zeroes the padded frames of each chunk after its first conv and attends per chunk,
+        so a chunk encodes the same whatever length the call pads it to.
+        """
+        return 0
+
+    def _token_saliency(self, encoder_saliency: torch.Tensor) -> torch.Tensor:
+        """Encoder positions (50/s) -> LLM audio tokens (25/s), as the tower's ``AvgPool1d(2, 2)``."""
+        return pool_saliency(encoder_saliency, [int(encoder_saliency.shape[0])])
 
     def _av_tokens(
         self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool,

@@ -23,15 +23,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
 from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec
-from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.thinker import ThinkerAdapter
 from omnizip.adapters.tmrope import AVTokens, qwen3_av_tokens
-from omnizip.preprocess import AudioPreprocessConfig, patchify_video, resize_frames
-from omnizip.saliency import audio_saliency
+from omnizip.preprocess import AudioPreprocessConfig
 from omnizip.types import Modality
 
 logger = logging.getLogger(__name__)
@@ -102,49 +99,15 @@ class Qwen3OmniAdapter(ThinkerAdapter):
         )
 
     # ------------------------------------------------------------------ encoders
-    def _encode_audio(
-        self, audio: np.ndarray, saliency: str | None, cursor: AVCursor, stream: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-        """``[n]`` float32 16 kHz -> features ``[N_a, D]``, saliency ``[N_a]`` (13 tokens/s), mel max.
-
-        The last encoder layer runs on the LLM audio tokens themselves, so its captured ``Q``/``K``
-        rows map one to one onto the features (no pooling); ``block`` saliency uses the encoder's
-        8-s attention windows (``cu_seqlens``).
-        """
-        features, mask, mel_max = self._log_mel(audio, cursor, stream)
-        core: Any = self.thinker.model
-        attn = core.audio_tower.layers[-1].self_attn
-        with QKCapture(attn) as cap:
-            out = core.get_audio_features(
-                features.to(self.device, self.dtype), feature_attention_mask=mask.to(self.device)
-            )
-        feats = out.last_hidden_state
-        if saliency is None:
-            return feats, None, mel_max
-        if cap.q is None or cap.k is None:
-            raise RuntimeError("audio saliency hooks did not fire")
-        t = cap.q.shape[0]
-        if t != feats.shape[0]:
-            raise RuntimeError(f"the last audio layer saw {t} positions for {feats.shape[0]} audio tokens")
-        n_heads = attn.num_heads
-        q = cap.q.view(t, n_heads, -1)
-        k = cap.k.view(t, n_heads, -1)
-        blocks = cap.block_lengths() if saliency == "block" else None
-        variant: Any = saliency
-        return feats, audio_saliency(q, k, block_lengths=blocks, variant=variant), mel_max
-
-    def _encode_video(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int], dict[str, Any]]:
-        """``[F, H, W, 3]`` uint8 -> features ``[N_v, D]`` (t, row, col order), grid and deepstack.
-
-        The extras are ``{"deepstack": [levels] of [N_v, D]}``, rows in the same token order.
-        """
-        pixels, grid_thw = patchify_video(resize_frames(frames, self.vision_cfg), self.vision_cfg)
-        core: Any = self.thinker.model
-        out = core.get_video_features(pixels.to(self.device, self.dtype), grid_thw.to(self.device))
-        feats = torch.cat(list(out.pooler_output), dim=0)
-        deepstack = [torch.cat(list(level), dim=0) for level in out.deepstack_features]
-        t, h, w = (int(x) for x in grid_thw[0].tolist())
-        return feats, (t, h, w), {"deepstack": deepstack}
+    # The audio encoder's last layer runs on the LLM audio tokens themselves, so its captured ``Q``/``K``
+    # rows map one to one onto the features (no pooling: the default ``_token_saliency``); ``block``
+    # saliency uses the encoder's 8-s attention windows (``cu_seqlens``). Windows pack into one audio
+    # call when their longest 1-s chunk is equal (the default ``_audio_pack_key``): the tower sizes its
+    # attention windows from the longest chunk of a call and its convs do not mask the padding.
+    def _video_extras(self, out: Any, index: int, copy: bool) -> dict[str, Any]:
+        """``{"deepstack": [levels] of [N_v, D]}`` of video ``index``, rows in the feature order."""
+        levels = [level[index] for level in out.deepstack_features]
+        return {"deepstack": [level.clone() for level in levels] if copy else levels}
 
     def _av_tokens(
         self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool,

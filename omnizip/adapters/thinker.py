@@ -9,32 +9,28 @@ empty cache, and exact re-rotation of cached keys.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
-import time
 from typing import Any
 
-import numpy as np
 import torch
 
-from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec, PromptParts
-from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
-from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig, log_mel, log_mel_window
-from omnizip.sequence import layout_from_ids
+from omnizip.adapters.base import EncodedAV, ModelSpec, PromptParts
+from omnizip.adapters.encoding import AVEncoding
+from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig
 
 logger = logging.getLogger(__name__)
 
 _AV_MARKER = "\x00OMNIZIP_AV\x00"
 _QUESTION_MARKER = "\x00OMNIZIP_QUESTION\x00"
-_AUDIO_CONTEXT_SAMPLES = 400  # left context kept for the next window's log-mel (needs n_fft / 2 = 200)
 
 
-class ThinkerAdapter:
+class ThinkerAdapter(AVEncoding):
     """Shared implementation of the adapter surface for omni thinkers (see ``base.OmniAdapter``).
 
-    Subclasses set ``spec`` and implement ``_special``, ``_encode_audio``, ``_encode_video``,
-    ``_av_tokens`` and may override ``_lm_kwargs``.
+    Subclasses set ``spec``, ``audio_cfg`` and ``vision_cfg``, implement ``_av_tokens``, and may
+    override ``_lm_kwargs`` and the encoding hooks of :class:`~omnizip.adapters.encoding.AVEncoding`
+    (``encode_av`` / ``encode_av_batch`` live there).
     """
 
     spec: ModelSpec
@@ -182,141 +178,6 @@ class ThinkerAdapter:
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
                 ids.add(tid)
         return ids
-
-    # ------------------------------------------------------------------ encoding
-    def _encode_audio(
-        self, audio: np.ndarray, saliency: str | None, cursor: AVCursor, stream: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-        """``audio [n]`` float32 16 kHz -> features ``[N_a, D]``, saliency ``[N_a]`` or None, mel max."""
-        raise NotImplementedError
-
-    def _log_mel(self, audio: np.ndarray, cursor: AVCursor, stream: bool) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-        """Log-mel ``[1, 128, T]`` + mask ``[1, T]``: whole clip, or one stream window with left context."""
-        if not stream:
-            feats, mask = log_mel(audio, self.audio_cfg)
-            return feats, mask, None
-        mel = log_mel_window(audio, cursor.audio_tail, running_max_log10=cursor.mel_max_log10, cfg=self.audio_cfg)
-        return mel.input_features, mel.feature_attention_mask, mel.max_log10
-
-    def _encode_video(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int], dict[str, Any]]:
-        """``frames [F, H, W, 3]`` uint8 -> (features ``[N_v, D]``, grid ``(t, h, w)``, extras)."""
-        raise NotImplementedError
-
-    def _av_tokens(
-        self, n_audio: int, grid_thw: tuple[int, int, int] | None, cursor: AVCursor, interleave: bool,
-        second_per_grid: float,
-    ) -> AVTokens:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def encode_av(
-        self,
-        audio: np.ndarray | None,
-        frames: np.ndarray | None,
-        cursor: AVCursor,
-        *,
-        saliency: str | None = "block",
-        interleave: bool = True,
-        stream: bool = False,
-        video_fps: float | None = None,
-    ) -> EncodedAV:
-        """Encode one window (or a whole clip) into the full, uncompressed token layout.
-
-        Args:
-            audio: ``[n]`` float32 mono 16 kHz, or None / empty for no audio.
-            frames: ``[F, H, W, 3]`` uint8 RGB frames sampled at ``spec.fps``, or None / empty.
-            cursor: where this block starts in the stream (``AVCursor(base)`` for a clip).
-            saliency: ``global`` / ``block`` audio saliency variant, or None to skip it.
-            interleave: ``use_audio_in_video`` layout (ignored when one modality is missing).
-            stream: compute the log-mel of a stream window (left context and running floor from the
-                cursor) instead of a whole clip.
-            video_fps: the rate the frames were sampled at (default ``spec.fps``); a clip whose frames
-                were capped is sampled more sparsely, which stretches each grid step's time.
-
-        Returns:
-            The :class:`EncodedAV`; ``layout.embeds`` is ``[N, D]`` in the model dtype.
-        """
-        has_audio = audio is not None and len(audio) > 0
-        has_video = frames is not None and len(frames) > 0
-        if not (has_audio or has_video):
-            raise ValueError("encode_av needs audio or video")
-        d = self.spec.hidden_size
-        a_feat = torch.zeros(0, d, dtype=self.dtype, device=self.device)
-        a_sal: torch.Tensor | None = None
-        v_feat = torch.zeros(0, d, dtype=self.dtype, device=self.device)
-        grid: tuple[int, int, int] | None = None
-        v_extras: dict[str, Any] = {}
-        mel_max = cursor.mel_max_log10
-        timings = {"audio_encode_ms": 0.0, "video_encode_ms": 0.0}
-        events: dict[str, tuple[Any, Any]] = {}
-        if audio is not None and has_audio:
-            audio = np.asarray(audio, dtype=np.float32)
-            t0 = self._mark()
-            a_feat, a_sal, mel_max = self._encode_audio(audio, saliency, cursor, stream)
-            self._stage_done("audio_encode_ms", t0, timings, events)
-        if frames is not None and has_video:
-            t0 = self._mark()
-            v_feat, grid, v_extras = self._encode_video(np.asarray(frames))
-            self._stage_done("video_encode_ms", t0, timings, events)
-        fps = video_fps or self.spec.fps
-        toks = self._av_tokens(a_feat.shape[0], grid, cursor, interleave, self.spec.temporal_patch_size / fps)
-        # The token plan is built on the host (tmrope); it moves to the model's device once, and the
-        # layout lives there entirely (see omnizip.device).
-        kind = toks.kind.to(self.device)
-        feature_index = toks.feature_index.to(self.device)
-        is_audio = kind == AUDIO_KIND
-        is_video = kind == VIDEO_KIND
-        embeds = torch.empty(toks.kind.shape[0], d, dtype=self.dtype, device=self.device)
-        embeds[is_audio] = a_feat[feature_index[is_audio]].to(self.dtype)
-        embeds[is_video] = v_feat[feature_index[is_video]].to(self.dtype)
-        saliency_in_order = None
-        if a_sal is not None:
-            # Saliency is per audio feature; the layout lists audio tokens in feature order already.
-            saliency_in_order = a_sal.to(self.device)[feature_index[is_audio]].float()
-        audio_id, video_id = self._special("audio"), self._special("video")
-        token_ids = torch.where(is_audio, audio_id, video_id).long()
-        # Chunks and frames exactly as the reference reads a sequence (video run i pairs with audio run i).
-        layout = layout_from_ids(
-            embeds, token_ids, saliency_in_order, audio_token_id=audio_id, video_token_id=video_id,
-            video_grid_thw=torch.tensor(grid, device="cpu") if grid is not None else None,
-        )
-        layout = dataclasses.replace(layout, positions=toks.positions.to(self.device))
-        extras = {}
-        if "deepstack" in v_extras:
-            extras["deepstack"] = v_extras["deepstack"]  # per level, video tokens in feature order
-            extras["video_feature_index"] = feature_index[is_video]
-        n_grids = grid[0] if grid is not None else 0
-        tail = audio[-_AUDIO_CONTEXT_SAMPLES:].copy() if audio is not None and has_audio else None
-        next_cursor = AVCursor(
-            cursor.base, cursor.audio_tokens + int(a_feat.shape[0]), cursor.grids + n_grids, tail, mel_max
-        )
-        return EncodedAV(
-            layout=layout,
-            token_ids=token_ids,
-            next_cursor=next_cursor,
-            close_position=toks.close_position,
-            extras=extras,
-            audio_s=(len(audio) / 16000.0) if audio is not None and has_audio else 0.0,
-            video_frames=len(frames) if frames is not None and has_video else 0,
-            timings=timings,
-            timing_events=events,
-        )
-
-    def _mark(self) -> Any:
-        """A stage boundary: a recorded CUDA event on a GPU (no synchronize), else ``perf_counter``."""
-        if self.device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def _stage_done(self, name: str, start: Any, timings: dict[str, float],
-                    events: dict[str, tuple[Any, Any]]) -> None:
-        """Record a stage's time: milliseconds now on the CPU, an event pair (read later) on CUDA."""
-        if isinstance(start, float):
-            timings[name] = (time.perf_counter() - start) * 1e3
-        else:
-            events[name] = (start, self._mark())
 
     # ------------------------------------------------------------------ language model
     def embed_ids(self, ids: list[int] | torch.Tensor) -> torch.Tensor:

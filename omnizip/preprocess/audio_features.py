@@ -99,6 +99,29 @@ def audio_token_count(n_mel_frames: int, family: str, *, n_window: int = 50) -> 
     return ((after_conv1 - 1) // 2 + 1 - 1) // 2 + 1 + (n_mel_frames // chunk) * 13
 
 
+def audio_encoder_positions(n_mel_frames: int, family: str, *, n_window: int = 50) -> int:
+    """Count the positions the audio encoder's transformer layers see for ``n_mel_frames`` valid frames.
+
+    The encoder cuts the frames into chunks of ``2 * n_window`` (the last one shorter) and downsamples
+    each chunk on its own. Qwen2.5-Omni: one stride-2 conv, ``(c - 1) // 2 + 1`` per chunk (50 / s;
+    the tokens are pooled 2:1 after the layers). Qwen3-Omni: the layers run on the LLM audio tokens,
+    :func:`audio_token_count`.
+
+    Args:
+        n_mel_frames: valid mel frames (100 per second).
+        family: ``"qwen2_5_omni"`` or ``"qwen3_omni"``.
+        n_window: the audio encoder's ``n_window`` (Qwen2.5-Omni: 100; Qwen3-Omni: 50).
+    """
+    family = _check_family(family)
+    if n_mel_frames < 0:
+        raise ValueError(f"n_mel_frames must be >= 0, got {n_mel_frames}")
+    if family == "qwen3_omni":
+        return audio_token_count(n_mel_frames, family, n_window=n_window)
+    chunk = 2 * n_window
+    full, tail = divmod(n_mel_frames, chunk)
+    return full * ((chunk - 1) // 2 + 1) + ((tail - 1) // 2 + 1 if tail else 0)
+
+
 @lru_cache(maxsize=4)
 def whisper_feature_extractor(cfg: AudioPreprocessConfig) -> Any:
     """Return transformers' ``WhisperFeatureExtractor`` configured as the family's processor (cached)."""

@@ -74,7 +74,6 @@ class EncodeOnce:
 
 def synthetic_clip(seconds: float, fps: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Audio ``[seconds * 16000]`` float32 and frames ``[seconds * fps, 240, 320, 3]`` uint8 of the synthetic source."""
-    from omnizip_stream.engine import normalise_audio, normalise_frames
     from omnizip_stream.sources import open_windows
 
     async def collect() -> list[Any]:
@@ -85,8 +84,8 @@ def synthetic_clip(seconds: float, fps: float = 2.0) -> tuple[np.ndarray, np.nda
         return out
 
     windows = asyncio.run(collect())
-    audio = np.concatenate([normalise_audio(w, 2.0) for w in windows])
-    frames = np.concatenate([normalise_frames(w, fps, 2.0) for w in windows])
+    audio = np.concatenate([w.audio for w in windows])  # the windower's windows are on the grid already
+    frames = np.concatenate([w.frames for w in windows])
     return audio, frames
 
 

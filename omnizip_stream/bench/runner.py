@@ -32,8 +32,9 @@ from omnizip.types import Modality
 from omnizip_stream.bench.env import PeakRss, load_average, rss_mb, synchronize, trim_memory
 from omnizip_stream.bench.modes import Mode
 from omnizip_stream.config import StreamConfig
-from omnizip_stream.engine import StreamEngine, normalise_audio, normalise_frames
+from omnizip_stream.engine import StreamEngine
 from omnizip_stream.window import Window
+from omnizip_stream.windowing import on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ class ReprefillRunner:
 
     def _size_ring(self, window: Window) -> None:
         spec = self.adapter.spec
-        audio = normalise_audio(window, self.window_s)
-        frames = normalise_frames(window, spec.fps, self.window_s)
+        window = on_grid(window, spec.fps, self.window_s)
+        audio, frames = window.audio, window.frames
         enc = self.adapter.encode_av(audio if audio.size else None, frames if len(frames) else None,
                                      AVCursor(base=0), saliency=None)
         n_a = int((enc.layout.modality == int(Modality.AUDIO)).sum())
@@ -208,8 +209,9 @@ class ReprefillRunner:
     def _clip(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         fps = self.adapter.spec.fps
         windows = list(self.ring)
-        audio = [normalise_audio(w, self.window_s) for w in windows]
-        frames = [normalise_frames(w, fps, self.window_s) for w in windows]
+        gridded = [on_grid(w, fps, self.window_s) for w in windows]
+        audio = [w.audio for w in gridded]
+        frames = [w.frames for w in gridded]
         a = np.concatenate(audio) if all(x.size for x in audio) else None
         f = np.concatenate(frames) if all(len(x) for x in frames) else None
         return a, f

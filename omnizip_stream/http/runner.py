@@ -104,6 +104,9 @@ async def serve_http(server: StreamServer, settings: HttpSettings, *, app: Any =
         logger.info("HTTP API on %s", settings.url)
         yield HttpService(settings.url, settings, app)
     finally:
+        web = getattr(getattr(app, "state", None), "web", None)  # the web page's WebRTC peers (omnizip_stream.web)
+        if web is not None:
+            await web.aclose()  # hang up on the browsers: their streams end
         uv.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(task), shutdown_timeout_s + 3.0)

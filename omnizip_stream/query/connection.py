@@ -135,6 +135,9 @@ async def live_server_instance(config: MqttConfig, own_instance: str, *, max_wai
     shows it is alive: it answers a probe request (an empty question, refused with ``bad_request``
     at no cost) or refreshes its status. A stale ``online`` (a server killed before its last will
     was published) therefore costs at most ``1.5 x`` its status interval (capped at ``max_wait_s``).
+    A probe answered ``unknown_stream`` (a many-stream server on ``<prefix>/+/query`` that does not
+    serve this id; the stale ``online`` of a stream such a server served before it crashed) proves
+    nothing: only a refresh of the status counts then.
 
     Raises:
         aiomqtt.MqttError: the broker cannot be reached (the caller's reconnect loop handles it).
@@ -164,6 +167,9 @@ async def live_server_instance(config: MqttConfig, own_instance: str, *, max_wai
                     if not probed:
                         return None  # no retained status
                     continue
+                code = (body.get("error") or {}).get("code") if isinstance(body.get("error"), dict) else None
+                if code == "unknown_stream" and config.stream_id != "server":
+                    continue  # a many-stream server that does not serve this id (maybe this very one) answered
                 return other  # it answered the probe
             state, instance = body.get("state"), body.get("instance")
             if probed:

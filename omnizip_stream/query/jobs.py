@@ -4,20 +4,28 @@ Nothing here touches a connection. Raw MQTT messages land in :attr:`QueryDesk.in
 ``asyncio.Queue`` that outlives every client object, filled by :class:`ForwardingQueue`, i.e. by
 the MQTT library's receive callback right before it acknowledges the PUBLISH), so a question the
 broker has been told we received is already in this process's memory; it is then validated,
-rate-limited, queued per reply route and answered by ``max_concurrent_queries`` workers. Replies
-and refusals go to the shared :class:`~omnizip_stream.query.outbox.Outbox`.
+rate-limited, queued per stream and reply route (:class:`~omnizip_stream.query.fairqueue.FairQueue`:
+streams take turns, and within a stream the routes) and answered by ``max_concurrent_queries``
+workers. Replies and refusals go to the shared :class:`~omnizip_stream.query.outbox.Outbox`.
+
+A desk serves a :class:`~omnizip_stream.query.streams.StreamDirectory`: one stream (every message is
+that stream's question) or, ``routed``, the streams of the ``<prefix>/<id>/query`` topics the
+messages arrive on, plus the control requests of ``<prefix>/server/streams`` handed to ``control``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from omnizip_stream.query.base import Answer, QueryError, QueryService
+from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.query.fairqueue import FairQueue, ForwardingQueue
 from omnizip_stream.query.mqtt_config import MqttConfig
 from omnizip_stream.query.outbox import Outbox, OutMessage
 from omnizip_stream.query.ratelimit import RateLimiter
@@ -36,86 +44,15 @@ from omnizip_stream.query.schema import (
     payload_route,
     salvage_route,
 )
+from omnizip_stream.query.streams import StreamDirectory, lookup, stream_of_topic
+
+__all__ = ["FairQueue", "ForwardingQueue", "Job", "QueryDesk"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # A reply route may carry several declared client ids (a gateway); it gets this many times a client's
 # rate and burst, so rotating the declared id buys a flooder at most this factor.
 ROUTE_RATE_FACTOR = 4
-
-
-class ForwardingQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """``aiomqtt.Client(queue_type=...)``: every received message goes to a longer-lived queue.
-
-    The client's own queue then stays empty and ``client.messages`` only ends (``MqttError``) when
-    the connection drops; the messages it received are not lost with the client object.
-    """
-
-    def __init__(self, target: asyncio.Queue[Any], maxsize: int = 0) -> None:
-        super().__init__()
-        self._target = target
-
-    def put_nowait(self, item: Any) -> None:
-        """Hand ``item`` to the target queue."""
-        self._target.put_nowait(item)
-
-
-class FairQueue(Generic[T]):
-    """Items queued per key (reply route), served round-robin across keys.
-
-    When full, a newcomer whose key has fewer items than the longest lane evicts that lane's newest
-    item, so one route (whatever client ids it declares) cannot starve the others.
-    """
-
-    def __init__(self) -> None:
-        self._lanes: OrderedDict[str, deque[T]] = OrderedDict()
-        self._size = 0
-        self._ready = asyncio.Event()
-
-    def __len__(self) -> int:
-        return self._size
-
-    def push(self, key: str, item: T, capacity: int) -> T | None:
-        """Queue ``item``; return the item refused (``item`` itself or an evicted one), or None."""
-        lane = self._lanes.get(key)
-        if self._size >= capacity:
-            if not self._lanes:
-                return item
-            longest_key = max(self._lanes, key=lambda k: len(self._lanes[k]))
-            longest = self._lanes[longest_key]
-            if len(lane or ()) + 1 >= len(longest):
-                return item
-            evicted = longest.pop()
-            self._size -= 1
-        else:
-            evicted = None
-        if lane is None:
-            lane = self._lanes[key] = deque()
-        lane.append(item)
-        self._size += 1
-        self._ready.set()
-        return evicted
-
-    def pop(self) -> T:
-        """Take the next item round-robin (the queue must not be empty)."""
-        key, lane = next(iter(self._lanes.items()))
-        item = lane.popleft()
-        self._size -= 1
-        if lane:
-            self._lanes.move_to_end(key)
-        else:
-            del self._lanes[key]
-        if not self._size:
-            self._ready.clear()
-        return item
-
-    async def get(self) -> T:
-        """Wait for and take the next item."""
-        while not self._size:
-            await self._ready.wait()
-        return self.pop()
 
 
 @dataclass
@@ -125,34 +62,42 @@ class Job:
     request: QueryRequest
     route: Route
     received_s: float
+    stream_id: str
 
 
 class QueryDesk:
     """Intake, fair queue and workers of the MQTT query server (see the module docstring).
 
     Args:
-        service: answers questions (``ask`` / ``ask_stream``).
+        streams: the streams answered (their sessions' ``ask`` / ``ask_stream``).
         config: limits and topics.
         outbox: where replies are put.
         counters: shared server counters (``received``, ``accepted``, ``answered`` ...).
         errors: shared counts of error replies by code.
+        routed: route each message by its topic's stream id (else every message is for
+            ``config.stream_id``).
     """
 
-    def __init__(self, service: QueryService, config: MqttConfig, outbox: Outbox, counters: Counter[str],
-                 errors: Counter[str]) -> None:
-        self.service = service
+    def __init__(self, streams: StreamDirectory, config: MqttConfig, outbox: Outbox, counters: Counter[str],
+                 errors: Counter[str], *, routed: bool = False) -> None:
+        self.streams = streams
+        self.routed = routed
         self.config = config
+        self.control: Any = None  # handles <prefix>/server/streams requests (routed desks; see control.py)
+        self.control_topic = f"{config.topic_prefix}/server/streams"
         self.outbox = outbox
         self.counters = counters
         self.errors = errors
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.jobs: FairQueue[Job] = FairQueue()
+        self.jobs: FairQueue[Job] = FairQueue(depth=2)  # (stream id, reply route)
         self.in_flight = 0
+        self.running: Counter[str] = Counter()  # answers in progress per stream (max_concurrent_queries each)
         self.closing: str | None = None  # set at shutdown: new questions get this error message
         self._limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self._route_limiter = RateLimiter(config.rate_limit_per_s * ROUTE_RATE_FACTOR,
                                           config.rate_limit_burst * ROUTE_RATE_FACTOR)
         self._routes = config.route_policy()
+        self._stream_routes: dict[str, Any] = {}  # stream id -> its RoutePolicy (its own reply area)
         self._tasks: list[asyncio.Task[None]] = []
         self._answering: set[asyncio.Task[None]] = set()
 
@@ -166,6 +111,23 @@ class QueryDesk:
         self.closing = None
         self._tasks = [asyncio.ensure_future(self._intake())]
         self._tasks += [asyncio.ensure_future(self._worker()) for _ in range(self.config.max_concurrent_queries)]
+        self._grow_workers()
+
+    @property
+    def slots(self) -> int:
+        """Answers that may run at once: ``max_concurrent_queries`` per stream served."""
+        streams = max(1, len(self.streams.ids())) if self.routed else 1
+        return self.config.max_concurrent_queries * streams
+
+    def _grow_workers(self) -> None:
+        """One worker per slot (many-stream desks gain workers as streams are added; idle ones cost nothing)."""
+        if self._tasks and self.closing is None:
+            self._tasks += [asyncio.ensure_future(self._worker()) for _ in range(self.slots - len(self._tasks) + 1)]
+
+    def _blocked(self) -> set[str]:
+        """Streams with ``max_concurrent_queries`` answers running: their next question waits."""
+        limit = self.config.max_concurrent_queries
+        return {sid for sid, n in self.running.items() if n >= limit}
 
     async def stop(self, grace_s: float = 0.0, reason: str = "the service is shutting down") -> None:
         """Refuse new questions, let running answers finish for up to ``grace_s``, refuse the rest.
@@ -176,6 +138,8 @@ class QueryDesk:
         self.closing = reason
         for task in self._tasks[1:]:  # workers stop taking jobs; running answers continue below
             task.cancel()
+        if self.control is not None:  # an add/remove not finished is answered shutting_down
+            await self.control.stop()
         self._intake_now()
         if self._answering and grace_s > 0:
             await asyncio.wait(set(self._answering), timeout=grace_s)
@@ -208,19 +172,28 @@ class QueryDesk:
     def _on_message(self, message: Any) -> None:
         cfg = self.config
         self.counters["received"] += 1
+        stream_id, control = cfg.stream_id, False
+        if self.routed:
+            topic = str(getattr(message, "topic", ""))
+            control = topic == self.control_topic and self.control is not None
+            found = None if control else stream_of_topic(topic, cfg.topic_prefix)
+            if found is None and not control:
+                self.counters["ignored_topic"] += 1
+                return
+            stream_id = found or cfg.stream_id
         if message.retain:
             # A retained "question" would be re-asked on every reconnect; answer only live ones.
             self.counters["ignored_retained"] += 1
-            logger.warning("ignored a retained message on %s", cfg.query_topic)
+            logger.warning("ignored a retained message on %s/%s/query", cfg.topic_prefix, stream_id)
             return
+        routes = self._route_policy(stream_id)
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
         route = None
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if response_topic is not None:
             try:
-                route = Route(check_reply_topic(response_topic, self._routes),
-                              getattr(props, "CorrelationData", None))
+                route = Route(check_reply_topic(response_topic, routes), getattr(props, "CorrelationData", None))
             except RequestError as exc:
                 self.reject(None, None, exc.code, f"ResponseTopic: {exc.message}")
                 return
@@ -234,42 +207,62 @@ class QueryDesk:
             except RequestError as exc:
                 error = exc
         if error is not None:  # recover reply_to/id from the complete members before the damage
-            salvaged_to, salvaged_id = salvage_route(payload, self._routes)
+            salvaged_to, salvaged_id = salvage_route(payload, routes)
             self.reject(route or (Route(salvaged_to) if salvaged_to is not None else None), salvaged_id, error.code,
-                        error.message)
+                        error.message, stream_id)
             return
-        reply_to, request_id = payload_route(obj, self._routes)
+        reply_to, request_id = payload_route(obj, routes)
         if route is None and reply_to is not None:
             route = Route(reply_to)
         if self.closing is not None:
-            self.reject(route, request_id, "shutting_down", self.closing)
+            self.reject(route, request_id, "shutting_down", self.closing, stream_id)
             return
         declared = obj.get("client_id") if isinstance(obj, dict) else None
         if not self._allow(declared if isinstance(declared, str) and len(declared) <= 64 else None, route,
-                           request_id):
+                           request_id, stream_id):
+            return
+        if control:
+            self.control.handle(obj, route, request_id, routes)
+            return
+        service = lookup(self.streams, stream_id)
+        if service is None:  # never list the streams that are served: the requester may not know them
+            self.reject(route, request_id, "unknown_stream", f"this server has no stream {stream_id!r}", stream_id)
             return
         try:
             request = parse_request(obj, max_question_chars=cfg.max_question_chars,
                                     default_max_new_tokens=cfg.default_max_new_tokens,
-                                    max_new_tokens_limit=cfg.max_new_tokens_limit, routes=self._routes)
+                                    max_new_tokens_limit=cfg.max_new_tokens_limit, routes=routes)
         except RequestError as exc:
-            self.reject(route, request_id, exc.code, exc.message)
+            self.reject(route, request_id, exc.code, exc.message, stream_id)
             return
         if route is None:
             self.reject(None, request_id, "bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
             return
-        capacity = cfg.max_concurrent_queries + cfg.max_queued_queries - self.in_flight
-        job = Job(request, route, time.monotonic())
-        refused = self.jobs.push(route.topic, job, capacity)
+        if self.routed:
+            self._grow_workers()
+        capacity = self.slots + cfg.max_queued_queries - self.in_flight
+        job = Job(request, route, time.monotonic(), stream_id)
+        refused = self.jobs.push((stream_id, route.topic), job, capacity)
         busy = f"{self.in_flight} queries running and {len(self.jobs)} waiting; try again later"
         if refused is job:
-            self.reject(route, request_id, "busy", busy)
+            self.reject(route, request_id, "busy", busy, stream_id)
             return
         self.counters["accepted"] += 1
-        if refused is not None:  # the newest question of the longest route made room for this one
+        if refused is not None:  # the newest question of the longest stream/route made room for this one
             self.fail(refused, "busy", busy)
 
-    def _allow(self, declared: str | None, route: Route | None, request_id: Any) -> bool:
+    def _route_policy(self, stream_id: str) -> Any:
+        """Where replies about ``stream_id`` may go (its own reply area ``<prefix>/<id>/reply/...``)."""
+        if stream_id == self.config.stream_id:
+            return self._routes
+        policy = self._stream_routes.get(stream_id)
+        if policy is None:
+            policy = dataclasses.replace(self._routes, stream_id=stream_id)
+            if len(self._stream_routes) < 4096 and lookup(self.streams, stream_id) is not None:
+                self._stream_routes[stream_id] = policy
+        return policy
+
+    def _allow(self, declared: str | None, route: Route | None, request_id: Any, stream_id: str) -> bool:
         """Token buckets: the declared client id, and the reply route (shared by the ids it carries)."""
         cfg = self.config
         key = client_key(declared, route)
@@ -284,11 +277,12 @@ class QueryDesk:
                 who = "this client" if factor == 1 else "this reply route"
                 self.reject(route, request_id, "rate_limited",
                             f"too many requests from {who} (limit {cfg.rate_limit_per_s * factor:g}/s, burst "
-                            f"{cfg.rate_limit_burst * factor}); retry in {wait_s:.1f} s")
+                            f"{cfg.rate_limit_burst * factor}); retry in {wait_s:.1f} s", stream_id)
                 return False
         return True
 
-    def reject(self, route: Route | None, request_id: Any, code: str, message: str) -> None:
+    def reject(self, route: Route | None, request_id: Any, code: str, message: str,
+               stream_id: str | None = None) -> None:
         """Reply with an error to a request that was not queued (or count it when it has no route)."""
         self.errors[code] += 1
         if route is None:
@@ -298,13 +292,13 @@ class QueryDesk:
             log("request without a reply route dropped (%s: %s); %d so far", code, message, n)
             return
         self.counters["rejected"] += 1
-        self._send(route, final_error(self.config.stream_id, request_id, code, message))
+        self._send(route, final_error(stream_id or self.config.stream_id, request_id, code, message))
 
     def fail(self, job: Job, code: str, message: str) -> None:
         """Reply with an error to an accepted job."""
         self.errors[code] += 1
         self.counters["failed"] += 1
-        self._send(job.route, final_error(self.config.stream_id, job.request.request_id, code, message))
+        self._send(job.route, final_error(job.stream_id, job.request.request_id, code, message))
 
     def _send(self, route: Route, reply: dict[str, Any], *, is_partial: bool = False) -> None:
         self.outbox.put(OutMessage(route.topic, encode(reply), route.correlation, is_partial))
@@ -312,8 +306,9 @@ class QueryDesk:
     # ------------------------------------------------------------------ answering
     async def _worker(self) -> None:
         while True:
-            job = await self.jobs.get()
+            job = await self.jobs.get(self._blocked)
             self.in_flight += 1
+            self.running[job.stream_id] += 1
             task = asyncio.ensure_future(self._answer(job))
             self._answering.add(task)
             try:
@@ -321,24 +316,31 @@ class QueryDesk:
                 await asyncio.shield(task)
             finally:
                 if task.done():
-                    self._answering.discard(task)
-                    self.in_flight -= 1
+                    self._answer_done(job, task)
                 else:
-                    task.add_done_callback(self._answer_done)
+                    task.add_done_callback(functools.partial(self._answer_done, job))
 
-    def _answer_done(self, task: asyncio.Task[None]) -> None:
+    def _answer_done(self, job: Job, task: asyncio.Task[None]) -> None:
         self._answering.discard(task)
         self.in_flight -= 1
+        self.running[job.stream_id] -= 1
+        if self.running[job.stream_id] <= 0:
+            del self.running[job.stream_id]
+        self.jobs.poke()  # its stream may take its next question now
 
     async def _answer(self, job: Job) -> None:
         req = job.request
+        service = lookup(self.streams, job.stream_id)
+        if service is None:  # removed while the question waited
+            self.fail(job, "unknown_stream", f"this server has no stream {job.stream_id!r}")
+            return
         try:
             if req.stream:
-                answer = await asyncio.wait_for(self._ask_streaming(job), self.config.query_timeout_s)
+                answer = await asyncio.wait_for(self._ask_streaming(job, service), self.config.query_timeout_s)
             else:
-                answer = await asyncio.wait_for(self.service.ask(req.question, req.max_new_tokens),
+                answer = await asyncio.wait_for(service.ask(req.question, req.max_new_tokens),
                                                 self.config.query_timeout_s)
-            reply = final_answer(self.config.stream_id, req.request_id, answer,
+            reply = final_answer(job.stream_id, req.request_id, answer,
                                  (time.monotonic() - job.received_s) * 1e3, max_new_tokens_used=req.max_new_tokens,
                                  note=req.note)
             if req.stream:
@@ -358,13 +360,13 @@ class QueryDesk:
             self.counters["answered"] += 1
             self.outbox.put(OutMessage(job.route.topic, payload, job.route.correlation))
 
-    async def _ask_streaming(self, job: Job) -> Answer:
+    async def _ask_streaming(self, job: Job, service: Any) -> Answer:
         req = job.request
         t0 = time.monotonic()
         ttft_ms: float | None = None
         parts: list[str] = []
         final: Answer | None = None
-        stream = self.service.ask_stream(req.question, req.max_new_tokens)
+        stream = service.ask_stream(req.question, req.max_new_tokens)
         try:
             async for item in stream:
                 if isinstance(item, Answer):  # a session may end its stream with the full Answer

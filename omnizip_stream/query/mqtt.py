@@ -1,4 +1,9 @@
-"""MQTT query server: answers questions about one live stream over an MQTT broker.
+"""MQTT query server: answers questions about one live stream, or many, over one MQTT connection.
+
+Many streams (:meth:`MqttQueryServer.for_streams`, ``omnizip serve``): the topics below for every
+stream of a directory that may change at run time, plus the server's own ``<p>/server/...`` topics
+(status with the last will, stream control, the retained stream list): see
+:mod:`~omnizip_stream.query.streams` and :mod:`~omnizip_stream.query.control`.
 
 Topics (``<p>`` = ``config.topic_prefix``, default ``omnizip``):
 
@@ -28,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from omnizip_stream.query.base import QueryService
@@ -45,10 +52,19 @@ from omnizip_stream.query.connection import (
     permanent_reason,
     taken_over,
 )
+from omnizip_stream.query.control import ControlDesk, ControlError
 from omnizip_stream.query.jobs import ForwardingQueue, QueryDesk
 from omnizip_stream.query.mqtt_config import MqttConfig, parse_broker_url
 from omnizip_stream.query.outbox import Outbox, drain
-from omnizip_stream.query.schema import encode, json_safe
+from omnizip_stream.query.schema import encode
+from omnizip_stream.query.status import StatusPublishing
+from omnizip_stream.query.streams import (
+    SERVER_ID,
+    SingleStream,
+    StreamControl,
+    StreamDirectory,
+    on_change,
+)
 
 __all__ = ["BrokerRefusedError", "MqttConfig", "MqttQueryServer", "StreamIdInUseError", "parse_broker_url"]
 
@@ -59,16 +75,20 @@ _COUNTERS = ("received", "accepted", "answered", "failed", "rejected", "unroutab
              "ignored_retained", "connects", "connect_failures", "loop_errors")
 
 
-class MqttQueryServer:
-    """Serve ``service`` on the MQTT topics of ``config.stream_id`` until cancelled.
+class MqttQueryServer(StatusPublishing):
+    """Serve ``service`` on the MQTT topics of ``config.stream_id`` (or every stream of ``streams``) until cancelled.
 
     Args:
-        service: the stream session (``ask`` / ``ask_stream`` / ``stats``).
+        service: the stream session (``ask`` / ``ask_stream`` / ``stats``); None with ``streams``.
         config: broker, topics and limits.
         shutdown_grace_s: on cancellation, how long answers already running may take to finish.
         check_in_use: before every connect, refuse to serve a stream id another live server
             already answers (two servers with the same pinned client id would knock each other off
-            forever; with different ids both would answer every question).
+            forever; with different ids both would answer every question); a many-stream server
+            checks the server id, and each stream id added over MQTT.
+        streams: serve every stream of this directory on one connection (prefer
+            :meth:`for_streams`, which also sets up stream control); ``config.stream_id`` becomes
+            the reserved ``server``.
 
     Example::
 
@@ -76,9 +96,17 @@ class MqttQueryServer:
         await server.run()   # until cancelled; raises BrokerRefusedError on bad credentials/TLS
     """
 
-    def __init__(self, service: QueryService, config: MqttConfig, *, shutdown_grace_s: float = 3.0,
-                 check_in_use: bool = True) -> None:
+    def __init__(self, service: QueryService | None, config: MqttConfig, *, shutdown_grace_s: float = 3.0,
+                 check_in_use: bool = True, streams: StreamDirectory | None = None) -> None:
+        self.routed = streams is not None  # many streams: see for_streams()
+        if streams is None:
+            if service is None:
+                raise ValueError("MqttQueryServer needs a service (one stream) or streams (many)")
+            streams = SingleStream(config.stream_id, service)
+        elif config.stream_id != SERVER_ID:
+            config = dataclasses.replace(config, stream_id=SERVER_ID)
         self.service = service
+        self.streams = streams
         self.config = config
         self.shutdown_grace_s = shutdown_grace_s
         self.check_in_use = check_in_use
@@ -91,9 +119,47 @@ class MqttQueryServer:
         self.connect_failed = asyncio.Event()  # set by every failed connection attempt
         self.last_error: str | None = None
         self._outbox = Outbox(config.max_outbox)
-        self._desk = QueryDesk(service, config, self._outbox, self.counters, self.errors)
+        self._desk = QueryDesk(streams, config, self._outbox, self.counters, self.errors, routed=self.routed)
         self._started_s = time.monotonic()
         self._running = False
+        self._changed = asyncio.Event()  # the set of streams changed: republish the list and statuses
+        self._announced: set[str] = set()  # streams whose status this server published online
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self.routed:
+            on_change(streams, self._streams_changed)
+
+    @classmethod
+    def for_streams(cls, streams: StreamDirectory, config: MqttConfig, *, admin_token: str | None = None,
+                    make_spec: Callable[[Mapping[str, Any]], Any] = dict, **kwargs: Any) -> MqttQueryServer:
+        """A server answering every stream of ``streams`` on one connection (``omnizip serve``).
+
+        Args:
+            streams: the streams (``ids()``, ``session(id)``; with ``add``/``remove`` for control).
+            config: broker and limits; its ``stream_id`` is replaced by the reserved ``server``.
+            admin_token: the secret of ``<prefix>/server/streams`` requests; None disables control.
+            make_spec: builds what ``streams.add`` takes from a request's ``stream`` mapping.
+            **kwargs: as for the constructor (``shutdown_grace_s``, ``check_in_use``).
+
+        Example::
+
+            server = MqttQueryServer.for_streams(stream_server, MqttConfig.from_url(url, stream_id="server"),
+                                                 admin_token=settings.admin_token)
+            await server.run()
+        """
+        server = cls(None, config, streams=streams, **kwargs)
+        if not (callable(getattr(streams, "add", None)) and callable(getattr(streams, "remove", None))):
+            admin_token = None  # a fixed set of streams: control requests are answered forbidden
+        control: StreamControl = streams  # type: ignore[assignment]
+        server._desk.control = ControlDesk(
+            server._desk, control, admin_token=admin_token, make_spec=make_spec, changed=server._streams_changed,
+            before_add=server._check_stream_free if server.check_in_use else None)
+        return server
+
+    async def _check_stream_free(self, stream_id: str) -> None:
+        """Refuse to add a stream id another live server (e.g. a ``serve-mqtt``) answers on this broker."""
+        other = await live_server_instance(dataclasses.replace(self.config, stream_id=stream_id), self.instance)
+        if other is not None:
+            raise ControlError("conflict", f"another live server already answers stream id {stream_id!r} here")
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -108,6 +174,7 @@ class MqttQueryServer:
         if self._running:
             raise RuntimeError("MqttQueryServer.run() is already running")
         self._running = True
+        self._loop = asyncio.get_running_loop()
         self._started_s = time.monotonic()
         self._outbox.closing = False
         self._desk.start()
@@ -151,6 +218,10 @@ class MqttQueryServer:
             try:
                 if self.check_in_use:  # also on reconnects: another server may have taken over meanwhile
                     other = await live_server_instance(cfg, self.instance)
+                    if other is not None and self.routed:
+                        raise StreamIdInUseError(
+                            f"another stream server already runs on {cfg.url} (status {cfg.status_topic} is "
+                            "online and it is alive); stop it or use another topic prefix")
                     if other is not None:
                         raise StreamIdInUseError(
                             f"another server already answers stream id {cfg.stream_id!r} on {cfg.url} (status "
@@ -201,20 +272,29 @@ class MqttQueryServer:
         return make_client(cfg, self.client_id, persistent=True, will=will,
                            queue_type=functools.partial(ForwardingQueue, self._desk.inbox))
 
+    @property
+    def subscriptions(self) -> list[str]:
+        """Topics the server subscribes to: one stream's query topic, or every stream's and the control topic."""
+        if not self.routed:
+            return [self.config.query_topic]
+        return [f"{self.config.topic_prefix}/+/query", self._desk.control_topic]
+
     async def _serve_connection(self, client: Any) -> None:
         cfg = self.config
         tasks: list[asyncio.Task[None]] = []
         try:
-            granted = await client.subscribe(cfg.query_topic, qos=cfg.qos)
+            topics = self.subscriptions
+            granted = await client.subscribe([(topic, cfg.qos) for topic in topics])
             codes = [int(getattr(g, "value", g)) for g in granted]
             if any(c >= 0x80 for c in codes):
                 raise BrokerRefusedError(
-                    f"broker {cfg.url} refused the subscription to {cfg.query_topic} (check its ACL)")
+                    f"broker {cfg.url} refused the subscription to {' and '.join(topics)} (check its ACL)")
             self.counters["connects"] += 1
-            await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
+            self._changed.clear()
+            await self._publish_statuses(client, "online", with_list=True)
             self.connected.set()
             logger.info("MQTT query server for stream %r connected to %s as %s (MQTT %s); questions on %s",
-                        cfg.stream_id, cfg.url, self.client_id, cfg.protocol, cfg.query_topic)
+                        cfg.stream_id, cfg.url, self.client_id, cfg.protocol, " ".join(topics))
             tasks = [
                 asyncio.ensure_future(self._watch(client)),
                 asyncio.ensure_future(self._status_loop(client)),
@@ -238,7 +318,7 @@ class MqttQueryServer:
             self.connected.clear()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
 
     async def _graceful_shutdown(self, client: Any, tasks: list[asyncio.Task[None]]) -> None:
         """Answer what is running (up to the grace), refuse what waits, flush replies, go offline.
@@ -246,9 +326,7 @@ class MqttQueryServer:
         ``tasks`` are the connection's (watcher, status loop, publisher), or empty when the
         cancellation came while connecting.
         """
-        for task in tasks[1:2]:  # the status loop: no "online" after this
-            task.cancel()
-        await asyncio.gather(*tasks[1:2], return_exceptions=True)
+        await cancel_and_wait(tasks[1:2])  # the status loop: no "online" after this
         await self._desk.stop(self.shutdown_grace_s)
         if tasks and not tasks[2].done():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -256,15 +334,9 @@ class MqttQueryServer:
         self._outbox.closing = True
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await self._publish_status(client, "offline", "shutdown")
         logger.info("MQTT query server for stream %r stopped (status offline)", self.config.stream_id)
-
-    async def _publish_status(self, client: Any, state: str, reason: str) -> None:
-        """Publish the retained status, best effort (2 s)."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.publish(self.config.status_topic, encode(self._status(state, reason)),
-                                                  qos=self.config.qos, retain=True), 2.0)
 
     @staticmethod
     async def _watch(client: Any) -> None:
@@ -272,24 +344,17 @@ class MqttQueryServer:
         async for _ in client.messages:
             pass
 
-    async def _status_loop(self, client: Any) -> None:
-        cfg = self.config
-        while True:
-            await asyncio.sleep(cfg.status_interval_s)
-            await client.publish(cfg.status_topic, encode(self._status("online")), qos=cfg.qos, retain=True)
 
-    def _status(self, state: str, reason: str | None = None, *, stats: bool = True) -> dict[str, Any]:
-        cfg = self.config
-        out: dict[str, Any] = {"state": state, "stream_id": cfg.stream_id, "protocol": cfg.protocol,
-                               "query_topic": cfg.query_topic, "instance": self.instance,
-                               "status_interval_s": cfg.status_interval_s}
-        if reason is not None:
-            out["reason"] = reason
-        if stats:
-            out["ts"] = round(time.time(), 3)
-            out["server"] = self.stats()
-            try:
-                out["session"] = json_safe(self.service.stats())
-            except Exception as exc:  # a broken stats() must not take the transport down
-                out["session"] = {"error": f"{type(exc).__name__}: {exc}"}
-        return out
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again if one swallowed it.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt's publish) loses a cancellation that
+    arrives as the awaited operation completes; the status loop then published on and a shutdown
+    waited for it forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)

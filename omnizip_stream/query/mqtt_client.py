@@ -140,6 +140,7 @@ class MqttQueryClient:
         timeout_s: float = 60.0,
         on_partial: PartialCallback | None = None,
         request_id: str | None = None,
+        topic: str | None = None,
     ) -> dict[str, Any]:
         """Send a raw request and return the final reply, whether ``ok`` or an error.
 
@@ -150,6 +151,8 @@ class MqttQueryClient:
             timeout_s: seconds to wait for the final reply.
             on_partial: called with each text delta of a streamed answer.
             request_id: see ``payload``.
+            topic: where to publish (default: the stream's query topic; e.g. a many-stream server's
+                ``<prefix>/server/streams`` for stream control).
 
         Raises:
             TimeoutError: no final reply within ``timeout_s``.
@@ -179,7 +182,7 @@ class MqttQueryClient:
         pending = _Pending(asyncio.get_running_loop().create_future(), on_partial)
         self._pending[key] = pending
         try:
-            await self._client.publish(cfg.query_topic, data, qos=cfg.qos, properties=properties)
+            await self._client.publish(topic or cfg.query_topic, data, qos=cfg.qos, properties=properties)
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
             except asyncio.TimeoutError:

@@ -38,7 +38,9 @@ REQUEST_FIELDS = frozenset({"question", "max_new_tokens", "stream", "id", "reply
 MAX_ID_CHARS = 128
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
-ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "shutting_down", "internal")
+ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "shutting_down", "internal",
+               # many-stream servers: a stream id not served; the server/streams control requests
+               "unknown_stream", "forbidden", "unauthorized", "conflict", "refused")
 
 
 class RequestError(Exception):

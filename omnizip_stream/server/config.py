@@ -140,6 +140,10 @@ def check_stream_id(stream_id: Any) -> str:
         shown = repr(stream_id) if len(repr(stream_id)) <= 60 else repr(stream_id)[:60] + "..."
         raise ValueError(f"stream id {shown} must be 1-128 characters of letters, digits, '_', '.' or '-' "
                          "(it becomes an MQTT topic level)")
+    from omnizip_stream.query.streams import SERVER_ID
+
+    if stream_id == SERVER_ID:
+        raise ValueError(f"stream id {SERVER_ID!r} is reserved for the server's own MQTT topics; choose another id")
     return stream_id
 
 
@@ -220,7 +224,7 @@ def load_server_config(path: str | Path, overrides: Mapping[str, Any] | Sequence
     else:
         extra = parse_overrides(list(overrides or []))
     try:
-        defaults = config_from_mapping({**data, **extra})
+        defaults = config_from_mapping(extra, config_from_mapping(data))  # the overrides win over the file
     except ValueError as exc:
         if str(exc).startswith("unknown config key"):
             raise ValueError(f"{exc.args[0]}; and the server keys: server, streams, http") from None

@@ -6,23 +6,24 @@ SIGTERM (graceful: every context is exited, the status topics go offline, an emb
 stopped) or Ctrl-C (cancelled). A stream whose source fails is retried and reported (its status
 carries ``source_state``, ``source_retries`` and ``source_error``); it never stops the others.
 
-MQTT wiring (interim): one :class:`~omnizip_stream.query.mqtt.MqttQueryServer` (one broker connection)
-per configured stream, sharing one embedded broker when no ``--broker`` is given. The one-connection
-multi-stream MQTT server (and adding/removing streams over ``omnizip/server/streams``) replaces it.
+MQTT: one :class:`~omnizip_stream.query.mqtt.MqttQueryServer` (one broker connection) serves every
+stream (:meth:`~omnizip_stream.query.mqtt.MqttQueryServer.for_streams`); with ``server.admin_token``
+streams are added and removed at run time over ``omnizip/server/streams``, and the retained
+``omnizip/server/streams/list`` follows every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from omnizip_stream.console import Console, status_line
 from omnizip_stream.runctl import Terminate, first_of
-from omnizip_stream.server.config import ServerConfig
+from omnizip_stream.server.config import ServerConfig, stream_spec_from_mapping
 from omnizip_stream.server.service import StreamServer
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
                 from omnizip_stream.query.broker import EmbeddedBroker
 
                 embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
-            for sid in server.ids():
-                await _start_mqtt(stack, dataclasses.replace(mqtt, stream_id=sid), server.session(sid), console,
-                                  on_dead=mqtt_dead, embedded=embedded)
+            make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
+            await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded, streams=server,
+                              admin_token=config.server.admin_token, make_spec=make_spec)
             console.note(f"serving {len(server.ids())} stream(s) with one model ({config.defaults.model}); "
                          "SIGTERM or Ctrl-C stops")
             terminate.serving = True

@@ -1,9 +1,12 @@
-"""Thread -> asyncio hand-off: a bounded frame buffer with the drop policy, and a threaded source base.
+"""Thread -> asyncio hand-off: a bounded frame buffer, and a threaded source base.
 
 Decoders and device callbacks run off the event loop; they hand items to the loop through a
-:class:`FrameBuffer`. Live buffers never block the producer: when full they drop the oldest *video*
-frame (counted), and only if the buffer holds no video at all the oldest audio block (counted and
-logged). Non-live buffers (files replayed as fast as possible) block the producer instead.
+:class:`FrameBuffer`. It is bounded buffering, not a drop policy: a producer thread that can wait
+(a decoder, a camera or URL reader, a paced synthetic source) waits for room. Only a producer that
+must never block (the PortAudio callback) uses :meth:`FrameBuffer.put_nowait`, which, when the loop
+has not read for a whole buffer, loses the oldest item: counted and logged, never silent. Shedding
+video when the model falls behind real time is the session's policy
+(:mod:`omnizip_stream.server.scheduler`), the only one.
 """
 
 from __future__ import annotations
@@ -33,16 +36,14 @@ class FrameBuffer:
 
     Args:
         maxsize: capacity in items (>= 1).
-        live: True -> drop-oldest when full (never blocks); False -> ``put`` blocks until space.
-        counters: where drops are counted.
+        counters: where what :meth:`put_nowait` loses is counted.
         name: source name for log messages.
     """
 
-    def __init__(self, maxsize: int, *, live: bool, counters: StreamCounters, name: str = "source") -> None:
+    def __init__(self, maxsize: int, *, counters: StreamCounters, name: str = "source") -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self.maxsize = maxsize
-        self.live = live
         self.counters = counters
         self.name = name
         self._items: deque[Item] = deque()
@@ -52,7 +53,7 @@ class FrameBuffer:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._audio_drop_warned = False
+        self._overflow_warned = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the event loop the consumer runs on (call from the loop before producing)."""
@@ -64,20 +65,29 @@ class FrameBuffer:
 
     # ----------------------------------------------------------------- producer side (any thread)
     def put(self, item: Item, stop: threading.Event | None = None) -> bool:
-        """Add ``item``; returns False (item discarded) once the buffer is closed or ``stop`` is set.
-
-        Live buffers apply the drop policy when full; non-live buffers wait for space.
-        """
+        """Add ``item``, waiting for room; returns False (item discarded) once closed or ``stop`` is set."""
         with self._lock:
             while len(self._items) >= self.maxsize and not self._closed:
-                if self.live:
-                    self._drop_one_locked()
-                    break
                 if stop is not None and stop.is_set():
                     return False
                 self._not_full.wait(0.1)
             if self._closed:
                 return False
+            self._items.append(item)
+            self._wake_locked()
+            return True
+
+    def put_nowait(self, item: Item) -> bool:
+        """Add ``item`` without ever blocking (a device callback); returns False once closed.
+
+        When full (the loop has not read for a whole buffer), the oldest item is lost: counted in
+        ``audio_dropped_samples`` / ``video_dropped`` and logged once.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            if len(self._items) >= self.maxsize:
+                self._lose_oldest_locked()
             self._items.append(item)
             self._wake_locked()
             return True
@@ -99,18 +109,16 @@ class FrameBuffer:
             self._not_full.notify_all()
             self._wake_locked()
 
-    def _drop_one_locked(self) -> None:
-        for i, old in enumerate(self._items):
-            if isinstance(old, VideoFrame):
-                del self._items[i]
-                self.counters.note_video_drop(old.pts_s)
-                return
+    def _lose_oldest_locked(self) -> None:
         old = self._items.popleft()
-        assert isinstance(old, AudioChunk)
-        self.counters.add(audio_dropped_samples=old.samples.shape[0])
-        if not self._audio_drop_warned:
-            self._audio_drop_warned = True
-            logger.warning("%s: the pipeline is not keeping up; audio blocks are being dropped (counted)", self.name)
+        if isinstance(old, AudioChunk):
+            self.counters.add(audio_dropped_samples=old.samples.shape[0])
+        else:
+            self.counters.add(video_dropped=1)
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning("%s: the event loop is not reading the device; its oldest blocks are lost (counted)",
+                           self.name)
 
     def _wake_locked(self) -> None:
         fut, self._waiter = self._waiter, None
@@ -156,7 +164,7 @@ class ThreadedSource:
 
     Args:
         name: human-readable source name.
-        live: drop-oldest buffering (True) or blocking backpressure (False).
+        live: paced in real time (a device, a URL, realtime replay) or produced as fast as consumed.
         counters: shared counters (a private one when None).
         clock: pacing/timestamp clock.
         session_t0: clock reading that is session time 0 (``clock.now()`` at construction when None).
@@ -179,7 +187,7 @@ class ThreadedSource:
         self.counters = counters if counters is not None else StreamCounters()
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.session_t0 = self.clock.now() if session_t0 is None else session_t0
-        self._buffer = FrameBuffer(maxsize, live=live, counters=self.counters, name=name)
+        self._buffer = FrameBuffer(maxsize, counters=self.counters, name=name)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

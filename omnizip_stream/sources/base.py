@@ -10,7 +10,6 @@ time axis. Audio is always delivered as 16 kHz mono float32; sources resample at
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
@@ -122,26 +121,34 @@ class Source(Protocol):
 
 @dataclass
 class StreamCounters:
-    """Counters for everything that happens to media between the sources and the windows.
+    """One stream's media counters, from the sources to the model's queue: its one set of drop counters.
 
     All audio quantities are in 16 kHz samples. Updated from worker threads and the loop through
-    :meth:`add` (locked). Nothing is ever dropped without being counted here.
+    :meth:`add` (locked). Nothing is ever dropped without being counted here: the sources and the
+    windowing count what they receive, pad and repeat; the session (``StreamSession.attach_source``
+    shares this object) counts what its drop policy sheds.
 
     Attributes:
         video_frames_in: frames that reached the windower (after fps sampling at the source).
         video_frames_out: frames delivered inside windows.
-        video_dropped: frames dropped under backpressure (source buffers and the window queue).
+        video_dropped: frames dropped because the model fell behind real time (the session's one drop
+            policy, ``omnizip_stream.server.scheduler``), plus any a device's buffer lost.
+        video_frames_repeated: grid slots of a window no frame fell into, filled with the nearest frame
+            (a camera slower than the model's fps, a gap in the video).
+        windows_video_stripped: pending windows whose video the drop policy removed.
         video_late: frames that arrived after their window had been emitted (discarded).
         audio_samples_out: real (captured/decoded) samples delivered inside windows.
         audio_padded_samples: zero samples inserted where audio was missing (gaps, lost microphone
             during part of a window, the tail of the last window).
-        audio_dropped_samples: samples lost under backpressure (always also logged as a warning).
+        audio_dropped_samples: samples lost (always also logged as a warning): whole windows beyond the
+            session's backlog bound, or blocks a device's callback could not hand over.
+        windows_dropped: whole windows (audio included) the session dropped beyond its backlog bound.
         audio_late_samples: samples that arrived after their window had been emitted (discarded).
         windows_out: windows delivered.
         windows_skipped_empty: windows with neither audio nor video (all sources lost) not delivered.
         windows_without_video: windows built with audio only although the source has video (a lost
             camera, a live stream waiting for its first keyframe, a damaged stretch of a file); windows
-            whose video was dropped later under backpressure are counted in ``video_dropped`` instead.
+            whose video the drop policy removed later are counted in ``video_dropped`` instead.
         source_restarts: successful reconnects / reopens of a lost device or stream.
         corrupt_packets: damaged packets skipped (corrupt files in ``stream``, live streams); ``decode_clip``
             raises instead.
@@ -150,37 +157,26 @@ class StreamCounters:
     video_frames_in: int = 0
     video_frames_out: int = 0
     video_dropped: int = 0
+    video_frames_repeated: int = 0
+    windows_video_stripped: int = 0
     video_late: int = 0
     audio_samples_out: int = 0
     audio_padded_samples: int = 0
     audio_dropped_samples: int = 0
     audio_late_samples: int = 0
+    windows_dropped: int = 0
     windows_out: int = 0
     windows_skipped_empty: int = 0
     windows_without_video: int = 0
     source_restarts: int = 0
     corrupt_packets: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _video_drop_pts: deque[float] = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
 
     def add(self, **deltas: int) -> None:
         """Add ``deltas`` to the named counters (thread-safe)."""
         with self._lock:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + int(delta))
-
-    def note_video_drop(self, pts_s: float) -> None:
-        """Count one video frame dropped upstream, remembering its time for per-window accounting."""
-        with self._lock:
-            self.video_dropped += 1
-            self._video_drop_pts.append(float(pts_s))
-
-    def drain_video_drops(self) -> list[float]:
-        """Return the times of the frames dropped upstream since the last call (for ``Window.video_dropped``)."""
-        with self._lock:
-            out = list(self._video_drop_pts)
-            self._video_drop_pts.clear()
-        return out
 
     def snapshot(self) -> dict[str, int]:
         """Return a consistent copy of all counters."""

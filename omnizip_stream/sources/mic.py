@@ -2,8 +2,8 @@
 
 The PortAudio callback copies each block (averaged to mono, resampled to 16 kHz when the device cannot
 record at 16 kHz), stamps it in session time by counting samples from the first block, and hands it to
-a bounded live buffer (oldest audio dropped when the loop falls behind: counted and logged, never
-silent). A supervisor task notices a lost microphone (stream stopped, or no callback for
+a bounded buffer that never blocks the callback (when the loop has not read for a whole buffer, the
+oldest block is lost: counted and logged, never silent). A supervisor task notices a lost microphone (stream stopped, or no callback for
 ``stall_timeout_s``), warns once, and reopens it with exponential backoff; the windower meanwhile
 produces video-only windows. sounddevice is imported lazily: without PortAudio it raises ``OSError``,
 which becomes a one-line :class:`SourceError`.
@@ -100,7 +100,7 @@ class MicSource:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.session_t0 = self.clock.now() if session_t0 is None else session_t0
         self.counters = counters if counters is not None else StreamCounters()
-        self._buffer = FrameBuffer(queue_blocks, live=True, counters=self.counters, name=self.name)
+        self._buffer = FrameBuffer(queue_blocks, counters=self.counters, name=self.name)
         self._stream: Any = None
         self._rate = SAMPLE_RATE_HZ
         self._resampler: Any = None
@@ -210,7 +210,7 @@ class MicSource:
         self._count += mono.shape[0]
         chunk = AudioChunk(pts, mono)
         self._last_end_s = chunk.end_s
-        self._buffer.put(chunk)
+        self._buffer.put_nowait(chunk)
 
     def _resample(self, mono: np.ndarray) -> np.ndarray:
         from omnizip_stream.sources._avopen import import_av

@@ -2,25 +2,21 @@
 
 One reader task per source feeds the windower; for live media a ticker forces windows out at the
 deadline (``max_latency_s`` after their end) so a lost camera or microphone never stalls the stream.
-Finished windows wait in a bounded queue for the consumer. Backpressure policy:
-
-* ``"block"`` (recorded media replayed as fast as possible): the readers wait, which stops the decoders.
-* ``"drop-video"`` (live media): the queue never blocks; only the newest ``max_queue_windows`` keep
-  their frames, older queued windows lose their video (oldest first, counted in ``Window.video_dropped``
-  and the counters); audio is kept. Only beyond ``max_backlog_s`` of queued audio are whole windows
-  dropped, counted and logged as warnings.
+Finished windows wait in a bounded queue for the consumer: bounded buffering, never a drop. When the
+queue is full the readers wait (which stops the decoders, or makes a paced source wait for room), and
+the ticker forces nothing out meanwhile (a slow consumer is not a lost device). The consumer of live
+windows, :meth:`StreamSession.push_window <omnizip_stream.session.StreamSession.push_window>`, never
+makes a live source wait while the model is behind real time: it sheds video by the one drop policy
+(:mod:`omnizip_stream.server.scheduler`) and counts it in the stream's counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Sequence
-
-import numpy as np
 
 from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.sources.base import MediaError, Source, SourceEnded, SourceError, StreamCounters
@@ -29,9 +25,6 @@ from omnizip_stream.windowing import Windower
 
 logger = logging.getLogger(__name__)
 
-BACKPRESSURE = ("block", "drop-video")
-
-
 class WindowStream:
     """An async iterator of :class:`Window` fed by started sources.
 
@@ -39,11 +32,9 @@ class WindowStream:
         sources: started sources (``kinds`` known).
         windower: the windowing core (its ``counters`` are shared with the sources).
         live: live media (enables the deadline ticker).
-        backpressure: ``"block"`` or ``"drop-video"`` (see the module docstring).
         clock: the session clock; ``session_t0`` is session time 0 on it.
         max_latency_s: how long after its end a live window waits for late media.
-        max_queue_windows: windows kept with video in the queue.
-        max_backlog_s: queued audio beyond which whole windows are dropped (live only).
+        max_queue_windows: windows queued for the consumer before the readers wait.
     """
 
     def __init__(
@@ -52,27 +43,21 @@ class WindowStream:
         windower: Windower,
         *,
         live: bool,
-        backpressure: str,
         clock: Clock | None = None,
         session_t0: float = 0.0,
         max_latency_s: float = 0.75,
         max_queue_windows: int = 4,
-        max_backlog_s: float = 120.0,
     ) -> None:
-        if backpressure not in BACKPRESSURE:
-            raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
         if max_queue_windows < 1:
             raise ValueError(f"max_queue_windows must be >= 1, got {max_queue_windows}")
         self.sources = list(sources)
         self.windower = windower
         self.counters: StreamCounters = windower.counters
         self.live = live
-        self.backpressure = backpressure
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.session_t0 = session_t0
         self.max_latency_s = max_latency_s
         self.max_queue_windows = max_queue_windows
-        self.max_backlog_s = max_backlog_s
         self._pending: deque[Window] = deque()
         self._changed = asyncio.Event()
         self._space = asyncio.Event()
@@ -176,7 +161,8 @@ class WindowStream:
         period = min(0.1, self.windower.window_s / 4)
         while not self._finished:
             await self.clock.asleep(period)
-            await self._put(self.windower.close_until(self.session_time() - self.max_latency_s))
+            if len(self._pending) < self.max_queue_windows:  # a full queue is a slow consumer, not a lost device
+                await self._put(self.windower.close_until(self.session_time() - self.max_latency_s))
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -187,13 +173,11 @@ class WindowStream:
 
     async def _put(self, windows: list[Window]) -> None:
         for w in windows:
-            if self.backpressure == "block":
-                while len(self._pending) >= self.max_queue_windows and not self._closed:
-                    self._space.clear()
-                    await self._space.wait()
+            while len(self._pending) >= self.max_queue_windows and not self._closed:
+                self._space.clear()
+                await self._space.wait()
             self._pending.append(w)
-            if self.backpressure == "drop-video":
-                self._apply_drop_policy()
+            self._changed.set()
         if self.windower.done:
             self._finished = True
             if self._sources_stopped is None:
@@ -201,26 +185,3 @@ class WindowStream:
                 # paced or dropped (counted) while the consumer finishes.
                 self._sources_stopped = asyncio.ensure_future(self._close_sources())
         self._changed.set()
-
-    def _apply_drop_policy(self) -> None:
-        """Strip video from all but the newest ``max_queue_windows`` queued windows; cap the audio backlog."""
-        keep_from = len(self._pending) - self.max_queue_windows
-        if keep_from > 0:
-            rebuilt: deque[Window] = deque()
-            for i, w in enumerate(self._pending):
-                if i < keep_from and w.num_frames:
-                    n = w.num_frames
-                    self.counters.add(video_dropped=n)
-                    if w.audio.shape[0] == 0:
-                        continue  # video-only window with its video gone: nothing left to deliver
-                    w = dataclasses.replace(w, frames=np.zeros((0, 0, 0, 3), np.uint8),
-                                            frame_pts_s=np.zeros(0), video_dropped=w.video_dropped + n)
-                rebuilt.append(w)
-            self._pending = rebuilt
-        backlog_s = sum(float(w.duration_s or 0.0) for w in self._pending)
-        while len(self._pending) > 1 and backlog_s > self.max_backlog_s:
-            w = self._pending.popleft()
-            backlog_s -= float(w.duration_s or 0.0)
-            self.counters.add(audio_dropped_samples=w.audio.shape[0], video_dropped=w.num_frames)
-            logger.warning("consumer is %.0f s behind the live stream: dropped the window at %.1f s (audio included)",
-                           backlog_s, w.t0_s)

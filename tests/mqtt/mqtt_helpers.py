@@ -209,3 +209,89 @@ async def serve(service: Any, config: MqttConfig) -> AsyncIterator[MqttQueryServ
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class FakeStreams:
+    """A directory of FakeServices that can change at run time (what the MQTT server needs of StreamServer).
+
+    ``refuse`` maps a stream id to the ValueError ``add`` raises (admission refused); ``order`` records
+    ``(stream_id, question)`` of every call, across streams.
+    """
+
+    def __init__(self, **services: FakeService) -> None:
+        self.services: dict[str, FakeService] = dict(services)
+        self.sources: dict[str, str] = {sid: f"synthetic:{sid}" for sid in services}
+        self.on_change: list[Any] = []
+        self.refuse: dict[str, ValueError] = {}
+        self.added: list[Any] = []
+
+    def ids(self) -> list[str]:
+        return list(self.services)
+
+    def session(self, stream_id: str) -> FakeService:
+        return self.services[stream_id]
+
+    def describe(self) -> dict[str, Any]:
+        return {sid: {"state": "running", "source": self.sources[sid]} for sid in self.services}
+
+    async def add(self, spec: Any) -> FakeService:
+        sid = spec["id"]
+        if sid in self.refuse:
+            raise self.refuse[sid]
+        if sid in self.services:
+            raise ValueError(f"stream {sid!r} exists")
+        self.added.append(spec)
+        self.services[sid] = FakeService()
+        self.sources[sid] = spec["source"]
+        for callback in self.on_change:
+            callback()
+        return self.services[sid]
+
+    async def remove(self, stream_id: str) -> None:
+        del self.services[stream_id]
+        for callback in self.on_change:
+            callback()
+
+
+@contextlib.asynccontextmanager
+async def serve_streams(streams: Any, config: MqttConfig, **kwargs: Any) -> AsyncIterator[MqttQueryServer]:
+    """Run ``MqttQueryServer.for_streams(streams, config, **kwargs)`` while the block runs."""
+    kwargs.setdefault("check_in_use", config.url not in V311_ONLY_URLS)
+    server = MqttQueryServer.for_streams(streams, config, **kwargs)
+    task = asyncio.ensure_future(server.run())
+    try:
+        waiter = asyncio.ensure_future(server.wait_connected())
+        done, _ = await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()
+        if waiter not in done:
+            waiter.cancel()
+            raise TimeoutError("server did not connect")
+        yield server
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def retained(port: int, topic: str, want: Any = None, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The retained JSON on ``topic`` (3.1.1 subscriber), waiting until ``want(body)`` holds when given."""
+    import json
+
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for message in client.messages:
+                    if not message.topic.matches(topic):  # amqtt: another client's subscription handed over
+                        continue
+                    body = json.loads(message.payload) if message.payload else {}
+                    if want is None or want(body):
+                        return body
+        finally:  # amqtt 0.12 hands a gone client's subscriptions to clients that connect later
+            with contextlib.suppress(Exception):
+                await client.unsubscribe(topic)
+    raise AssertionError("unreachable")

@@ -1,4 +1,5 @@
-"""Scheduler: questions round-robin across streams, then windows by real-time deadline (pure, no model)."""
+"""Scheduler: questions round-robin across streams, then windows by real-time deadline, and the one drop policy
+(pure, no model)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import collections
 
 import numpy as np
 
-from omnizip_stream.server.scheduler import PendingWindow, Scheduler, shed_oldest_video
+from omnizip_stream.server.scheduler import PendingWindow, Scheduler, shed_video
 from omnizip_stream.window import Window
 
 
@@ -68,11 +69,22 @@ def test_equal_deadlines_go_in_push_order_and_removed_streams_are_skipped():
     assert scheduler.pick(streams) is None
 
 
-def test_shedding_strips_the_oldest_video_first_and_keeps_audio():
-    pending = [PendingWindow(_window(t, frames=f), 0.0, t + 2, i) for i, (t, f) in enumerate([(0.0, 0), (2.0, 4),
-                                                                                             (4.0, 3)])]
-    assert shed_oldest_video(pending) == 4
-    assert [p.window.num_frames for p in pending] == [0, 0, 3]
-    assert pending[1].window.video_dropped == 4 and pending[1].window.audio.size == 32000
-    assert pending[1].window.duration_s == 2.0
-    assert shed_oldest_video(pending) == 3 and shed_oldest_video(pending) == 0
+def test_shedding_keeps_video_in_the_newest_windows_and_every_sample_of_audio():
+    pending = collections.deque(PendingWindow(_window(t, frames=f), 0.0, t + 2, i)
+                                for i, (t, f) in enumerate([(0.0, 0), (2.0, 4), (4.0, 3), (6.0, 4), (8.0, 4)]))
+    shed = shed_video(pending, keep_video=2)
+    assert shed.counts() == {"video_dropped": 7, "windows_video_stripped": 2}
+    assert [p.window.num_frames for p in pending] == [0, 0, 0, 4, 4]
+    assert [p.window.video_dropped for p in pending] == [0, 4, 3, 0, 0]
+    assert all(p.window.audio.size == 32000 and p.window.duration_s == 2.0 for p in pending)
+    assert shed_video(pending, keep_video=2).counts() == {}  # applying it again changes nothing
+
+
+def test_beyond_the_backlog_bound_whole_windows_go_oldest_first_counted_and_logged(caplog):
+    pending = collections.deque(PendingWindow(_window(2.0 * k), 0.0, 2.0 * k + 2, k) for k in range(10))
+    with caplog.at_level("WARNING"):
+        shed = shed_video(pending, keep_video=1, max_backlog_s=6.0)
+    assert [p.window.t0_s for p in pending] == [14.0, 16.0, 18.0]  # 6 s of audio kept: the newest three
+    assert shed.windows_dropped == 7 and shed.audio_dropped_samples == 7 * 32000
+    assert shed.video_dropped == 9 * 4 and shed.windows_video_stripped == 9  # counted once: stripped, then dropped
+    assert "behind the live stream" in caplog.text

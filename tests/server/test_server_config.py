@@ -36,7 +36,7 @@ def test_defaults_server_settings_and_per_stream_overrides(tmp_path):
           - {id: kitchen, source: "synthetic:seed=2", loop: true, max_side: 320, realtime: false}
         """)
     cfg = load_server_config(path, ["max_new_tokens=20"], environ={})
-    assert cfg.defaults == StreamConfig(model="tiny", rho_video=0.5, max_new_tokens=20)
+    assert cfg.defaults == StreamConfig(model="tiny", max_new_tokens=20).replace(rho_video=0.5)
     assert cfg.server == ServerSettings(kv_budget_mb=512, max_batch=4, admin_token="s3cret", retry_max_s=5)
     assert "s3cret" not in repr(cfg.server)
     door, kitchen = cfg.streams
@@ -57,6 +57,7 @@ def test_the_admin_token_comes_from_the_environment_never_the_file(tmp_path):
 @pytest.mark.parametrize(("streams", "message"), [
     ("[{id: a, source: synthetic}, {id: a, source: camera}]", "stream 'a': duplicate id"),
     ("[{id: 'a/b', source: synthetic}]", r"streams\[0\]: stream id 'a/b' must be 1-128 characters"),
+    ("[{id: server, source: synthetic}]", r"streams\[0\]: stream id 'server' is reserved"),
     ("[{id: a, source: synthetic}, {source: camera}]", r"streams\[1\]: missing key 'id'"),
     ("[{id: a}]", "stream 'a': missing key 'source'"),
     ("[{id: a, source: synthetic, rho_vidoe: 0.7}]", "stream 'a': unknown config key.*rho_vidoe"),
@@ -92,7 +93,7 @@ def test_a_missing_server_file_names_the_shipped_ones(tmp_path):
 
 
 def test_an_add_request_is_checked_by_the_same_rules():
-    defaults = StreamConfig(model="tiny", rho_video=0.5)
+    defaults = StreamConfig(model="tiny").replace(rho_video=0.5)
     spec = stream_spec_from_mapping({"id": "yard", "source": "camera:1", "rho_audio": 0.2}, defaults)
     assert spec == StreamSpec("yard", "camera:1", defaults.replace(rho_audio=0.2))
     with pytest.raises(ValueError, match="stream 'yard': model cannot be set per stream"):

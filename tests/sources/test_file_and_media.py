@@ -35,11 +35,12 @@ async def test_unpaced_file_windows_exact(media):
     for w in wins:
         assert w.audio.shape == (32000,) and w.audio.dtype == np.float32
         assert np.all((w.frame_pts_s >= w.t0_s) & (w.frame_pts_s < w.t1_s))
-    assert [w.num_frames for w in wins] == [4, 4, 1]
+    assert [w.num_frames for w in wins] == [4, 4, 4]  # on the model's grid: the tail repeats its one frame
     # frames are the source frames at 0, 0.5, 1.0 ... s (30 fps: source frame 15 * k)
     idx = [bar_index(f) for w in wins for f in w.frames]
-    assert idx == [15 * k for k in range(9)]
-    np.testing.assert_allclose(np.concatenate([w.frame_pts_s for w in wins]), np.arange(9) * 0.5, atol=1e-6)
+    assert idx == [15 * k for k in range(9)] + [15 * 8] * 3
+    np.testing.assert_allclose(np.concatenate([w.frame_pts_s for w in wins]), np.arange(12) * 0.5, atol=1e-6)
+    assert counters["video_frames_repeated"] == 3
     assert abs(dominant_hz(wins[0].audio) - TONE_HZ) < 5
     assert 0.4 < float(np.abs(wins[1].audio).max()) < 0.6  # stereo averaged to mono, not summed
     assert counters["video_dropped"] == 0 and counters["audio_dropped_samples"] == 0

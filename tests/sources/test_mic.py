@@ -118,7 +118,7 @@ async def test_lost_mic_gives_video_only_windows_then_audio_again():
     for s in (video, mic):
         await s.start()
     stream = WindowStream([video, mic], Windower(duration_s=6.0, counters=counters), live=True,
-                          backpressure="drop-video", clock=clock, session_t0=t0, max_latency_s=0.3)
+                          clock=clock, session_t0=t0, max_latency_s=0.3)
     stream.start()
     try:
         wins = [w async for w in stream]
@@ -220,7 +220,7 @@ async def test_pulse_server_killed_and_restarted(pulse_mic):
     for s in (video, mic):
         await s.start()
     stream = WindowStream([video, mic], Windower(duration_s=8.0, counters=counters), live=True,
-                          backpressure="drop-video", clock=clock, session_t0=t0, max_latency_s=0.5)
+                          clock=clock, session_t0=t0, max_latency_s=0.5)
     stream.start()
     wins = []
     try:

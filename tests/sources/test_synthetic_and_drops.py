@@ -1,4 +1,4 @@
-"""Synthetic source determinism and timing; drop policy under a slow consumer; the frame buffer."""
+"""Synthetic source determinism and timing; nothing dropped upstream under a slow consumer; the frame buffer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from omnizip_stream.clock import ManualClock
 from omnizip_stream.sources import SourceError, open_windows
 from omnizip_stream.sources._buffer import FrameBuffer
 from omnizip_stream.sources.base import AudioChunk, SourceEnded, StreamCounters, VideoFrame
@@ -78,7 +79,7 @@ async def test_synthetic_multi_chunk_windows_and_fps():
     assert [w.t0_s for w in wins] == [0.0, 4.0]
     assert all(w.audio.shape == (64000,) and w.num_frames == 20 for w in wins)
     with pytest.raises(ValueError, match="multiple"):
-        async with open_windows("synthetic", window_s=3.0):
+        async with open_windows("synthetic", window_s=3.0, chunk_s=2.0):
             pass
 
 
@@ -102,28 +103,25 @@ async def test_synthetic_source_timestamps_in_order():
     assert all(a.samples.shape == (1600,) for a in audio)
 
 
-# ----------------------------------------------------------------------------- drop policy
-async def test_slow_consumer_drops_oldest_video_never_audio():
-    """Live policy, consumer far slower than production: old windows lose video, all audio arrives."""
-    async with open_windows("synthetic:seed=1,size=32x24", realtime=False, backpressure="drop-video",
+# ----------------------------------------------------------------------------- no drops upstream
+async def test_slow_consumer_of_live_windows_loses_nothing_upstream():
+    """Live (paced) source, consumer far slower than production: the sources and the windowing only buffer
+    (bounded) and wait; every window keeps its video and all audio arrives. Shedding video is the session's
+    policy alone (tests/stream/test_clock_and_drops.py)."""
+    async with open_windows("synthetic:seed=1,size=32x24", realtime=True, clock=ManualClock(), max_latency_s=1e6,
                             max_queue_windows=2, duration_s=20.0) as windows:
+        assert windows.live
         got = []
         async for w in windows:
             got.append(w)
-            await asyncio.sleep(0.15)  # the producer finishes all 10 windows long before we read them
+            await asyncio.sleep(0.05)  # the paced producer would run far ahead of us
         counters = windows.counters.snapshot()
     assert [w.t0_s for w in got] == [2.0 * k for k in range(10)]  # no window lost
     audio = np.concatenate([w.audio for w in got])
     np.testing.assert_array_equal(audio, synthetic_audio(SyntheticParams(seed=1), 0, 320000))  # no audio lost
-    stripped = [w for w in got if w.video_dropped]
-    assert stripped and all(w.num_frames == 0 and w.video_dropped == 4 for w in stripped)
-    assert all(w.num_frames == 4 for w in got[-2:])  # the newest windows keep their video
-    # oldest first: the stripped windows are one run of the oldest backlog, every later window kept its video
-    idx = [i for i, w in enumerate(got) if w.video_dropped]
-    assert idx == list(range(idx[0], idx[-1] + 1))
-    assert all(w.num_frames == 4 for w in got[idx[-1] + 1:])
-    assert counters["video_dropped"] == sum(w.video_dropped for w in got)
-    assert counters["audio_dropped_samples"] == 0
+    assert all(w.num_frames == 4 and w.video_dropped == 0 for w in got)
+    assert counters["video_dropped"] == counters["audio_dropped_samples"] == counters["video_late"] == 0
+    assert counters["video_frames_repeated"] == 0
 
 
 async def test_block_policy_drops_nothing():
@@ -137,27 +135,6 @@ async def test_block_policy_drops_nothing():
     assert counters["video_dropped"] == 0
 
 
-async def test_backlog_cap_drops_whole_windows_loudly(caplog):
-    from omnizip_stream.sources.stream import WindowStream
-    from omnizip_stream.windowing import Windower
-
-    counters = StreamCounters()
-    src = SyntheticSource(SyntheticParams(width=16, height=16), realtime=False, counters=counters)
-    await src.start()
-    # session time 0 is the source's start: the live deadline forces no window out while the media is produced
-    stream = WindowStream([src], Windower(duration_s=20.0, counters=counters), live=True, backpressure="drop-video",
-                          max_queue_windows=1, max_backlog_s=6.0, session_t0=src.session_t0)
-    with caplog.at_level(logging.WARNING):
-        stream.start()
-        while not stream.windower.done:  # noqa: ASYNC110 (waits for the producer to finish)
-            await asyncio.sleep(0.01)
-        got = [w async for w in stream]
-        await stream.aclose()
-    assert len(got) == 3 and got[0].t0_s == 14.0  # 6 s backlog kept: the newest three windows
-    assert counters.audio_dropped_samples == 7 * 32000
-    assert "behind the live stream" in caplog.text
-
-
 # ----------------------------------------------------------------------------- frame buffer
 def vf(t: float) -> VideoFrame:
     return VideoFrame(t, np.zeros((2, 2, 3), np.uint8))
@@ -167,27 +144,41 @@ def ac(t: float) -> AudioChunk:
     return AudioChunk(t, np.zeros(160, np.float32))
 
 
-async def test_live_buffer_drops_oldest_video_then_audio():
+async def test_buffer_never_drops_for_a_producer_that_can_wait():
+    """A live producer thread (camera, URL, paced synthetic) waits for room: bounded buffering, no policy."""
     counters = StreamCounters()
-    buf = FrameBuffer(3, live=True, counters=counters, name="t")
+    buf = FrameBuffer(3, counters=counters, name="t")
     buf.bind(asyncio.get_running_loop())
-    for item in (vf(0.0), ac(0.0), vf(0.1), vf(0.2), ac(0.1)):
-        assert buf.put(item)
-    assert counters.video_dropped == 2 and counters.drain_video_drops() == [0.0, 0.1]
-    got = [await buf.get() for _ in range(3)]
-    assert [(type(i).__name__, i.pts_s) for i in got] == [("AudioChunk", 0.0), ("VideoFrame", 0.2), ("AudioChunk", 0.1)]
-    for item in (ac(1.0), ac(1.1), ac(1.2), ac(1.3)):
-        buf.put(item)
-    assert counters.audio_dropped_samples == 160  # only audio left to drop: counted
+    stop = threading.Event()
+    items = [vf(0.0), ac(0.0), vf(0.1), vf(0.2), ac(0.1)]
+    th = threading.Thread(target=lambda: [buf.put(item, stop) for item in items])
+    th.start()
+    got = [await buf.get() for _ in range(5)]
+    th.join(2)
+    assert [(type(i).__name__, i.pts_s) for i in got] == [(type(i).__name__, i.pts_s) for i in items]
+    assert counters.video_dropped == 0 and counters.audio_dropped_samples == 0
+
+
+async def test_a_callback_that_cannot_wait_loses_the_oldest_counted(caplog):
+    """put_nowait (the PortAudio callback): when the loop has not read for a whole buffer, the oldest item is
+    lost, counted by kind and logged once."""
+    counters = StreamCounters()
+    buf = FrameBuffer(3, counters=counters, name="t")
+    buf.bind(asyncio.get_running_loop())
+    with caplog.at_level(logging.WARNING):
+        for item in (vf(0.0), ac(0.0), ac(0.1), ac(0.2), ac(0.3)):
+            assert buf.put_nowait(item)
+    assert counters.video_dropped == 1 and counters.audio_dropped_samples == 160
+    assert caplog.text.count("not reading the device") == 1
     buf.finish()
-    assert [(await buf.get()).pts_s for _ in range(3)] == [1.1, 1.2, 1.3]
+    assert [(await buf.get()).pts_s for _ in range(3)] == [0.1, 0.2, 0.3]
     with pytest.raises(SourceEnded):
         await buf.get()
 
 
 async def test_non_live_buffer_blocks_producer_and_wakes_consumer():
     counters = StreamCounters()
-    buf = FrameBuffer(2, live=False, counters=counters)
+    buf = FrameBuffer(2, counters=counters)
     buf.bind(asyncio.get_running_loop())
     stop = threading.Event()
 

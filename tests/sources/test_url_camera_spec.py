@@ -148,8 +148,8 @@ def test_parse_spec_synthetic_options_and_errors():
 
 
 async def test_open_windows_argument_validation():
-    for kw, words in [({"window_s": 3.0}, "multiple"), ({"fps": 0}, "fps"), ({"max_side": 4}, "max_side"),
-                      ({"backpressure": "drop-audio"}, "backpressure")]:
+    for kw, words in [({"window_s": 3.0, "chunk_s": 2.0}, "multiple"), ({"window_s": 0}, "positive"), ({"fps": 0}, "fps"),
+                      ({"max_side": 4}, "max_side")]:
         with pytest.raises(ValueError, match=words):
             async with open_windows("synthetic", **kw):
                 pass
@@ -184,7 +184,7 @@ async def test_camera_lost_and_back_gives_audio_only_windows_meanwhile(ts_server
         for s in (cam, mic):
             await s.start()
         stream = WindowStream([cam, mic], Windower(duration_s=8.0, counters=counters), live=True,
-                              backpressure="drop-video", clock=clock, session_t0=t0, max_latency_s=0.5)
+                              clock=clock, session_t0=t0, max_latency_s=0.5)
         stream.start()
         try:
             wins = [w async for w in stream]

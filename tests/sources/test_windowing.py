@@ -1,6 +1,9 @@
-"""The windowing core: exact sample counts, frame times inside windows, fps sampling, deadlines, tails."""
+"""The windowing core: exact sample counts, frames on the model's grid, fps sampling, deadlines, tails; clocks."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +12,16 @@ from hypothesis import strategies as st
 
 from omnizip_stream.clock import ManualClock, MonotonicClock
 from omnizip_stream.sources.base import AudioChunk, StreamCounters, VideoFrame
-from omnizip_stream.windowing import AudioTimeline, FrameSampler, Windower, stack_frames, validate_window_s
+from omnizip_stream.window import Window
+from omnizip_stream.windowing import (
+    AudioTimeline,
+    FrameSampler,
+    Windower,
+    check_on_grid,
+    on_grid,
+    stack_frames,
+    validate_window_s,
+)
 
 SR = 16000
 
@@ -28,13 +40,14 @@ def feed(windower: Windower, items) -> list:
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("window_s, n", [(2.0, 1), (4.0, 2), (6, 3), (20.0, 10)])
 def test_window_s_multiple_of_chunk(window_s, n):
-    assert validate_window_s(window_s) == n
+    assert validate_window_s(window_s, 2.0) == n
+    assert validate_window_s(window_s) == 1  # no model chunk given: any whole-sample length is one window
 
 
 @pytest.mark.parametrize("window_s", [0, -2, 1.0, 3.0, 2.5, 0.5])
 def test_window_s_not_multiple_is_rejected(window_s):
     with pytest.raises(ValueError, match="multiple of the model's 2-s chunk"):
-        Windower(window_s=window_s)
+        Windower(window_s=window_s, chunk_s=2.0)
 
 
 def test_bad_fps_and_duration_rejected():
@@ -163,7 +176,8 @@ def test_windows_wait_for_both_kinds():
     assert feed(w, [AudioChunk(0.0, np.zeros(32000, np.float32))]) == []  # video has not passed 2.0 s
     assert feed(w, [VideoFrame(0.0, img()), VideoFrame(1.9, img())]) == []
     out = feed(w, [VideoFrame(2.0, img())])
-    assert len(out) == 1 and out[0].num_frames == 2
+    assert len(out) == 1 and out[0].num_frames == 4  # on the grid: slots 0.5 and 1.5 repeat their nearest
+    np.testing.assert_allclose(out[0].frame_pts_s, [0.0, 0.5, 1.0, 1.5])
 
 
 def test_close_until_makes_video_only_windows_when_mic_is_silent():
@@ -214,26 +228,66 @@ def test_video_only_and_audio_only_windowers():
     w = Windower(has_audio=False)
     out = feed(w, [VideoFrame(i / 10, img()) for i in range(50)]) + w.end({"video"})
     assert [x.audio.shape for x in out] == [(0,), (0,), (0,)]
-    assert [x.num_frames for x in out] == [4, 4, 2]
+    assert [x.num_frames for x in out] == [4, 4, 4]  # the 1-s tail is put on the grid too
     w = Windower(has_video=False)
     out = feed(w, [AudioChunk(k * 0.1, np.ones(1600, np.float32)) for k in range(40)])
     assert len(out) == 2 and all(x.num_frames == 0 for x in out)
-
-
-def test_upstream_drops_attributed_to_their_window():
-    c = StreamCounters()
-    w = Windower(counters=c, has_audio=False)
-    c.note_video_drop(0.7)
-    c.note_video_drop(2.6)
-    out = feed(w, [VideoFrame(0.0, img()), VideoFrame(2.0, img()), VideoFrame(4.0, img())])
-    assert [x.video_dropped for x in out] == [1, 1]
-    assert c.video_dropped == 2
 
 
 def test_stack_frames_resizes_odd_sizes():
     frames = stack_frames([img(1, 4, 6), img(2, 8, 12), img(3, 4, 6)])
     assert frames.shape == (3, 4, 6, 3)
     assert frames[1].max() == 2
+
+
+# ----------------------------------------------------------------------------- the model's grid (one place)
+def test_a_slow_jittery_camera_gives_windows_exactly_on_the_grid():
+    """1.4 fps with jitter into a 2-fps windower: every window has exactly window_s * fps frames at t0 + k / fps
+    (slots no frame fell into repeat the nearest, counted) and exactly window_s * 16 kHz samples."""
+    c = StreamCounters()
+    w = Windower(window_s=4.0, fps=2.0, counters=c)
+    rng = np.random.default_rng(0)
+    times = np.arange(0.0, 12.0, 1 / 1.4) + rng.uniform(-0.05, 0.05, 17).clip(0, None)
+    items = [VideoFrame(float(t), img(i % 250 + 1)) for i, t in enumerate(times)]
+    items += [AudioChunk(k * 0.1, np.ones(1600, np.float32)) for k in range(120)]
+    items.sort(key=lambda it: it.pts_s)
+    out = feed(w, items) + w.end({"audio", "video"})
+    assert [x.t0_s for x in out] == [0.0, 4.0, 8.0]
+    for x in out:
+        assert x.num_frames == 8 and x.audio.shape == (64000,)
+        np.testing.assert_allclose(x.frame_pts_s, x.t0_s + np.arange(8) / 2.0)
+        check_on_grid(x, 2.0, 4.0)  # what the engine checks
+        assert on_grid(x, 2.0, 4.0) is x  # already on the grid: nothing is sampled or padded a second time
+    assert c.video_frames_repeated == 3 * 8 - c.video_frames_in > 0
+
+
+def test_video_far_ahead_of_audio_is_emitted_not_dropped():
+    """Audio stuck at 0.5 s while 30 s of video arrive (a track that stopped, a skewed file): the pending frames
+    are bounded by emitting the oldest windows early, never by dropping frames."""
+    c = StreamCounters()
+    w = Windower(counters=c)
+    out = feed(w, [AudioChunk(0.0, np.ones(8000, np.float32))] + [VideoFrame(k / 2, img(k + 1)) for k in range(60)])
+    assert 0 < len(out) < 15 and all(x.num_frames == 4 for x in out)
+    out += w.end({"audio", "video"})
+    assert [x.t0_s for x in out] == [2.0 * k for k in range(15)]
+    assert [int(f.max()) for x in out for f in x.frames] == list(range(1, 61))  # every frame, in order
+    assert c.video_dropped == 0 and c.video_frames_repeated == 0
+
+
+def test_on_grid_puts_a_hand_made_window_on_the_grid_and_pads_its_audio_once():
+    frames = np.stack([img(v) for v in (10, 20, 30, 40, 50)])
+    w = Window(6.0, np.ones(20000, np.float32), frames, 6.0 + np.array([0.02, 0.4, 1.1, 1.45, 1.9]), duration_s=2.0)
+    with pytest.raises(ValueError, match="5 frames, 20000 samples.*on_grid"):
+        check_on_grid(w, 2.0, 2.0)
+    g = on_grid(w, 2.0, 2.0)
+    assert [int(f.max()) for f in g.frames] == [10, 20, 30, 50]  # first frame in each slot, else the nearest
+    np.testing.assert_allclose(g.frame_pts_s, [6.0, 6.5, 7.0, 7.5])
+    assert g.audio.shape == (32000,) and g.audio[:20000].min() == 1 and np.all(g.audio[20000:] == 0)
+    assert on_grid(g, 2.0, 2.0) is g
+    long = Window(0.0, np.ones(40000, np.float32), np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0), duration_s=2.0)
+    assert on_grid(long, 2.0, 2.0).audio.shape == (32000,) and on_grid(long, 2.0, 2.0).num_frames == 0
+    silent = Window(0.0, np.zeros(0, np.float32), frames[:1], np.array([0.3]), duration_s=2.0)
+    assert on_grid(silent, 2.0, 2.0).audio.size == 0 and on_grid(silent, 2.0, 2.0).num_frames == 4
 
 
 # ----------------------------------------------------------------------------- clocks
@@ -254,3 +308,31 @@ async def test_clocks_async_sleep():
     t = m.now()
     await m.asleep(0.01)
     assert m.now() >= t
+
+
+def test_a_manual_clock_without_autoadvance_wakes_thread_sleepers_only_when_advanced():
+    c = ManualClock(autoadvance=False)
+    woke: list[float] = []
+    th = threading.Thread(target=lambda: (c.sleep(1.0), woke.append(c.now())))
+    th.start()
+    c.advance(0.5)
+    th.join(0.2)
+    assert th.is_alive() and woke == []  # half way there: still asleep
+    c.advance(0.5)
+    th.join(5)
+    assert woke == [1.0]
+    stop = threading.Event()
+    stop.set()
+    assert c.sleep(10.0, stop) is True and c.now() == 1.0  # an interrupt wakes it; time does not move
+
+
+async def test_a_manual_clock_without_autoadvance_wakes_loop_sleepers_only_when_advanced():
+    c = ManualClock(autoadvance=False)
+    sleeper = asyncio.ensure_future(c.asleep(2.0))
+    await asyncio.sleep(0)
+    c.advance(1.0)
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    await asyncio.to_thread(c.advance_to, 2.0)  # from another thread too
+    await asyncio.wait_for(sleeper, 5)
+    assert c.now() == 2.0

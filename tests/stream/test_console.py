@@ -132,8 +132,8 @@ def test_without_a_terminal_status_is_one_line_per_call_and_never_cuts_an_answer
 def test_status_line_is_built_from_session_stats_alone():
     stats = {"last_window_t1_s": 8.0, "windows_ingested": 4, "window_lag_s": 0.4, "windows_queued": 1,
              "retention_audio": 0.64, "retention_video": 0.3, "kv_tokens": 500, "kv_bytes": 2**20,
-             "windows_evicted": 0, "video_dropped": 2,
-             "source": {"video_dropped": 3, "audio_dropped_samples": 16000}}
+             "windows_evicted": 0, "video_dropped": 5, "audio_dropped_samples": 16000,
+             "source": {"video_dropped": 5, "audio_dropped_samples": 16000}}  # one set of counters, shown once
     line = status_line(stats)
     assert "windows 4 (behind live 0.4s, queued 1)" in line
     assert "dropped video 5" in line and "dropped audio 1.0s" in line

@@ -8,11 +8,12 @@ import torch
 from omni_helpers import clip_windows, make_adapter, synthetic_clip
 
 from omnizip.preprocess import log_mel_window, preprocess_video
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.config import StreamConfig, config_from_mapping
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.kv import CacheFullError
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.window import Window
+from omnizip_stream.windowing import on_grid
 
 PIXELS = 56 * 56  # 2x2 merged tokens per grid: keeps the long tests fast
 Q = "What just happened?"
@@ -20,8 +21,8 @@ Q = "What just happened?"
 
 def _engine(tiny25, **overrides) -> StreamEngine:
     adapter = make_adapter(tiny25, video_max_pixels=overrides.pop("video_max_pixels", PIXELS))
-    cfg = StreamConfig(model="tiny", **{"method": "identity", "max_new_tokens": 8, "max_question_tokens": 32,
-                                        **overrides})
+    cfg = config_from_mapping({"model": "tiny", "method": "identity", "max_new_tokens": 8, "max_question_tokens": 32,
+                               **overrides})
     return StreamEngine(adapter, cfg)
 
 
@@ -219,8 +220,11 @@ def test_missing_modalities_and_jittered_frames(tiny25):
     # mic lost: a video-only window; camera lost: an audio-only window; jitter: 5 frames at odd times.
     engine.ingest(w0)
     engine.ingest(Window(w1.t0_s, np.zeros(0, np.float32), w1.frames, w1.frame_pts_s, duration_s=2.0))
-    jitter = np.concatenate([w2.frames, w2.frames[:1]])
-    engine.ingest(Window(w2.t0_s, w2.audio, jitter, w2.t0_s + np.array([0.0, 0.4, 1.1, 1.45, 1.9])))
+    jitter = Window(w2.t0_s, w2.audio, np.concatenate([w2.frames, w2.frames[:1]]),
+                    w2.t0_s + np.array([0.0, 0.4, 1.1, 1.45, 1.9]))
+    with pytest.raises(ValueError, match="not on the model's grid.*on_grid"):
+        engine.ingest(jitter)  # the engine takes windows as they are: a hand-made one goes through on_grid
+    engine.ingest(on_grid(jitter, engine.adapter.spec.fps, 2.0))
     engine.ingest(Window(6.0, wav[:32000], np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0), duration_s=2.0))
     assert engine.windows_ingested == 4
     assert engine.answer(Q, 4).window_range == (0, 3)

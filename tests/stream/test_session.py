@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
 from omni_helpers import clip_windows, make_adapter, synthetic_clip
 
 from omnizip_stream import Answer, QueryError
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.clock import ManualClock
+from omnizip_stream.config import StreamConfig, config_from_mapping
 from omnizip_stream.session import StreamSession
 from omnizip_stream.window import Window
 
 PIXELS = 56 * 56
 
 
-def _session(tiny25, **overrides) -> StreamSession:
-    cfg = StreamConfig(model="tiny", **{"method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
-                                        "video_max_pixels": PIXELS, **overrides})
-    return StreamSession.from_config(cfg, adapter=make_adapter(tiny25, video_max_pixels=PIXELS))
+def _session(tiny25, clock=None, **overrides) -> StreamSession:
+    cfg = config_from_mapping({"model": "tiny", "method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
+                               "video_max_pixels": PIXELS, **overrides})
+    return StreamSession.from_config(cfg, adapter=make_adapter(tiny25, video_max_pixels=PIXELS), clock=clock)
 
 
 async def test_push_ask_stream_and_stats(tiny25):
@@ -130,30 +130,33 @@ async def test_bad_questions_get_codes_and_the_session_keeps_going(tiny25):
 async def test_video_is_dropped_oldest_first_when_behind_real_time(tiny25):
     wav, frames = synthetic_clip(20.0, seed=4)
     windows = clip_windows(wav, frames)
-    async with _session(tiny25, window_queue=3) as session:
-        gate = threading.Event()
+    clock = ManualClock()
+    async with _session(tiny25, window_queue=3, clock=clock) as session:
+        session.attach_source(live_clock=clock.now)  # live: stream time is the clock's
+        gate, entered = threading.Event(), threading.Event()
         original = session.engine.ingest
         seen: list[Window] = []
 
         def slow_ingest(window):
+            entered.set()
             gate.wait(5)
             seen.append(window)
             return original(window)
 
         session.engine.ingest = slow_ingest
-        # Pretend the stream started 30 s ago: every window is already behind real time.
-        session._clock_origin = time.perf_counter() - 30.0
-        pushes = asyncio.ensure_future(_push_all(session, windows))
-        await asyncio.sleep(0.2)
+        clock.advance(30.0)  # every window is already behind real time
+        await session.push_window(windows[0])
+        await asyncio.to_thread(entered.wait, 5)  # the model is busy with window 0
+        await _push_all(session, windows[1:])  # never waits: the source is live and the model behind
         gate.set()
-        await pushes
         await session.drain()
         stats = session.stats()
         assert stats["windows_ingested"] == len(windows)  # no window (so no audio) was lost
-        assert stats["video_dropped"] > 0 and stats["video_dropped"] % 4 == 0
+        # windows 1-9 were pending: all but the newest window_queue=3 lost their video, oldest first
+        assert stats["video_dropped"] == 6 * 4 and stats["windows_video_stripped"] == 6
+        assert stats["audio_dropped_samples"] == 0 and stats["windows_dropped"] == 0
         assert all(w.audio.size == 32000 for w in seen)
-        stripped = [w.t0_s for w in seen if w.num_frames == 0]
-        assert stripped and stripped == sorted(stripped)
+        assert [w.t0_s for w in seen if w.num_frames == 0] == [2.0 * k for k in range(1, 7)]
         assert sum(w.video_dropped for w in seen) == stats["video_dropped"]
 
 
