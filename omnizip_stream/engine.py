@@ -244,7 +244,8 @@ class StreamEngine:
             text=generation.text.strip(), tokens=generation.token_ids, ttft_ms=(t_prefill - t0) * 1e3,
             total_ms=(t_end - t0) * 1e3, window_range=spans.pop("window_range"),
             time_range_s=spans.pop("time_range_s"), prompt_tokens=job.prompt_tokens,
-            extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
+            extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted,
+                   **self.visible_av_tokens()},
             spans=spans,
         )
 
@@ -281,6 +282,14 @@ class StreamEngine:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def visible_av_tokens(self) -> dict[str, int]:
+        """``audio_tokens`` / ``video_tokens``: the A/V tokens in the cache's windows (what an answer attends to)."""
+        windows = self.cache.windows()
+        if not windows:
+            return {"audio_tokens": 0, "video_tokens": 0}
+        counts = torch.bincount(torch.cat([s.modality.reshape(-1) for s in windows]).long(), minlength=3).tolist()
+        return {"audio_tokens": int(counts[Modality.AUDIO]), "video_tokens": int(counts[Modality.VIDEO])}
 
     def cached_spans(self) -> dict[str, Any]:
         """What an answer can see now: window index and time ranges of the cache, sink and recent apart.

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(e.g. 127.0.0.1:8000 or :8000; the server file's http: mapping turns it on too); "
                              "an address other than loopback needs an API key (env OMNIZIP_API_KEY or "
                              "http.api_key_file)")
+    parser.add_argument("--no-mqtt", action="store_true",
+                        help="serve HTTP only: no MQTT (no broker is started or needed); needs --http or http:")
     parser.add_argument("--status-interval", type=positive_float, default=10.0,
                         help="seconds between status lines (a stream's line is printed when it changed)")
 
@@ -51,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if not config.streams:
         raise UserError(f"{args.config}: streams: is empty; list at least one stream")
-    mqtt = mqtt_options(args, config.streams[0].id)
+    if args.no_mqtt and http is None:
+        raise UserError("--no-mqtt leaves nothing to serve: add --http HOST:PORT (or http: in the server file)")
+    if args.no_mqtt and args.broker is not None:
+        raise UserError("--no-mqtt and --broker contradict each other; pass one of them")
+    mqtt = None if args.no_mqtt else mqtt_options(args, config.streams[0].id)
     notice = tiny_notice(config.defaults.model)
     if notice:
         print(notice, file=sys.stderr)

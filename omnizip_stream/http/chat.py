@@ -8,7 +8,7 @@ answers with server-sent ``chat.completion.chunk`` events token by token, ending
 ``data: [DONE]``; with ``stream_options.include_usage`` a last chunk carries the usage.
 
 ``usage``: ``prompt_tokens`` (the question's tokens), ``completion_tokens``, ``total_tokens``, and
-``kv_tokens`` (the cached audio/video tokens, and the sink prompt, the answer attended to),
+``audio_tokens`` / ``video_tokens`` (the compressed A/V tokens in the cache the answer attended to),
 ``windows_cached``. The extra ``omnizip`` object names what the answer saw: ``time_range_s``,
 ``window_range``, ``ttft_ms``.
 """
@@ -74,7 +74,7 @@ async def chat_completions(request: Request) -> Any:
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": _finish_reason(answer, max_tokens, session)}],
-                "usage": _usage(answer, session), "omnizip": _seen(answer, stream_id)}
+                "usage": _usage(answer), "omnizip": _seen(answer, stream_id)}
 
     async def events() -> AsyncIterator[str]:
         chunk = {**meta, "object": "chat.completion.chunk"}
@@ -93,7 +93,7 @@ async def chat_completions(request: Request) -> Any:
                                              "finish_reason": _finish_reason(answer, max_tokens, session)}],
                        "omnizip": _seen(answer, stream_id)})
             if include_usage:
-                yield sse({**chunk, "choices": [], "usage": _usage(answer, session)})
+                yield sse({**chunk, "choices": [], "usage": _usage(answer)})
         except QueryError as exc:  # after the response started: an error event, then the end
             yield sse({"error": {"code": exc.code, "message": exc.message}})
         except asyncio.CancelledError:  # the client went away: the model finishes, the result is dropped
@@ -162,11 +162,14 @@ def _finish_reason(answer: Answer, max_tokens: int | None, session: StreamSessio
     return "length" if answer.tokens_generated >= cap else "stop"
 
 
-def _usage(answer: Answer, session: StreamSession) -> dict[str, Any]:
+def _usage(answer: Answer) -> dict[str, Any]:
     prompt = int(answer.extra.get("prompt_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": answer.tokens_generated,
-            "total_tokens": prompt + answer.tokens_generated, "kv_tokens": session.stats().get("kv_tokens"),
-            "windows_cached": answer.windows_cached}
+    usage = {"prompt_tokens": prompt, "completion_tokens": answer.tokens_generated,
+             "total_tokens": prompt + answer.tokens_generated}
+    for key in ("audio_tokens", "video_tokens"):  # the A/V tokens in the cache the answer attended to
+        if key in answer.extra:
+            usage[key] = int(answer.extra[key])
+    return {**usage, "windows_cached": answer.windows_cached}
 
 
 def _seen(answer: Answer, stream_id: str) -> dict[str, Any]:

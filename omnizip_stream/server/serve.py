@@ -44,7 +44,7 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
     Args:
         config: the server file.
         mqtt: :class:`~omnizip_stream.app.MqttOptions` (its ``stream_id`` is replaced per stream;
-            ``broker`` None starts one embedded broker for all of them).
+            ``broker`` None starts one embedded broker for all of them); None: no MQTT (HTTP only).
         console: where state changes and status lines go.
         status_interval_s: seconds between status lines (a stream's line is printed when it changed).
         http: :class:`~omnizip_stream.http.settings.HttpSettings` to serve the HTTP API too (None: off).
@@ -87,14 +87,15 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
             if http is not None:
                 service = await stack.enter_async_context(serve_http(server, http, sock=http_socket))
                 console.note(f"HTTP API on {service.url}")
-            embedded = None
-            if mqtt.broker is None:
-                from omnizip_stream.query.broker import EmbeddedBroker
+            if mqtt is not None:  # None: HTTP only (--no-mqtt)
+                embedded = None
+                if mqtt.broker is None:
+                    from omnizip_stream.query.broker import EmbeddedBroker
 
-                embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
-            make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
-            await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded, streams=server,
-                              admin_token=config.server.admin_token, make_spec=make_spec)
+                    embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
+                make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
+                await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded,
+                                  streams=server, admin_token=config.server.admin_token, make_spec=make_spec)
             console.note(f"serving {len(server.ids())} stream(s) with one model ({config.defaults.model}); "
                          "SIGTERM or Ctrl-C stops")
             terminate.serving = True

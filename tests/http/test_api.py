@@ -53,12 +53,25 @@ def test_chat_completion_answers_about_the_named_stream_with_usage(api):
     assert 0 < usage["completion_tokens"] <= 4
     assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     door = api.call(lambda server: _stats(server, "door"))
-    assert usage["kv_tokens"] == door["kv_tokens"] > 0 and usage["windows_cached"] >= 2
+    assert usage["windows_cached"] == door["windows_ingested"] >= 2  # nothing evicted in 4 s
+    assert usage["audio_tokens"] > 0 and usage["video_tokens"] > 0
+    visible = api.call(lambda server: _visible(server, "door"))
+    assert (usage["audio_tokens"], usage["video_tokens"]) == visible
+    # the A/V tokens the answer saw are the cache's, not the question's
+    assert usage["audio_tokens"] + usage["video_tokens"] < door["kv_tokens"]
     assert out["omnizip"]["stream_id"] == "door" and out["omnizip"]["time_range_s"][1] >= 4.0
 
 
 async def _stats(server, stream_id):
     return server.session(stream_id).stats()
+
+
+async def _visible(server, stream_id):
+    """Audio/video tokens in the stream's cache windows, counted here from the cache's segments."""
+    cache = server.session(stream_id).engine.cache
+    audio = sum(int((s.modality == 1).sum()) for s in cache.windows())
+    video = sum(int((s.modality == 2).sum()) for s in cache.windows())
+    return audio, video
 
 
 def test_the_official_openai_client_streams_token_by_token(api):

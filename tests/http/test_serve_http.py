@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,9 +14,6 @@ import httpx
 import pytest
 
 pytestmark = pytest.mark.timeout(240)
-BROKER = pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto")
-                            and importlib.util.find_spec("amqtt") is None,
-                            reason="neither mosquitto (Debian package) nor amqtt (pip) is installed")
 SERVER_FILE = """\
     model: tiny
     max_new_tokens: 4
@@ -61,16 +56,23 @@ def test_a_taken_port_is_one_line_before_the_model_loads(server_file):
     assert "Traceback" not in done.stderr and "added" not in done.stdout  # no stream started
 
 
-@BROKER
-@pytest.mark.broker
+def test_no_mqtt_needs_http_and_contradicts_broker(server_file):
+    done = omnizip("serve", "--config", str(server_file), "--no-mqtt")
+    assert done.returncode == 2 and "--http" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = omnizip("serve", "--config", str(server_file), "--no-mqtt", "--http", ":0", "--broker", "mqtt://x:1883")
+    assert done.returncode == 2 and "contradict" in done.stderr
+
+
 def test_serve_http_logs_its_url_answers_the_openai_client_and_stops_on_sigterm(server_file, tmp_path):
+    """HTTP only (--no-mqtt: no broker needed, as on a fresh machine), on 0.0.0.0 with a key."""
     openai = pytest.importorskip("openai")
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "omnizip_stream.cli", "serve", "--config", str(server_file),
-                             "--http", "0.0.0.0:0"], stdout=log, stderr=subprocess.STDOUT, text=True,
+                             "--http", "0.0.0.0:0", "--no-mqtt"], stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMNIZIP_API_KEY": "test-key"})
     try:
         content = _wait_for(log, "HTTP API on http://")
+        assert "MQTT" not in content and "broker" not in content
         url_line = [line for line in content.splitlines() if "HTTP API on" in line]
         assert len(url_line) == 1
         port = int(url_line[0].rsplit(":", 1)[1].strip("/ "))
