@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from omnizip_stream.bench.env import environment, load_average, percentiles, rss_mb, trim_memory
@@ -270,6 +270,7 @@ def streams_targets(rows: list[dict[str, Any]], batched: bool) -> dict[str, dict
 def run_streams_benchmark(adapter: Any, model: str, settings: StreamsSettings,
                           progress: Any = None) -> dict[str, Any]:
     """Run every stream count; the JSON-ready report (``results`` one row per count, ``targets``)."""
+    settings = replace(settings, stream=settings.stream.for_model(adapter.spec))  # window_s: the model's
     env = environment(adapter.device)
     t0 = time.perf_counter()
     rows, batched = asyncio.run(_run(adapter, settings, progress or (lambda _msg: None)))
