@@ -24,7 +24,6 @@ at their native size (``video_max_pixels`` = width x height unless the config se
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -80,16 +79,9 @@ class StreamsSettings:
         return float(self.stream.window_s)
 
 
-def batching_available() -> bool:
-    """Whether this build's :class:`ModelWorker` takes ``max_batch`` (batches across streams)."""
-    return "max_batch" in inspect.signature(ModelWorker.__init__).parameters
-
-
 def make_worker(adapter: Any, config: StreamConfig, max_batch: int) -> ModelWorker:
-    """A worker on the shared adapter; ``max_batch`` is passed only where the worker batches."""
-    if batching_available():
-        return ModelWorker(config, adapter=adapter, max_batch=max_batch)  # type: ignore[call-arg]
-    return ModelWorker(config, adapter=adapter)
+    """A worker on the shared adapter that batches up to ``max_batch`` streams per model call."""
+    return ModelWorker(config, adapter=adapter, max_batch=max_batch)
 
 
 async def render_windows(seed: int, settings: StreamsSettings, n_windows: int) -> list[Window]:
@@ -220,7 +212,7 @@ async def _run(adapter: Any, settings: StreamsSettings, progress: Any) -> tuple[
     sources = [await render_windows(seed, settings, n_windows) for seed in range(distinct)]
     realtime_sources = [s[:n_rt] for s in sources]
     await _warm_up(adapter, settings, sources[0])
-    batched = batching_available()
+    batched = settings.max_batch > 1
     rows = []
     for n in settings.counts:
         progress(f"{n} stream(s): real time, {n_rt * window_s:g} s")

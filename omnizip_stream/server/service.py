@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -117,7 +116,8 @@ class StreamServer:
         self._open_source = open_source or open_stream_source
         self._runs: dict[str, StreamRun] = {}
         self.on_change: list[ChangeCallback] = []
-        self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock, **_worker_options(config))
+        self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock,
+                                  kv_budget_mb=config.server.kv_budget_mb, max_batch=config.server.max_batch)
         self._closed = False
 
     @property
@@ -320,13 +320,6 @@ class StreamServer:
         finally:
             run.opened.set()
             run.done.set()
-
-
-def _worker_options(config: ServerConfig) -> dict[str, Any]:
-    """The server settings the worker takes (``kv_budget_mb``, ``max_batch``), where its signature has them."""
-    params = inspect.signature(ModelWorker).parameters
-    wanted = {"kv_budget_mb": config.server.kv_budget_mb, "max_batch": config.server.max_batch}
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _whole_windows(t_s: float, window_s: float) -> float:
