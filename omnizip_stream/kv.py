@@ -13,8 +13,10 @@ sink) until the window, plus the reserve a query needs, fits under every cap:
 
 Re-anchoring happens when the next window would be placed past that limit. Every retained
 non-sink token's *temporal* ids move back by the same ``delta`` so that the oldest retained window
-starts right after the sink (audio tokens carry time on all three rows; video tokens on the
-temporal row only; height/width ids of video do not depend on time). Two policies:
+starts right after the sink; which ids carry time is the adapter's rule (``adapter.shift_positions``),
+and so is every cut of the model's cache (``adapter.cache_drop`` / ``cache_truncate`` /
+``cache_rerotate`` / ``cache_bytes``): this module never indexes position rows or cache layers. Two
+policies:
 
 * ``reprefill`` (default, exact): drop the non-sink KV and prefill the retained windows' kept
   embeddings again at their new positions. The cache then equals a one-shot prefill of the sink and
@@ -34,7 +36,7 @@ from typing import Any
 
 import torch
 
-from omnizip.types import Modality
+from omnizip.adapters.batch_forward import ForwardItem, forward_many
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class Segment:
         window_index: index of the window in the stream (-1 for the prefix).
         t0_s: stream time the segment starts at; t1_s: where it ends.
         positions: ``[3, n]`` current position ids of the stored tokens.
-        modality: ``[n]`` int64 :class:`Modality` codes (decides which rows move on re-anchoring).
+        modality: ``[n]`` int64 :class:`~omnizip.types.Modality` codes (the adapter decides which ids move on re-anchoring).
         embeds: ``[n, D]`` kept embeddings (for ``reprefill``), or None.
         extras: family extras of those tokens (Qwen3 deepstack), or None.
         close_position: where the A/V closing tokens go if the stream ended after this segment.
@@ -93,7 +95,7 @@ class RollingKVCache:
     """Sink + recent windows under token / memory / position caps (see module docstring).
 
     Args:
-        adapter: the model adapter (``forward``, ``new_cache``, ``rotate_keys``, ``spec``).
+        adapter: the model adapter (``forward``, ``new_cache``, the ``cache_*`` ops, ``shift_positions``, ``spec``).
         max_tokens: cap on stored tokens, including ``reserve_tokens``.
         max_bytes: cap on KV bytes plus stored embeddings, including the reserve.
         reserve_tokens: tokens kept free for a query (question + answer).
@@ -121,11 +123,8 @@ class RollingKVCache:
         self.reanchor_policy = reanchor
         self.position_limit = float(reanchor_at * adapter.spec.max_positions)
         self.events = CacheEvents()
-        tc = adapter.text_config
-        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-        elem = torch.finfo(adapter.dtype).bits // 8
-        self.kv_bytes_per_token = 2 * tc.num_hidden_layers * tc.num_key_value_heads * head_dim * elem
-        self.store_bytes_per_token = tc.hidden_size * elem if reanchor == "reprefill" else 0
+        self.kv_bytes_per_token = int(adapter.kv_bytes_per_token())
+        self.store_bytes_per_token = int(adapter.embed_bytes_per_token()) if reanchor == "reprefill" else 0
         per_token = self.kv_bytes_per_token + self.store_bytes_per_token
         self.max_tokens = min(int(max_tokens), int(max_bytes // per_token))
         if self.max_tokens <= reserve_tokens:
@@ -142,7 +141,7 @@ class RollingKVCache:
 
     def kv_bytes(self) -> int:
         """Bytes held by the KV tensors."""
-        return sum(int(layer.keys.nbytes + layer.values.nbytes) for layer in self._layers())
+        return int(self.adapter.cache_bytes(self.cache))
 
     def store_bytes(self) -> int:
         """Bytes of kept embeddings stored for re-prefilling."""
@@ -168,21 +167,31 @@ class RollingKVCache:
         """Stored windows after the sink, oldest first: one contiguous run, as eviction is oldest-first."""
         return [s for s in self.segments if s.kind == "window"]
 
-    def _layers(self) -> list[Any]:
-        return [layer for layer in getattr(self.cache, "layers", []) if getattr(layer, "keys", None) is not None
-                and isinstance(layer.keys, torch.Tensor) and layer.keys.numel()]
-
     # ------------------------------------------------------------------ append / evict
     def append(self, segment: Segment, *, logits: bool = False) -> torch.Tensor | None:
-        """Prefill ``segment`` (its ``embeds`` at its ``positions``) and record it."""
+        """Prefill ``segment`` (its ``embeds`` at its ``positions``) and record it.
+
+        The one-segment case of :meth:`prepared_append` -> a forward -> :meth:`commit`.
+        """
+        out = forward_many(self.adapter, [self.prepared_append(segment, logits=logits)])[0]
+        self.commit(segment)
+        return out
+
+    def prepared_append(self, segment: Segment, *, logits: bool = False) -> ForwardItem:
+        """The forward that prefills ``segment`` into this cache (run it, alone or batched, then :meth:`commit`).
+
+        Evict and place first: the item appends at the cache's current end.
+        """
         if segment.embeds is None:
             raise ValueError("a segment needs its embeddings to be prefilled")
-        out = self.adapter.forward(segment.embeds, segment.positions, self.cache, extras=segment.extras, logits=logits)
+        return ForwardItem(segment.embeds, segment.positions, self.cache, extras=segment.extras, logits=logits)
+
+    def commit(self, segment: Segment) -> None:
+        """Record ``segment`` once its :meth:`prepared_append` forward has run."""
         if segment.kind == "prefix" or self.reanchor_policy != "reprefill":
             segment.embeds = None  # the prefix is never re-prefilled; rerotate never needs embeddings
             segment.extras = None
         self.segments.append(segment)
-        return out
 
     def fits(self, n_tokens: int, span: float) -> bool:
         """Whether ``n_tokens`` more tokens reaching ``span`` more positions fit now."""
@@ -199,8 +208,12 @@ class RollingKVCache:
         movable = [s for s in self.segments if s.movable]
         if not movable:
             return self._sink_end() + 1
-        first = min(float(s.positions[0].min()) for s in movable)
+        first = min(self._time_start(s) for s in movable)
         return self._sink_end() + 1 + (self.max_position() - first)
+
+    def _time_start(self, segment: Segment) -> float:
+        """The first temporal position id of a stored segment (the adapter knows which row is time)."""
+        return float(self.adapter.temporal_ids(segment.positions).min())
 
     def evict_for(self, n_tokens: int, span: float) -> list[int]:
         """Evict oldest non-sink windows until ``n_tokens`` tokens spanning ``span`` positions fit.
@@ -225,10 +238,7 @@ class RollingKVCache:
     def _drop(self, index: int) -> int:
         start = sum(s.length for s in self.segments[:index])
         seg = self.segments.pop(index)
-        end = start + seg.length
-        for layer in self._layers():
-            layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., end:, :]], dim=-2)
-            layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
+        self.adapter.cache_drop(self.cache, start, start + seg.length)
         self.events.windows_evicted += 1
         self.events.evicted_indices.append(seg.window_index)
         logger.debug("evicted window %d (%d tokens)", seg.window_index, seg.length)
@@ -250,7 +260,7 @@ class RollingKVCache:
             return shift
         movable = [s for s in self.segments if s.movable]
         target = self._sink_end() + 1
-        first = min((float(s.positions[0].min()) for s in movable), default=window_start - shift)
+        first = min((self._time_start(s) for s in movable), default=window_start - shift)
         delta = first - target
         if delta > 0:
             self._reanchor(delta)
@@ -269,10 +279,7 @@ class RollingKVCache:
         movable = [s for s in self.segments if s.movable]
         deltas = []
         for seg in movable:
-            d = torch.zeros_like(seg.positions)
-            d[0] = delta
-            audio = seg.modality == int(Modality.AUDIO)
-            d[1:, audio] = delta
+            d = self.adapter.position_shift(seg.positions, seg.modality, delta)
             seg.positions = seg.positions - d
             seg.close_position -= delta
             deltas.append(d)
@@ -280,10 +287,7 @@ class RollingKVCache:
         if not movable:
             return
         if self.reanchor_policy == "rerotate":
-            all_delta = -torch.cat(deltas, dim=1)
-            for layer in self._layers():
-                moved = self.adapter.rotate_keys(layer.keys[..., sink_len:, :], all_delta)
-                layer.keys = torch.cat([layer.keys[..., :sink_len, :], moved], dim=-2)
+            self.adapter.cache_rerotate(self.cache, sink_len, -torch.cat(deltas, dim=1))
             return
         self._truncate(sink_len)
         for seg in movable:
@@ -299,7 +303,4 @@ class RollingKVCache:
         self._truncate(length)
 
     def _truncate(self, length: int) -> None:
-        for layer in self._layers():
-            if layer.keys.shape[-2] > length:
-                layer.keys = layer.keys[..., :length, :].contiguous()
-                layer.values = layer.values[..., :length, :].contiguous()
+        self.adapter.cache_truncate(self.cache, length)

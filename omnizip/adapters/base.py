@@ -216,6 +216,52 @@ class OmniAdapter(Protocol):
         """Re-rotate cached keys ``[B, H_kv, S, Dh]`` by per-token position deltas ``[3, S]``."""
         ...
 
+    # What a rolling stream cache asks (see omnizip.adapters.stream_ops): time rules of positions, and
+    # the cache's layout, so that callers never index position rows or cache layers themselves.
+    def temporal_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[S]`` the time coordinate of each token of ``positions [3, S]``."""
+        ...
+
+    def position_shift(self, positions: torch.Tensor, modality: torch.Tensor, delta: float | torch.Tensor) -> torch.Tensor:
+        """``[3, S]`` what moving tokens (``modality [S]``) back in time by ``delta`` subtracts from ``positions``."""
+        ...
+
+    def shift_positions(self, positions: torch.Tensor, modality: torch.Tensor, delta: float | torch.Tensor) -> torch.Tensor:
+        """``[3, S]`` ``positions`` moved back in time by ``delta``."""
+        ...
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token takes in the KV cache."""
+        ...
+
+    def embed_bytes_per_token(self) -> int:
+        """Bytes of one stored input embedding."""
+        ...
+
+    def cache_length(self, cache: Any) -> int:
+        """Tokens stored in ``cache``."""
+        ...
+
+    def cache_bytes(self, cache: Any) -> int:
+        """Bytes held by the key and value tensors of ``cache``."""
+        ...
+
+    def cache_tensors(self, cache: Any) -> list[torch.Tensor]:
+        """The key and value tensors of ``cache``."""
+        ...
+
+    def cache_drop(self, cache: Any, start: int, end: int) -> None:
+        """Remove tokens ``[start, end)`` from ``cache``."""
+        ...
+
+    def cache_truncate(self, cache: Any, length: int) -> None:
+        """Keep the first ``length`` tokens of ``cache``."""
+        ...
+
+    def cache_rerotate(self, cache: Any, start: int, delta: torch.Tensor) -> None:
+        """Re-rotate the keys from token ``start`` on by per-token deltas ``[3, S - start]``."""
+        ...
+
     def eos_token_ids(self) -> set[int]:
         """Token ids that end an answer."""
         ...

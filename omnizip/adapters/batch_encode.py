@@ -37,6 +37,6 @@ def encode_av_many(adapter: Any, requests: Sequence[EncodeRequest], *, batched: 
         return list(batch(requests))
     return [
         adapter.encode_av(r.audio, r.frames, r.cursor, saliency=r.saliency, interleave=r.interleave,
-                          stream=r.stream, video_fps=r.video_fps)
+                          stream=r.stream, video_fps=r.video_fps, **({"vision_plan": r.vision_plan} if r.vision_plan else {}))
         for r in requests
     ]

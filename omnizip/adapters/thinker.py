@@ -3,8 +3,8 @@
 The family modules supply the model-specific pieces (special tokens and how their positions are
 shared, audio/video encoding with saliency capture, the order of A/V tokens, extra LM inputs such as
 Qwen3's deepstack features); this base class turns them into the :class:`~omnizip.adapters.base.OmniAdapter`
-surface: prompts, ``encode_av``, a text-model ``forward`` that projects only the last position, an
-empty cache, and exact re-rotation of cached keys.
+surface: prompts, ``encode_av`` and a text-model ``forward`` that projects only the last position; the
+position-time rules and the KV-cache surgery of a stream come from :class:`~omnizip.adapters.stream_ops.StreamOps`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from omnizip.adapters.base import EncodedAV, ModelSpec, PromptParts
 from omnizip.adapters.encoding import AVEncoding
+from omnizip.adapters.stream_ops import StreamOps
 from omnizip.preprocess import AudioPreprocessConfig, VisionPreprocessConfig
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ _AV_MARKER = "\x00OMNIZIP_AV\x00"
 _QUESTION_MARKER = "\x00OMNIZIP_QUESTION\x00"
 
 
-class ThinkerAdapter(AVEncoding):
+class ThinkerAdapter(AVEncoding, StreamOps):
     """Shared implementation of the adapter surface for omni thinkers (see ``base.OmniAdapter``).
 
     Subclasses set ``spec``, ``audio_cfg`` and ``vision_cfg``, implement ``_av_tokens``, and may
@@ -186,12 +187,6 @@ class ThinkerAdapter(AVEncoding):
         emb = self.thinker.get_input_embeddings()(t)
         return emb.to(self.dtype)
 
-    def new_cache(self) -> Any:
-        """An empty ``DynamicCache`` for the text model."""
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.text_config)
-
     def av_extras(
         self, encoded: EncodedAV, kept_index: torch.Tensor, *, offset: int, total: int
     ) -> dict[str, Any] | None:
@@ -247,29 +242,6 @@ class ThinkerAdapter(AVEncoding):
         )
         picked = out.last_hidden_state[0, torch.as_tensor(rows, dtype=torch.long, device=self.device)]
         return self.thinker.lm_head(picked).float()
-
-    @torch.no_grad()
-    def rotate_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Re-rotate cached keys by position deltas: exact because RoPE is a rotation.
-
-        Args:
-            keys: ``[B, H_kv, S, Dh]`` cached keys (already rotated to their old positions).
-            delta: ``[3, S]`` new minus old position ids per token (t, h, w rows).
-
-        Returns:
-            ``[B, H_kv, S, Dh]`` keys rotated to the new positions (same dtype).
-        """
-        rotary = self.thinker.model.language_model.rotary_emb
-        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
-            raise ValueError("key re-rotation needs a RoPE without attention scaling")
-        pos = delta.to(keys.device).reshape(3, 1, -1)
-        cos, sin = rotary(keys.float(), pos)  # [1, S, Dh] each
-        cos = cos.float().unsqueeze(1)
-        sin = sin.float().unsqueeze(1)
-        k = keys.float()
-        half = k.shape[-1] // 2
-        rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-        return (k * cos + rotated_half * sin).to(keys.dtype)
 
 
 def _cache_kwarg(lm: Any) -> str:

@@ -49,21 +49,17 @@ def stream_clip_case(adapter: Any, windows: list[Any], mode: Mode, *, warmup_win
     p50s and the sums. ``axes``: the ``vision_budget_axes`` of a ``-lbyl`` mode (``temporal``,
     ``spatial``, ``both``); the row is then named ``<mode>[<axes>]`` unless ``axes`` is ``both``.
     """
-    import dataclasses
-
-    from omnizip import make_compressor
     from omnizip_stream.config import StreamConfig
     from omnizip_stream.engine import StreamEngine
 
     n_tokens = 400 * (len(windows) + 2)  # no eviction inside one clip
-    config = StreamConfig(method=mode.method, rho_audio=mode.rho_audio, rho_video=mode.rho_video,
-                          window_s=WINDOW_S, cache_max_tokens=n_tokens, cache_max_mb=64 * 1024.0)
+    lbyl = mode.name.endswith(LBYL_SUFFIX)
+    changes = {"vision_budget_axes": axes} if lbyl and axes is not None else {}
+    config = StreamConfig().replace(method=mode.method, rho_audio=mode.rho_audio, rho_video=mode.rho_video,
+                                    window_s=WINDOW_S, cache_max_tokens=n_tokens, cache_max_mb=64 * 1024.0,
+                                    **changes)
     engine = StreamEngine(adapter, config)
-    name = mode.name
-    if axes is not None and mode.name.endswith(LBYL_SUFFIX):
-        compression = dataclasses.replace(config.omnizip_config(), vision_budget_axes=axes)  # type: ignore[arg-type]
-        engine.compressor = make_compressor(mode.method, compression)
-        name = mode.name if axes == "both" else f"{mode.name}[{axes}]"
+    name = mode.name if not changes or axes == "both" else f"{mode.name}[{axes}]"
     per_window = []
     for window in windows:
         report = engine.ingest(window)
@@ -73,7 +69,8 @@ def stream_clip_case(adapter: Any, windows: list[Any], mode: Mode, *, warmup_win
     video_total = sum(w["video_tokens"] for w in per_window)
     return {
         "method": name, "compressor": mode.method, "rho_audio": mode.rho_audio, "rho_video": mode.rho_video,
-        "vision_budget_axes": (axes or "both") if mode.name.endswith(LBYL_SUFFIX) else None, "path": "stream-windows", "window_s": WINDOW_S, "windows": len(per_window), "windows_timed": len(timed),
+        "vision_budget_axes": (axes or "both") if lbyl else None, "path": "stream-windows", "window_s": WINDOW_S,
+        "windows": len(per_window), "windows_timed": len(timed),
         **{f"{k}_p50": percentiles([w[k] for w in timed])["p50"] for k in STAGES},
         **{f"{k}_clip": sum(w[k] for w in timed) for k in STAGES},
         "video_kept_ratio": sum(w["video_kept"] for w in per_window) / video_total if video_total else None,

@@ -95,14 +95,6 @@ def synthetic_clip(seconds: float, fps: float = 2.0) -> tuple[np.ndarray, np.nda
     return audio, frames
 
 
-def _kv_bytes_per_token(adapter: Any) -> int:
-    import torch
-
-    tc = adapter.text_config
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-    return 2 * tc.num_hidden_layers * tc.num_key_value_heads * head_dim * (torch.finfo(adapter.dtype).bits // 8)
-
-
 def run_case(proxy: EncodeOnce, audio: np.ndarray, frames: np.ndarray, mode: Mode, *, warmup: int,
              repeats: int) -> dict[str, Any]:
     """Time one method on one clip: ``warmup`` discarded calls, then ``repeats`` timed ones."""
@@ -133,7 +125,7 @@ def run_case(proxy: EncodeOnce, audio: np.ndarray, frames: np.ndarray, mode: Mod
         "video_tokens_total": answer.video_tokens_total, "video_tokens_kept": answer.video_tokens_kept,
         "encode_ms": proxy.encode_ms, "compress_ms": median(compress), "prefill_ms": median(runs),
         "prefill_ms_runs": runs, "peak_mem_growth_mb": max(peaks), "peak_mem_growth_mb_runs": peaks,
-        "kv_cache_mb": answer.tokens_kept * _kv_bytes_per_token(proxy) / 2**20,
+        "kv_cache_mb": answer.tokens_kept * proxy.kv_bytes_per_token() / 2**20,
     }
 
 

@@ -6,6 +6,10 @@ another in one run: ``full``, ``omnizip-45/35``, ``random``/``uniform``/``dycoke
 ``results.json``, ``results.md`` and PNG plots into ``--out DIR``. ``scripts/bench_stream.py`` runs
 the same code.
 
+``--streams 1,2,4,8,16,32`` runs the capacity benchmark instead (:mod:`omnizip_stream.bench.streams`):
+how many live streams one model serves in real time, window latency and question TTFT under load,
+memory per stream, batched against one-at-a-time throughput; JSON, a table on stdout and a PNG.
+
 ``--quick`` (under two minutes with the tiny model on a 2-core CPU): stream lengths 30 s and 90 s
 instead of 1, 5, 10 and 30 min; cache cap 4096 tokens so that it is reached within the run; three
 timed queries per checkpoint (5 otherwise); all modes.
@@ -14,6 +18,7 @@ timed queries per checkpoint (5 otherwise); all modes.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import shlex
 import sys
@@ -64,6 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, default=640, help="scale frames at decode to this longer side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random models and baselines")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    group = parser.add_argument_group("live streams on one model (--streams: the capacity benchmark instead)")
+    group.add_argument("--streams", default=None, metavar="LIST",
+                       help="stream counts, e.g. 1,2,4,8,16,32: streams in real time, window latency, TTFT under "
+                            "load, memory per stream, batched vs one-at-a-time throughput")
+    group.add_argument("--duration-s", type=float, default=20.0, help="real-time seconds per stream count (default 20)")
+    group.add_argument("--question-every-s", type=float, default=6.0,
+                       help="seconds between two questions of one stream (default 6)")
+    group.add_argument("--throughput-windows", type=int, default=4,
+                       help="windows per stream in the throughput phase (default 4; at least 16 in all)")
+    group.add_argument("--max-batch", type=int, default=8, help="batch size of the batched run (default 8)")
+    group.add_argument("--json", type=Path, default=None, metavar="PATH",
+                       help="where the JSON goes (default OUT/streams.json; the plot is OUT/streams.png)")
 
 
 def _lengths(args: argparse.Namespace) -> tuple[float, ...]:
@@ -140,8 +157,77 @@ def notes_for(settings, quick: bool) -> list[str]:  # type: ignore[no-untyped-de
     return notes
 
 
+def resolve_streams(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Validate the ``--streams`` flags; return :class:`~omnizip_stream.bench.streams.StreamsSettings`.
+
+    Frames go in at their native size (``video_max_pixels`` = the synthetic frame's pixels) unless the
+    config sets a pixel budget.
+    """
+    from omnizip_stream.bench.streams import StreamsSettings
+
+    width, height = StreamsSettings.frame_size
+
+    try:
+        counts = sorted({int(x) for x in args.streams.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--streams must be whole numbers separated by commas, got {args.streams!r}") from None
+    if not counts or counts[0] < 1:
+        raise UserError("--streams needs stream counts >= 1, e.g. 1,2,4,8,16,32")
+    for name in ("duration_s", "question_every_s"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("throughput_windows", "max_batch", "max_new_tokens", "threads"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        base = resolve_config(args)
+        stream = base.replace(seed=args.seed, torch_threads=args.threads,
+                              video_max_pixels=base.video_max_pixels or width * height,
+                              **({"cache_max_tokens": args.cache_max_tokens} if args.cache_max_tokens else {}),
+                              **({"cache_max_mb": args.cache_max_mb} if args.cache_max_mb else {}))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return StreamsSettings(counts=tuple(counts), stream=stream, duration_s=args.duration_s,
+                           question_every_s=args.question_every_s, max_new_tokens=args.max_new_tokens,
+                           throughput_windows=args.throughput_windows, max_batch=args.max_batch)
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    """``omnizip bench --streams``: the capacity benchmark; table on stdout, JSON and PNG written."""
+    from omnizip.adapters.base import ModelLoadError
+    from omnizip_stream.bench.env import set_threads
+    from omnizip_stream.bench.models import load_bench_adapter
+    from omnizip_stream.bench.streams import run_streams_benchmark
+    from omnizip_stream.bench.streams_report import streams_table, write_streams_outputs
+    from omnizip_stream.kv import CacheFullError
+
+    settings = resolve_streams(args)
+    set_threads(args.threads)
+    # One warning per shed window and stream would bury the table; every drop is counted in the JSON.
+    logging.getLogger("omnizip_stream.server.scheduler").setLevel(logging.ERROR)
+    cfg = settings.stream
+    try:
+        adapter = load_bench_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn, seed=args.seed,
+                                     video_max_pixels=cfg.video_max_pixels)
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        report = run_streams_benchmark(adapter, cfg.model, settings,
+                                       progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    except CacheFullError as exc:
+        raise UserError(f"{exc}; raise --cache-max-tokens") from None
+    report["command"] = " ".join(shlex.quote(a) for a in sys.argv)
+    json_path = args.json or args.out / "streams.json"
+    paths = write_streams_outputs(report, json_path, None if args.no_plots else args.out / "streams.png")
+    print(streams_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 0, or raise UserError (exit 2) for bad input."""
+    if args.streams is not None:
+        return run_streams(args)
     from omnizip.adapters.base import ModelLoadError
     from omnizip_stream.bench.env import set_threads
     from omnizip_stream.bench.models import load_bench_adapter
@@ -173,8 +259,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Standalone entry point (``scripts/bench_stream.py``): same flags, exit 2 on bad input."""
-    import logging
-
     from omnizip_stream.cli._common import HelpFormatter, Parser
 
     parser = Parser(prog=prog, description=HELP, formatter_class=HelpFormatter, epilog=f"example:\n  {EXAMPLE}")

@@ -38,15 +38,16 @@ class ServeResult:
 
 
 async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | None = None,
-                        status_interval_s: float = 10.0) -> ServeResult:
+                        status_interval_s: float = 10.0, http: Any = None) -> ServeResult:
     """Serve every stream of ``config`` on MQTT until SIGTERM (returns) or cancellation (Ctrl-C).
 
     Args:
         config: the server file.
         mqtt: :class:`~omnizip_stream.app.MqttOptions` (its ``stream_id`` is replaced per stream;
-            ``broker`` None starts one embedded broker for all of them).
+            ``broker`` None starts one embedded broker for all of them); None: no MQTT (HTTP only).
         console: where state changes and status lines go.
         status_interval_s: seconds between status lines (a stream's line is printed when it changed).
+        http: :class:`~omnizip_stream.http.settings.HttpSettings` to serve the HTTP API too (None: off).
 
     Raises:
         ModelLoadError, StreamRefusedError (a configured stream does not fit the model), and the
@@ -75,17 +76,26 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
 
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if http is not None:  # bound before the model loads: a taken port fails at once
+                from omnizip_stream.http.runner import bind_socket, serve_http
+
+                http_socket = bind_socket(http)
+                stack.callback(http_socket.close)
             server = StreamServer(config)
             server.on_change.append(on_change)
             await stack.enter_async_context(server)
-            embedded = None
-            if mqtt.broker is None:
-                from omnizip_stream.query.broker import EmbeddedBroker
+            if http is not None:
+                service = await stack.enter_async_context(serve_http(server, http, sock=http_socket))
+                console.note(f"HTTP API on {service.url}")
+            if mqtt is not None:  # None: HTTP only (--no-mqtt)
+                embedded = None
+                if mqtt.broker is None:
+                    from omnizip_stream.query.broker import EmbeddedBroker
 
-                embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
-            make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
-            await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded, streams=server,
-                              admin_token=config.server.admin_token, make_spec=make_spec)
+                    embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
+                make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
+                await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded,
+                                  streams=server, admin_token=config.server.admin_token, make_spec=make_spec)
             console.note(f"serving {len(server.ids())} stream(s) with one model ({config.defaults.model}); "
                          "SIGTERM or Ctrl-C stops")
             terminate.serving = True

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -90,6 +89,7 @@ class StreamRun:
     opened: asyncio.Event = field(default_factory=asyncio.Event)  # the first open was tried
     done: asyncio.Event = field(default_factory=asyncio.Event)  # the source ended or was given up
     next_t_s: float = 0.0  # stream time where the next window starts
+    latest_frame: tuple[float, Any] | None = None  # (stream time s, [H, W, 3] uint8 RGB): the snapshot
 
     async def wait(self) -> None:
         """Wait until the source has ended (every window ingested); raises the failure that ended it."""
@@ -116,7 +116,8 @@ class StreamServer:
         self._open_source = open_source or open_stream_source
         self._runs: dict[str, StreamRun] = {}
         self.on_change: list[ChangeCallback] = []
-        self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock, **_worker_options(config))
+        self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock,
+                                  kv_budget_mb=config.server.kv_budget_mb, max_batch=config.server.max_batch)
         self._closed = False
 
     @property
@@ -265,7 +266,7 @@ class StreamServer:
     async def _feed(self, run: StreamRun) -> None:
         """Open the source, push its windows into the session; re-open after failures (see module docstring)."""
         spec, session, settings = run.spec, run.session, self.config.server
-        window_s = spec.config.window_s
+        window_s = session.config.window_s  # resolved on the model when the session started (for_model)
         fps = float(self.adapter.spec.fps)
         failures = 0  # in a row: the backoff restarts once a window arrives
         t0_clock: float | None = None  # clock reading at stream time 0 (the first successful open)
@@ -287,6 +288,8 @@ class StreamServer:
                         self._set_state(run, "running")
                         run.opened.set()
                         async for window in windows:
+                            if window.num_frames:
+                                run.latest_frame = (float(window.frame_pts_s[-1]) + offset_s, window.frames[-1])
                             await session.push_window(_shifted(window, offset_s))
                             run.next_t_s = window.t1_s + offset_s
                             failures = 0
@@ -317,13 +320,6 @@ class StreamServer:
         finally:
             run.opened.set()
             run.done.set()
-
-
-def _worker_options(config: ServerConfig) -> dict[str, Any]:
-    """The server settings the worker takes (``kv_budget_mb``, ``max_batch``), where its signature has them."""
-    params = inspect.signature(ModelWorker).parameters
-    wanted = {"kv_budget_mb": config.server.kv_budget_mb, "max_batch": config.server.max_batch}
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _whole_windows(t_s: float, window_s: float) -> float:

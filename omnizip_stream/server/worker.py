@@ -14,11 +14,17 @@ Usage::
         answer = await kitchen.ask("Anyone there?")
         await worker.remove_stream("door")                    # pending work is discarded (counted)
 
+Memory: every stream reserves its cache cap (``cache_max_mb``) against the worker's
+``kv_budget_mb`` (:mod:`~omnizip_stream.server.budget`); a stream that does not fit is refused with
+:class:`~omnizip_stream.server.budget.AdmissionError`, and removing a stream frees its reservation
+and its cache tensors (measured).
+
 ``StreamSession.from_config(cfg)`` alone makes a private one-stream worker. What runs next is the
 :class:`~omnizip_stream.server.scheduler.Scheduler`'s choice (questions round-robin across
 streams, then windows by real-time deadline on the worker's one clock); stream start-ups (the sink prefill) run before both.
-Every job runs under its own ``try``: whatever one stream's windows or questions raise is counted
-on that stream and never stops the thread or touches another stream.
+Up to ``max_batch`` streams' questions, or windows, run together as one batch with one model call per
+stage (:mod:`omnizip_stream.batch`). Whatever one stream's part of a batch raises is counted on that
+stream and never stops the thread or touches another stream.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
+from omnizip_stream.server.batch import serve_batch
+from omnizip_stream.server.budget import KVBudget, measure_release
 from omnizip_stream.server.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -61,15 +69,24 @@ class ModelWorker:
         config: what to load (``model``, ``device``, ``dtype``, ``attn``, ``video_max_pixels``,
             ``seed``) and ``torch_threads``; streams bring their own configs.
         adapter: an already loaded adapter to serve instead of loading one.
+        max_batch: at most this many streams' windows (or questions) run together in one model call
+            per stage (1: one job at a time).
         clock: the one clock of its streams (window deadlines, "behind real time", lags); default
             :class:`~omnizip_stream.clock.MonotonicClock`, a :class:`~omnizip_stream.clock.ManualClock`
             in tests.
+        kv_budget_mb: memory budget in MiB that the streams' cache caps (``cache_max_mb``) share;
+            None: no budget (reservations are still reported).
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, max_batch: int = 8,
+                 clock: Clock | None = None, kv_budget_mb: float | None = None) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.config = config
         self._adapter = adapter
+        self.max_batch = max_batch
         self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.budget = KVBudget(kv_budget_mb)  # guarded by cond
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()
         self._streams: dict[str, StreamSession] = {}  # registered (and reserved while starting)
@@ -80,6 +97,7 @@ class ModelWorker:
         self._exited: asyncio.Future[None] | None = None
         self._stopping = False
         self.on_job: Callable[[str, str], None] | None = None  # model thread: (stream_id, kind) before each job
+        self.on_batch: Callable[[str, list[str]], None] | None = None  # model thread: (kind, ids) before each batch
 
     @property
     def adapter(self) -> Any:
@@ -158,6 +176,7 @@ class ModelWorker:
         """Register and start a stream; returns its started :class:`StreamSession`.
 
         Raises:
+            AdmissionError: its ``cache_max_mb`` does not fit what is free of ``kv_budget_mb``.
             ValueError: ``stream_id`` is already served, or ``config`` does not fit the model.
             CacheFullError: the config's cache caps leave no room for a question.
         """
@@ -167,9 +186,26 @@ class ModelWorker:
         await session.start()
         return session
 
-    async def remove_stream(self, stream_id: str) -> None:
-        """Close a stream: its pending windows are discarded (counted), its questions fail; others go on."""
-        await self.stream(stream_id).close()
+    async def remove_stream(self, stream_id: str) -> dict[str, Any]:
+        """Close a stream and free its memory: pending windows are discarded (counted), questions fail.
+
+        The stream's reservation goes back to the budget and its engine (cache, stored embeddings,
+        compressor state) is dropped; ``session.stats()`` keeps the last snapshot.
+
+        Returns:
+            What was freed, measured (:func:`~omnizip_stream.server.budget.measure_release`):
+            ``held_bytes``, ``still_held_bytes`` (0), ``rss_before_mb`` / ``rss_after_mb``, ``cuda_freed_bytes`` on a GPU.
+        """
+        session = self.stream(stream_id)
+        await session.close()  # waits until the model thread runs no job of the stream
+        freed = measure_release(session)
+        logger.info("stream %s removed: %.1f MiB of cache freed", stream_id, freed["held_bytes"] / 2**20)
+        return freed
+
+    def budget_report(self) -> dict[str, Any]:
+        """The memory budget: ``budget_mb``, ``reserved_mb``, ``free_mb``, each stream's reservation (MiB)."""
+        with self.cond:
+            return self.budget.describe()
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per stream: health counters and the last error (a failing stream is reported here)."""
@@ -177,10 +213,15 @@ class ModelWorker:
             sessions = list(self._streams.items())
         keys = ("windows_ingested", "windows_failed", "windows_queued", "queries_answered", "queries_failed",
                 "queries_queued", "video_dropped")
+        with self.cond:
+            reserved = dict(self.budget.reserved)
         out = {}
         for sid, session in sessions:
             stats = session.stats()
-            out[sid] = {k: stats.get(k) for k in keys} | {"last_error": session.last_error}
+            used = (stats.get("kv_bytes") or 0) + (stats.get("store_bytes") or 0)
+            out[sid] = {k: stats.get(k) for k in keys} | {
+                "cache_reserved_mb": reserved.get(sid), "cache_used_mb": used / 2**20, "last_error": session.last_error,
+            }
         return out
 
     async def attach(self, session: StreamSession) -> None:
@@ -192,10 +233,12 @@ class ModelWorker:
         with self.cond:
             if sid in self._streams:
                 raise ValueError(f"stream {sid!r} is already being served")
+            self.budget.reserve(sid, session.config.cache_max_mb)  # AdmissionError: nothing registered
             self._streams[sid] = session  # reserved; scheduled once its engine exists
 
         def start_engine() -> None:
             engine = StreamEngine(self.adapter, session.config)
+            session.config = engine.config  # resolved on the model (window_s filled)
             engine.start()
             session.engine = engine
             session.publish_stats()
@@ -224,6 +267,7 @@ class ModelWorker:
             if self._streams.get(session.stream_id) is session:
                 del self._streams[session.stream_id]
                 self.scheduler.remove(session.stream_id)
+                self.budget.release(session.stream_id)
             self.cond.notify_all()
         return pending
 
@@ -265,33 +309,38 @@ class ModelWorker:
             if isinstance(job, _Control):
                 self._run_control(job)
                 continue
-            session, kind, item = job
+            kind, members = job
             try:
+                if self.on_batch is not None:
+                    self.on_batch(kind, [session.stream_id for session, _ in members])
                 if self.on_job is not None:
-                    self.on_job(session.stream_id, kind)
-                if kind == "query":
-                    session.serve_query(item)
-                else:
-                    session.serve_window(item)
-            except Exception as exc:  # a stream's failure stays that stream's
-                session.job_failed(kind, exc)
+                    for session, _ in members:
+                        self.on_job(session.stream_id, kind)
+                serve_batch(kind, members)  # every stream's outcome is its own (failures included)
+            except Exception as exc:  # a hook's failure: reported on the batch's streams, the thread goes on
+                for session, _ in members:
+                    session.job_failed(kind, exc)
             with self.cond:
-                session.job_done()
+                for session, _ in members:
+                    session.job_done()
 
-    def _next_job(self) -> _Control | tuple[StreamSession, str, Any] | None:
-        """Wait for the next job (lock held); None when the worker stops."""
+    def _next_job(self) -> _Control | tuple[str, list[tuple[StreamSession, Any]]] | None:
+        """Wait for the next job, a control or a batch ``(kind, [(session, item)])`` (lock held); None: stop."""
         while True:
             if self._stopping:
                 return None
             if self._controls:
                 return self._controls.popleft()
-            picked = self.scheduler.pick(self._streams)
+            picked = self.scheduler.pick_batch(self._streams, self.max_batch)
             if picked is not None:
-                sid, kind = picked
-                session = self._streams[sid]
-                item = session.queries.popleft() if kind == "query" else session.windows.popleft()
-                session.job_started(item)
-                return session, kind, item
+                kind, ids = picked
+                members = []
+                for sid in ids:
+                    session = self._streams[sid]
+                    item = session.queries.popleft() if kind == "query" else session.windows.popleft()
+                    session.job_started(item)
+                    members.append((session, item))
+                return kind, members
             self.cond.wait()
 
     def _run_control(self, control: _Control) -> None:

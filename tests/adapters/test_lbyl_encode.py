@@ -110,8 +110,17 @@ def test_stream_engine_with_the_option_off_passes_no_hook(adapter25, monkeypatch
     wav, frames = synthetic_clip(4.0, seed=2)
     for method, hooked in (("omnizip", False), ("omnizip-lbyl", True)):
         calls.clear()
-        engine = StreamEngine(adapter25, StreamConfig(method=method, rho_audio=0.4, rho_video=0.7))
+        engine = StreamEngine(adapter25, StreamConfig().replace(method=method, rho_audio=0.4, rho_video=0.7))
         reports = [engine.ingest(w) for w in clip_windows(wav, frames)]
         assert [("vision_plan" in kw) for kw in calls] == [hooked] * len(reports)
         assert all(r.video_tokens == reports[0].video_tokens for r in reports)  # the full grid's count either way
         assert all(r.timings_ms["video_patches"] > 0 for r in reports)
+
+
+def test_the_config_key_vision_budget_audio_turns_it_on():
+    from omnizip_stream.config import StreamConfig, config_from_mapping
+
+    assert StreamConfig().compression.vision_budget == "off"
+    cfg = config_from_mapping({"method": "omnizip", "vision_budget": "audio"})
+    assert cfg.compression.vision_budget == "audio" and cfg.compression.mode == "streaming"
+    assert make_compressor(cfg.method, cfg.compression).vision_planner() is not None

@@ -205,3 +205,17 @@ async def test_a_stream_removed_while_it_is_starting_is_closed_and_its_add_refus
         assert server.ids() == [] and session.stopping and server.worker.streams() == []
         await server.add(spec("cam"))  # the id is free again
         await server.stream("cam").wait()
+
+
+async def test_the_server_files_memory_budget_and_batch_size_reach_the_worker(tiny25):
+    from omnizip_stream.server.budget import AdmissionError
+
+    settings = ServerSettings(kv_budget_mb=3.0, max_batch=3, retry_min_s=0.01, retry_max_s=0.04)
+    async with server_for(tiny25, spec("a", cache_max_mb=2.0), settings=settings) as server:
+        assert server.worker.max_batch == 3
+        with pytest.raises(AdmissionError, match=r"stream 'b' needs 2 MiB.*1 MiB of the 3 MiB budget are free"):
+            await server.add(spec("b", cache_max_mb=2.0))
+        assert server.ids() == ["a"]
+        await server.remove("a")
+        await server.add(spec("b", cache_max_mb=2.0))  # the room "a" held is free again
+        assert server.ids() == ["b"]
