@@ -28,6 +28,7 @@ from omnizip_stream.session import StreamSession
 NEW_VALUES = {
     "rho_audio": 0.45, "rho_video": 0.65, "g": 5, "anchor_ratio": 0.1, "rho_min": 0.3, "rho_max": 0.8, "knn_k": 7,
     "controller_horizon": 12, "controller_tolerance": 0.05, "stream_audio_scope": "window", "score_dtype": "bfloat16",
+    "vision_budget": "audio", "vision_budget_axes": "temporal", "vision_budget_headroom": 1.5,
 }
 EXPECTED = OmniZipConfig(mode="streaming", saliency="block", seed=9, **NEW_VALUES)
 
