@@ -58,7 +58,7 @@ def test_bad_media_is_a_one_line_error(capsys, media_dir, kind, message):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--method", "nope"], "unknown method 'nope'; valid methods: dycoke, identity, omnizip, random, uniform"),
+    (["--method", "nope"], "unknown method 'nope'; valid methods: dycoke, identity, omnizip, omnizip-lbyl, random, uniform"),
     (["--rho-video", "1.5"], "rho_video"),
     (["--model", "/no/such/checkpoint"], "cannot load model"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),

@@ -44,7 +44,7 @@ def no_model_load(monkeypatch):
 
 
 @pytest.mark.parametrize("override,needles", [
-    ("method=omnizipp", ["unknown method 'omnizipp'", "valid methods: dycoke, identity, omnizip, random, uniform"]),
+    ("method=omnizipp", ["unknown method 'omnizipp'", "valid methods: dycoke, identity, omnizip, omnizip-lbyl, random, uniform"]),
     ("window_s=inf", ["window_s", "finite"]),
     ("window_s=1e12", ["window_s must be in [1, 60]"]),
     ("cache_max_mb=nan", ["cache_max_mb", "finite"]),
