@@ -124,3 +124,25 @@ def test_the_config_key_vision_budget_audio_turns_it_on():
     cfg = config_from_mapping({"method": "omnizip", "vision_budget": "audio"})
     assert cfg.compression.vision_budget == "audio" and cfg.compression.mode == "streaming"
     assert make_compressor(cfg.method, cfg.compression).vision_planner() is not None
+
+
+def test_batched_encode_of_planned_windows_equals_one_at_a_time(adapter25):
+    """The server's packed ``encode_av_many``: each stream's plan is its own, the grids are what it encodes alone."""
+    from omnizip.adapters.batch_encode import EncodeRequest, encode_av_many
+
+    def requests():
+        out = []
+        for seed, axes in ((4, "temporal"), (5, "spatial")):
+            wav, frames = _window(seed=seed)
+            comp = make_compressor("omnizip-lbyl", OmniZipConfig(rho_audio=0.4, rho_video=0.7, mode="streaming",
+                                                                  vision_budget_axes=axes))
+            out.append(EncodeRequest(wav, frames, AVCursor(base=7), vision_plan=comp.vision_planner()))
+        return out
+
+    packed = encode_av_many(adapter25, requests(), batched=True)
+    alone = encode_av_many(adapter25, requests(), batched=False)
+    for a, b in zip(packed, alone, strict=True):
+        assert a.extras["vision_plan"] == b.extras["vision_plan"]
+        assert torch.equal(a.layout.positions, b.layout.positions) and torch.equal(a.token_ids, b.token_ids)
+        assert torch.allclose(a.layout.embeds, b.layout.embeds, atol=1e-4)
+    assert packed[0].extras["vision_plan"].grid_thw[0] == 1 and packed[1].extras["vision_plan"].grid_thw[0] == 2
