@@ -36,6 +36,7 @@ from omnizip_stream.server.scheduler import MAX_BACKLOG_S, PendingWindow, shed_v
 from omnizip_stream.server.worker import ModelWorker, set_exception, set_result
 from omnizip_stream.sources.base import StreamCounters
 from omnizip_stream.status import LiveStatus
+from omnizip_stream.watch.registry import StreamWatches
 from omnizip_stream.window import Window
 from omnizip_stream.windowing import on_grid
 
@@ -104,6 +105,7 @@ class StreamSession:
         self._clock_origin: float | None = None  # clock time at stream time 0 without a live clock (first push)
         self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
+        self.watches = StreamWatches(stream_id)  # standing questions (omnizip_stream.watch)
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> StreamSession:
@@ -226,6 +228,7 @@ class StreamSession:
                 self.reports.append(report)
                 self._last_lag_s = self.clock.now() - pending.pushed_at
                 self.live.window_landed(report.t1_s)
+                self.watches.window_done(report, backlog=len(self.windows), landed_at=time.time())
             except Exception as exc:  # a bad window must not stop the stream
                 self.counters["windows_failed"] += 1
                 self.last_error = f"window t={window.t0_s:.1f}s: {type(exc).__name__}: {exc}"
@@ -265,6 +268,25 @@ class StreamSession:
             return
         self.counters["queries_answered"] += 1
         self._post(set_result, query.future, result)
+
+    @property
+    def watch_due(self) -> bool:
+        """Whether standing questions wait to be evaluated after the last window (read by the scheduler)."""
+        return bool(self.watches.due)
+
+    def serve_watch(self) -> None:
+        """Evaluate the due standing questions (model thread); alerts go to the listeners on the loop."""
+        assert self.engine is not None
+        try:
+            alerts = self.watches.run(self.engine)
+        except Exception as exc:  # a failing evaluation must not stop the stream
+            self.watches.due = []
+            self.watches.counters["watch_failed"] += 1
+            self.last_error = f"watch: {type(exc).__name__}: {exc}"
+            logger.exception("stream %s: standing questions failed; the stream continues", self.stream_id)
+            return
+        for alert in alerts:
+            self._post(self.watches.deliver, alert)
 
     def publish_stats(self) -> None:
         """Snapshot the engine's stats for :meth:`stats` (model thread)."""
@@ -321,11 +343,11 @@ class StreamSession:
             await self._progress.wait()
 
     async def drain(self) -> None:
-        """Wait until every pushed window has been ingested (and no question is pending)."""
+        """Wait until every pushed window has been ingested (and no question or standing question is pending)."""
         self._check_running()
         while True:
             with self._cond:
-                if not self.windows and not self.queries and not self._busy:
+                if not self.windows and not self.queries and not self._busy and not self.watches.due:
                     return
                 self._idle.clear()
             await self._idle.wait()
@@ -426,6 +448,8 @@ class StreamSession:
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
         out.update(self.live.fields(oldest_t1))
+        if len(self.watches) or self.watches.counters["watch_evaluations"]:
+            out.update(self.watches.stats())
         return out
 
     def _check_running(self) -> None:

@@ -2,6 +2,9 @@
 
 Pure bookkeeping (no threads, no model), so the policy is tested on its own:
 
+0. Users' questions are never delayed by standing questions (:mod:`omnizip_stream.watch`): a
+   stream's due standing questions (``"watch"``) run after every waiting user question and before
+   any window, so before that stream's next window.
 1. **Questions first**, FIFO within a stream and round-robin across streams: the stream whose
    question was served last goes to the back of the line, so a stream with many waiting questions
    cannot make another stream's question wait for more than one of its own.
@@ -58,6 +61,7 @@ class StreamQueues(Protocol):
 
     queries: collections.deque[Any]
     windows: collections.deque[PendingWindow]
+    watch_due: bool  # standing questions wait to run after the stream's last window
 
 
 class Scheduler:
@@ -77,7 +81,7 @@ class Scheduler:
             self._order.remove(stream_id)
 
     def pick(self, streams: Mapping[str, StreamQueues]) -> tuple[str, str] | None:
-        """The next job: ``(stream_id, "query")``, ``(stream_id, "window")`` or None when all are idle.
+        """The next job: ``(stream_id, "query" | "watch" | "window")`` or None when all are idle.
 
         Picking a question moves its stream to the back of the question line; the caller pops the
         job from that stream's queue.
@@ -88,6 +92,10 @@ class Scheduler:
                 self._order.remove(stream_id)
                 self._order.append(stream_id)
                 return stream_id, "query"
+        for stream_id in self._order:  # standing questions: after users' questions, before the next window
+            queues = streams.get(stream_id)
+            if queues is not None and getattr(queues, "watch_due", False):
+                return stream_id, "watch"
         best: tuple[float, int, str] | None = None
         for stream_id in self._order:
             queues = streams.get(stream_id)

@@ -271,6 +271,8 @@ class ModelWorker:
                     self.on_job(session.stream_id, kind)
                 if kind == "query":
                     session.serve_query(item)
+                elif kind == "watch":
+                    session.serve_watch()
                 else:
                     session.serve_window(item)
             except Exception as exc:  # a stream's failure stays that stream's
@@ -289,7 +291,8 @@ class ModelWorker:
             if picked is not None:
                 sid, kind = picked
                 session = self._streams[sid]
-                item = session.queries.popleft() if kind == "query" else session.windows.popleft()
+                item = (session.queries.popleft() if kind == "query"
+                        else None if kind == "watch" else session.windows.popleft())
                 session.job_started(item)
                 return session, kind, item
             self.cond.wait()
