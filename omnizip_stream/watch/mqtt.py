@@ -136,10 +136,17 @@ class WatchDesk:
         self.desk.outbox.put(OutMessage(route.topic, encode(reply), route.correlation))
 
 
-def enable_watches(server: Any) -> WatchDesk:
-    """Serve standing questions on ``server`` (a :class:`~omnizip_stream.query.mqtt.MqttQueryServer`, before ``run``)."""
+def enable_watches(server: Any, *, registration: bool = True) -> WatchDesk:
+    """Publish every stream's alerts on ``server`` (a :class:`~omnizip_stream.query.mqtt.MqttQueryServer`, before ``run``).
+
+    Args:
+        server: the MQTT server (one stream or many).
+        registration: also subscribe ``<p>/<id>/watch`` (``<p>/+/watch``) for add/list/remove; a
+            broker ACL must then let the server read those topics (else the subscription is refused).
+    """
     desk = WatchDesk(server._desk, server.config.topic_prefix)
-    server._desk.watch = desk
+    if registration:
+        server._desk.watch = desk
     desk.attach_all()
     on_change(server.streams, desk.attach_all)
     return desk
