@@ -203,3 +203,41 @@ def test_a_too_long_question_for_the_stream_is_refused(tiny25, tmp_path):
             assert session.stats()["windows_ingested"] == 1
 
     asyncio.run(main())
+
+
+def test_a_users_question_waiting_after_a_window_runs_before_the_standing_questions(tiny25):
+    import threading
+
+    async def main():
+        async with StreamSession.from_config(stream_config(), adapter=adapter_for(tiny25)) as session:
+            session.watches.add(WatchSpec("Is a dog barking?", threshold=0.0))
+            trace = []
+            session.worker.on_job = lambda sid, kind: trace.append(kind)
+            gate, entered = threading.Event(), threading.Event()
+            original = session.engine.ingest
+
+            def gated(window):
+                entered.set()
+                gate.wait(10)
+                return original(window)
+
+            first, second = windows_for(4.0)
+            await session.push_window(first)
+            await session.drain()
+            session.engine.ingest = gated
+            await session.push_window(second)
+            await asyncio.to_thread(entered.wait, 10)
+            ask = asyncio.ensure_future(session.ask("What is there?"))
+            for _ in range(10000):
+                if session.queries:
+                    break
+                await asyncio.sleep(0)
+            gate.set()
+            await ask
+            await session.drain()
+            return trace, session.stats()
+
+    trace, stats = asyncio.run(main())
+    # window 1 was being ingested when the question came: the question runs before window 1's standing question
+    assert trace == ["window", "watch", "window", "query", "watch"]
+    assert stats["watch_evaluations"] == 2 and stats["windows_ingested"] == 2
