@@ -1,7 +1,10 @@
 """StreamEngine: per window encode -> compress -> prefill; answer questions from a cache checkpoint.
 
-Synchronous and single-threaded on purpose: :class:`~omnizip_stream.session.StreamSession` runs it on
-one dedicated model thread. The engine holds no compression math (that is the compressor's) and no
+Synchronous and single-threaded on purpose: a :class:`~omnizip_stream.server.worker.ModelWorker` runs
+it on its one model thread. Windows and questions go through phases (``begin_*`` -> shared model call
+-> ``compress_window`` -> shared prefill -> ``commit_window`` / ``finish_question``) so that several
+streams' engines run one model call per stage (:mod:`omnizip_stream.batch`); :meth:`StreamEngine.ingest`
+and :meth:`StreamEngine.answer` are the batches of one. The engine holds no compression math (that is the compressor's) and no
 position math beyond placing windows on the stream's timeline (that is the adapter's and the cache's).
 """
 
@@ -17,14 +20,25 @@ import numpy as np
 import torch
 
 from omnizip import make_compressor
-from omnizip.adapters.base import AVCursor
-from omnizip.adapters.generation import greedy_decode
+from omnizip.adapters.base import AVCursor, EncodedAV
+from omnizip.adapters.batch_encode import EncodeRequest
+from omnizip.adapters.batch_forward import ForwardItem, forward_many
+from omnizip.adapters.generation import Generation
 from omnizip.plan import gather_kept
 from omnizip.types import Modality, count_kept
+from omnizip_stream.batch import (  # noqa: F401 - StageClock is re-exported
+    Ask,
+    QuestionJob,
+    StageClock,
+    WindowJob,
+    answer_questions,
+    cuda_device,
+    ingest_windows,
+)
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.kv import RollingKVCache, Segment
 from omnizip_stream.query.base import QueryError
-from omnizip_stream.window import SAMPLE_RATE_HZ, Window
+from omnizip_stream.window import Window
 from omnizip_stream.windowing import check_on_grid
 
 logger = logging.getLogger(__name__)
@@ -60,66 +74,6 @@ class QueryResult:
     spans: dict[str, Any] = field(default_factory=dict)  # sink/recent ranges: the Answer's fields of the same names
 
 
-class StageClock:
-    """Stage boundaries of one window: CUDA events on a GPU, ``perf_counter`` on the CPU.
-
-    On CUDA each :meth:`mark` records an event on the current stream (no device-wide
-    ``synchronize``, so other streams' work is not serialised); :meth:`elapsed_ms` waits for the last
-    event only and returns the GPU-timeline time between consecutive marks.
-
-    Args:
-        device: the model's device (``None`` or CPU: wall-clock marks).
-    """
-
-    def __init__(self, device: torch.device | None) -> None:
-        self.cuda = device is not None and device.type == "cuda"
-        self._marks: list[Any] = []
-
-    def mark(self) -> None:
-        """Record a stage boundary."""
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._marks.append(event)
-        else:
-            self._marks.append(time.perf_counter())
-
-    def elapsed_ms(self) -> list[float]:
-        """Milliseconds between consecutive marks (one host wait on the last event on CUDA)."""
-        pairs = list(zip(self._marks[:-1], self._marks[1:], strict=True))
-        if self.cuda:
-            self._marks[-1].synchronize()
-            return [float(a.elapsed_time(b)) for a, b in pairs]
-        return [(b - a) * 1e3 for a, b in pairs]
-
-
-def normalise_frames(window: Window, fps: float, window_s: float) -> np.ndarray:
-    """Exactly ``window_s * fps`` frames at ``t0 + k / fps``: the nearest frame for each slot.
-
-    A window whose frames arrive with jitter, a dropped frame or a higher rate is mapped onto the
-    model's fixed frame grid, so the video's temporal positions stay aligned with the stream clock.
-
-    Returns:
-        ``[window_s * fps, H, W, 3]`` uint8, or an empty array when the window has no frames.
-    """
-    if window.num_frames == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
-    n = int(round(window_s * fps))
-    slots = window.t0_s + np.arange(n) / fps
-    nearest = np.abs(window.frame_pts_s[None, :] - slots[:, None]).argmin(axis=1)
-    return np.asarray(window.frames)[nearest]
-
-
-def normalise_audio(window: Window, window_s: float) -> np.ndarray:
-    """Exactly ``window_s * 16000`` samples (zero-padded or trimmed); empty when there is no audio."""
-    if window.audio.size == 0:
-        return window.audio
-    n = int(round(window_s * SAMPLE_RATE_HZ))
-    if window.audio.size >= n:
-        return window.audio[:n]
-    return np.concatenate([window.audio, np.zeros(n - window.audio.size, np.float32)])
-
-
 class StreamEngine:
     """Owns the adapter, the compressor and the rolling cache of one stream.
 
@@ -129,10 +83,10 @@ class StreamEngine:
     """
 
     def __init__(self, adapter: Any, config: StreamConfig) -> None:
-        config.check_model(adapter.spec)  # whole model chunks per window (ValueError otherwise)
+        config = config.for_model(adapter.spec)  # window_s filled from the model; whole chunks (StreamConfigError)
         self.adapter = adapter
         self.config = config
-        self.compressor = make_compressor(config.method, config.omnizip_config())
+        self.compressor = make_compressor(config.method, config.compression)
         self.cache = RollingKVCache(
             adapter,
             max_tokens=config.cache_max_tokens,
@@ -181,29 +135,30 @@ class StreamEngine:
 
     def ingest(self, window: Window) -> WindowReport:
         """Encode, compress and prefill one window (evicting and re-anchoring as needed)."""
+        outcome = ingest_windows([(self, window)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def begin_window(self, window: Window) -> WindowJob:
+        """Window phase 1 (:mod:`omnizip_stream.batch`): audio, frames and cursor of ``window`` to encode."""
         if not self._started:
             self.start()
-        spec = self.adapter.spec
         window_s = self.config.window_s
-        device = self._cuda_device()
-        if device is not None:
-            # One model thread runs one window at a time, so the peak between this reset and the end of
-            # the window is this stream's (torch's process-wide peak counter is reset here).
-            torch.cuda.reset_peak_memory_stats(device)
-        clock = StageClock(device)
-        clock.mark()
-        check_on_grid(window, spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
+        check_on_grid(window, self.adapter.spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
         audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
-        encoded = self.adapter.encode_av(
-            audio if audio.size else None, frames if len(frames) else None, cursor,
-            saliency=self.config.saliency, stream=True,
-        )
-        clock.mark()
+        request = EncodeRequest(audio if audio.size else None, frames if len(frames) else None, cursor,
+                                saliency=self.config.compression.saliency, stream=True)
+        return WindowJob(window, request)
+
+    def compress_window(self, job: WindowJob, encoded: EncodedAV) -> ForwardItem:
+        """Window phase 3: compress ``encoded``, make room (evict, re-anchor), place it; returns its prefill."""
+        spec = self.adapter.spec
+        window = job.window
         layout = encoded.layout
         plan = self.compressor.plan(layout)
         kept_embeds, kept_pos, kept_index = gather_kept(layout, plan)
-        clock.mark()
         assert kept_pos is not None
         logical_start = float(self._base + window.t0_s * spec.position_id_per_seconds)
         span = float(encoded.close_position) - logical_start + 2
@@ -219,31 +174,37 @@ class StreamEngine:
         extras = self.adapter.av_extras(encoded, kept_index, offset=0, total=int(kept_embeds.shape[0]))
         index = self.windows_ingested
         kind = "sink" if index < self.config.sink_windows else "window"
-        self.cache.append(Segment(
-            kind=kind, window_index=index, t0_s=window.t0_s, t1_s=window.t0_s + window_s,
+        job.encoded, job.keep, job.evicted = encoded, plan.keep, evicted
+        job.segment = Segment(
+            kind=kind, window_index=index, t0_s=window.t0_s, t1_s=window.t0_s + self.config.window_s,
             positions=positions, modality=modality, embeds=kept_embeds, extras=extras,
             close_position=float(encoded.close_position) - shift,
-        ))
-        clock.mark()
-        encode_ms, compress_ms, prefill_ms = clock.elapsed_ms()
-        if device is not None:
-            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-            self._gpu_peak_mb = max(self._gpu_peak_mb or 0.0, peak_mb)
+        )
+        return self.cache.prepared_append(job.segment)
+
+    def commit_window(self, job: WindowJob, stage_ms: dict[str, float], gpu_peak_mb: float | None) -> WindowReport:
+        """Window phase 5, once its prefill ran: record the segment and the stream's counters.
+
+        Args:
+            job: the window, through phase 3.
+            stage_ms: the stage times of the batch it ran in.
+            gpu_peak_mb: peak GPU memory during that batch (None on the CPU).
+        """
+        assert job.segment is not None and job.encoded is not None
+        window, encoded = job.window, job.encoded
+        self.cache.commit(job.segment)
+        if gpu_peak_mb is not None:
+            self._gpu_peak_mb = max(self._gpu_peak_mb or 0.0, gpu_peak_mb)
         self.windows_ingested += 1
         self._prev_window, self._prev_cursor = window, encoded.next_cursor
-        counts = count_kept(layout, plan.keep)
+        counts = count_kept(encoded.layout, job.keep)
         for key in self.totals:
             self.totals[key] += counts[key]
-        stage_ms = getattr(encoded, "stage_ms", None)  # CUDA events are read after the window's last one
-        timings = stage_ms() if stage_ms is not None else dict(getattr(encoded, "timings", None) or {})
-        timings.update({
-            "encode_ms": encode_ms,
-            "compress_ms": compress_ms,
-            "prefill_ms": prefill_ms,
-            "total_ms": encode_ms + compress_ms + prefill_ms,
-        })
-        return WindowReport(index, window.t0_s, window.t0_s + window_s, counts["audio_total"], counts["audio_kept"],
-                            counts["video_total"], counts["video_kept"], evicted, timings)
+        stage_events = getattr(encoded, "stage_ms", None)  # CUDA events are read after the batch's last one
+        timings = stage_events() if stage_events is not None else dict(getattr(encoded, "timings", None) or {})
+        timings.update(stage_ms)
+        return WindowReport(job.segment.window_index, window.t0_s, job.segment.t1_s, counts["audio_total"],
+                            counts["audio_kept"], counts["video_total"], counts["video_kept"], job.evicted, timings)
 
     # ------------------------------------------------------------------ queries
     def question_ids(self, question: str) -> list[int]:
@@ -258,28 +219,52 @@ class StreamEngine:
             )
         return ids
 
-    def _append_question(self, question: str) -> tuple[torch.Tensor, float, int]:
-        """Append the A/V closing tokens and the question; return (last logits ``[V]``, next position, tokens)."""
-        suffix = self.question_ids(question)
+    def begin_question(self, ask: Ask) -> QuestionJob:
+        """Question phase 1 (:mod:`omnizip_stream.batch`): the prefill of the A/V closing tokens and the question.
+
+        Raises:
+            QueryError: ``not_ready`` (no window yet), ``bad_request`` or ``too_long``.
+        """
+        if not self._started:
+            self.start()
+        if not self.cache.windows():
+            raise QueryError("not_ready", "no window of the stream has been ingested yet; ask again in a moment")
+        submitted_at = ask.submitted_at if ask.submitted_at is not None else time.perf_counter()
+        max_new = max(1, min(int(ask.max_new_tokens), self.config.max_new_tokens))
+        suffix = self.question_ids(ask.question)
         close_ids = self.adapter.close_ids(self.has_audio, self.has_video)
         close_pos = self.adapter.special_positions(len(close_ids), self.cache.close_position())
         start = close_pos[-1] + 1
         positions = self.adapter.positions_1d(close_pos + [start + i for i in range(len(suffix))])
-        logits = self.adapter.forward(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache)
-        assert logits is not None
-        return logits, float(start + len(suffix)), len(close_ids) + len(suffix)
+        item = ForwardItem(self.adapter.embed_ids(close_ids + suffix), positions, self.cache.cache, logits=True)
+        return QuestionJob(ask, submitted_at, max_new, self.cache.checkpoint(), item, float(start + len(suffix)),
+                           len(close_ids) + len(suffix))
+
+    def finish_question(self, job: QuestionJob, generation: Generation, *, t_prefill: float,
+                        t_end: float) -> QueryResult:
+        """Question phase 3, once the cache is restored: the result (TTFT = ``t_prefill - submitted_at``)."""
+        spans = self.cached_spans()
+        t0 = job.submitted_at
+        return QueryResult(
+            text=generation.text.strip(), tokens=generation.token_ids, ttft_ms=(t_prefill - t0) * 1e3,
+            total_ms=(t_end - t0) * 1e3, window_range=spans.pop("window_range"),
+            time_range_s=spans.pop("time_range_s"), prompt_tokens=job.prompt_tokens,
+            extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
+            spans=spans,
+        )
 
     def question_logits(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[V]`` of the question's last position and the appended positions; cache restored.
 
         For tests and diagnostics: the same computation as the start of :meth:`answer`.
         """
-        checkpoint = self.cache.checkpoint()
+        job = self.begin_question(Ask(question, 1))
         try:
-            logits, next_position, _ = self._append_question(question)
+            logits = forward_many(self.adapter, [job.item])[0]
         finally:
-            self.cache.restore(checkpoint)
-        return logits, torch.tensor(next_position)
+            self.cache.restore(job.checkpoint)
+        assert logits is not None
+        return logits, torch.tensor(job.next_position)
 
     def answer(
         self,
@@ -297,32 +282,10 @@ class StreamEngine:
             submitted_at: ``time.perf_counter()`` of the submission, for TTFT/total latency.
             on_text: receives each new piece of the answer.
         """
-        if not self._started:
-            self.start()
-        if not self.cache.windows():
-            raise QueryError("not_ready", "no window of the stream has been ingested yet; ask again in a moment")
-        t0 = submitted_at if submitted_at is not None else time.perf_counter()
-        max_new = max(1, min(int(max_new_tokens), self.config.max_new_tokens))
-        checkpoint = self.cache.checkpoint()
-        try:
-            logits, next_position, prompt_tokens = self._append_question(question)
-            self._sync()
-            t_prefill = time.perf_counter()
-            gen = greedy_decode(
-                self.adapter, self.cache.cache, logits, next_position, max_new_tokens=max_new, on_text=on_text,
-            )
-        finally:
-            self.cache.restore(checkpoint)
-        t_end = time.perf_counter()
-        spans = self.cached_spans()
-        ttft = t_prefill - t0  # the first token is the argmax of the question's prefill logits
-        return QueryResult(
-            text=gen.text.strip(), tokens=gen.token_ids, ttft_ms=ttft * 1e3, total_ms=(t_end - t0) * 1e3,
-            window_range=spans.pop("window_range"), time_range_s=spans.pop("time_range_s"),
-            prompt_tokens=prompt_tokens,
-            extra={"prefill_ms": (t_prefill - t0) * 1e3, "evicted_windows": self.cache.events.windows_evicted},
-            spans=spans,
-        )
+        outcome = answer_questions([(self, Ask(question, max_new_tokens, submitted_at, on_text))])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def cached_spans(self) -> dict[str, Any]:
         """What an answer can see now: window index and time ranges of the cache, sink and recent apart.
@@ -340,17 +303,6 @@ class StreamEngine:
         out["windows_cached"] = len(self.cache.windows())
         out["windows_evicted"] = self.cache.events.windows_evicted
         return out
-
-    def _cuda_device(self) -> torch.device | None:
-        """The adapter's device when it is a GPU, else None."""
-        device = getattr(self.adapter, "device", None)
-        return device if isinstance(device, torch.device) and device.type == "cuda" else None
-
-    def _sync(self) -> None:
-        """Wait for queued GPU work (a query's time to first token is wall-clock latency)."""
-        device = self._cuda_device()
-        if device is not None:
-            torch.cuda.synchronize(device)
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
@@ -371,5 +323,5 @@ class StreamEngine:
             "tokens_seen": t["audio_total"] + t["video_total"],
             "tokens_kept": t["audio_kept"] + t["video_kept"],
             # Peak GPU memory while this stream's windows ran (CUDA only; absent on the CPU).
-            **({"gpu_peak_mb": self._gpu_peak_mb} if self._cuda_device() is not None else {}),
+            **({"gpu_peak_mb": self._gpu_peak_mb} if cuda_device(self.adapter) is not None else {}),
         }

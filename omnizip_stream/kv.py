@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from omnizip.adapters.batch_forward import ForwardItem, forward_many
 from omnizip.types import Modality
 
 logger = logging.getLogger(__name__)
@@ -174,15 +175,29 @@ class RollingKVCache:
 
     # ------------------------------------------------------------------ append / evict
     def append(self, segment: Segment, *, logits: bool = False) -> torch.Tensor | None:
-        """Prefill ``segment`` (its ``embeds`` at its ``positions``) and record it."""
+        """Prefill ``segment`` (its ``embeds`` at its ``positions``) and record it.
+
+        The one-segment case of :meth:`prepared_append` -> a forward -> :meth:`commit`.
+        """
+        out = forward_many(self.adapter, [self.prepared_append(segment, logits=logits)])[0]
+        self.commit(segment)
+        return out
+
+    def prepared_append(self, segment: Segment, *, logits: bool = False) -> ForwardItem:
+        """The forward that prefills ``segment`` into this cache (run it, alone or batched, then :meth:`commit`).
+
+        Evict and place first: the item appends at the cache's current end.
+        """
         if segment.embeds is None:
             raise ValueError("a segment needs its embeddings to be prefilled")
-        out = self.adapter.forward(segment.embeds, segment.positions, self.cache, extras=segment.extras, logits=logits)
+        return ForwardItem(segment.embeds, segment.positions, self.cache, extras=segment.extras, logits=logits)
+
+    def commit(self, segment: Segment) -> None:
+        """Record ``segment`` once its :meth:`prepared_append` forward has run."""
         if segment.kind == "prefix" or self.reanchor_policy != "reprefill":
             segment.embeds = None  # the prefix is never re-prefilled; rerotate never needs embeddings
             segment.extras = None
         self.segments.append(segment)
-        return out
 
     def fits(self, n_tokens: int, span: float) -> bool:
         """Whether ``n_tokens`` more tokens reaching ``span`` more positions fit now."""

@@ -2,7 +2,7 @@
 
 The event loop never touches the model. Windows and questions go into two bounded per-stream queues
 served by a :class:`~omnizip_stream.server.worker.ModelWorker` (questions first: a question waits at
-most for the window being processed). A session made with ``StreamSession.from_config(cfg)`` alone
+most for the window, or batch of several streams' windows, being processed). A session made with ``StreamSession.from_config(cfg)`` alone
 starts a private one-stream worker; ``ModelWorker.add_stream`` makes one of many sessions sharing a
 model. Time (deadlines, "behind real time", lags) is read from one injected
 :class:`~omnizip_stream.clock.Clock`: the worker's, shared by its streams.
@@ -23,17 +23,17 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from omnizip_stream.answer_stream import AnswerStream
 from omnizip_stream.clock import Clock
 from omnizip_stream.config import StreamConfig
-from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
+from omnizip_stream.engine import StreamEngine, WindowReport
 from omnizip_stream.query.base import Answer, QueryError
+from omnizip_stream.server.jobs import PendingQuestion, StreamJobs
 from omnizip_stream.server.scheduler import MAX_BACKLOG_S, PendingWindow, shed_video
-from omnizip_stream.server.worker import ModelWorker, set_exception, set_result
+from omnizip_stream.server.worker import ModelWorker
 from omnizip_stream.sources.base import StreamCounters
 from omnizip_stream.status import LiveStatus
 from omnizip_stream.watch.registry import StreamWatches
@@ -43,16 +43,7 @@ from omnizip_stream.windowing import on_grid
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Query:
-    question: str
-    max_new_tokens: int
-    submitted_at: float  # time.perf_counter(): a question's latency measures the machine, not the stream
-    future: asyncio.Future[QueryResult]
-    on_text: Callable[[str], None] | None
-
-
-class StreamSession:
+class StreamSession(StreamJobs):
     """A live stream: push windows, ask questions, read stats.
 
     Use ``async with StreamSession.from_config(cfg) as session:`` (a private worker: the model is
@@ -84,7 +75,7 @@ class StreamSession:
         self._cond = self._worker.cond  # one lock for every stream of the worker
         self.engine: StreamEngine | None = None
         self.windows: collections.deque[PendingWindow] = collections.deque()
-        self.queries: collections.deque[_Query] = collections.deque()
+        self.queries: collections.deque[PendingQuestion] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
@@ -194,105 +185,6 @@ class StreamSession:
                 self._idle.clear()
             await self._idle.wait()
 
-    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the session's event loop (from the model thread)."""
-        self._worker.post(self._loop, callback, *args)
-
-    # ------------------------------------------------------------------ the model thread's side
-    def job_started(self, item: Any) -> None:
-        """The worker took ``item`` (a question or a :class:`PendingWindow`) off this stream (lock held)."""
-        self._busy = True
-        if isinstance(item, PendingWindow):
-            self._current_t1_s = item.window.t1_s
-
-    def job_done(self) -> None:
-        """The worker finished this stream's job (lock held)."""
-        self._busy = False
-        self._current_t1_s = None
-        if not self.queries and not self.windows:
-            self._post(self._idle.set)
-
-    def job_failed(self, kind: str, exc: BaseException) -> None:
-        """A job of this stream raised past its own handling: reported here, the worker goes on."""
-        self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
-        logger.error("stream %s: %s job failed: %s", self.stream_id, kind, exc, exc_info=exc)
-
-    def serve_window(self, pending: PendingWindow) -> None:
-        """Ingest one window (model thread)."""
-        assert self.engine is not None
-        self._post(self._space.set)
-        window = pending.window
-        try:
-            try:
-                report = self.engine.ingest(window)
-                self.reports.append(report)
-                self._last_lag_s = self.clock.now() - pending.pushed_at
-                self.live.window_landed(report.t1_s)
-                self.watches.window_done(report, backlog=len(self.windows), landed_at=time.time())
-            except Exception as exc:  # a bad window must not stop the stream
-                self.counters["windows_failed"] += 1
-                self.last_error = f"window t={window.t0_s:.1f}s: {type(exc).__name__}: {exc}"
-                logger.exception("stream %s: window at t=%.1fs failed; the stream continues",
-                                 self.stream_id, window.t0_s)
-            self.publish_stats()
-        finally:
-            self._post(self._progress.set)
-
-    def serve_query(self, query: _Query) -> None:
-        """Answer one question (model thread); the stream state (and its stats) is left unchanged."""
-        assert self.engine is not None
-        callback = query.on_text
-
-        def on_text(piece: str) -> None:
-            if self.stopping:  # closing (Ctrl-C, SIGTERM): do not finish a long answer nobody waits for
-                raise _Closed
-            if callback is not None:
-                self._post(callback, piece)
-
-        try:
-            result = self.engine.answer(query.question, query.max_new_tokens, submitted_at=query.submitted_at,
-                                        on_text=on_text)
-        except QueryError as exc:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, exc)
-            return
-        except _Closed:
-            self.counters["queries_failed"] += 1
-            self._post(set_exception, query.future, QueryError("internal", "the stream session was closed"))
-            return
-        except Exception as exc:
-            self.counters["queries_failed"] += 1
-            self.last_error = f"query: {type(exc).__name__}: {exc}"
-            logger.exception("stream %s: query failed", self.stream_id)
-            self._post(set_exception, query.future, QueryError("internal", f"answer failed: {exc}"))
-            return
-        self.counters["queries_answered"] += 1
-        self._post(set_result, query.future, result)
-
-    @property
-    def watch_due(self) -> bool:
-        """Whether standing questions wait to be evaluated after the last window (read by the scheduler)."""
-        return bool(self.watches.due)
-
-    def serve_watch(self) -> None:
-        """Evaluate the due standing questions (model thread); alerts go to the listeners on the loop."""
-        assert self.engine is not None
-        try:
-            alerts = self.watches.run(self.engine)
-        except Exception as exc:  # a failing evaluation must not stop the stream
-            self.watches.due = []
-            self.watches.counters["watch_failed"] += 1
-            self.last_error = f"watch: {type(exc).__name__}: {exc}"
-            logger.exception("stream %s: standing questions failed; the stream continues", self.stream_id)
-            return
-        for alert in alerts:
-            self._post(self.watches.deliver, alert)
-
-    def publish_stats(self) -> None:
-        """Snapshot the engine's stats for :meth:`stats` (model thread)."""
-        assert self.engine is not None
-        self._snapshot = self.engine.stats()
-
     # ------------------------------------------------------------------ windows
     async def push_window(self, window: Window) -> None:
         """Queue a window for ingestion (see the module docstring for when it waits and what it sheds).
@@ -370,7 +262,7 @@ class StreamSession:
             raise QueryError("bad_request", "max_new_tokens must be a positive integer")
         await self._wait_first_window()
         assert self._loop is not None
-        query = _Query(
+        query = PendingQuestion(
             question, max_new_tokens or self.config.max_new_tokens, time.perf_counter(),
             self._loop.create_future(), on_text,
         )
@@ -447,6 +339,7 @@ class StreamSession:
                     "ingest_lag_s": self._last_lag_s})
         if self.reports:
             out["last_window_ms"] = self.reports[-1].timings_ms
+            out["last_window"] = window_summary(self.reports[-1])
         out.update(self.live.fields(oldest_t1))
         if len(self.watches) or self.watches.counters["watch_evaluations"]:
             out.update(self.watches.stats())
@@ -457,9 +350,18 @@ class StreamSession:
             raise QueryError("not_ready", "the stream session is not running")
 
 
+def window_summary(report: WindowReport) -> dict[str, Any]:
+    """One window's compression as plain JSON: index, times, tokens in/kept per modality.
+
+    ``audio_retention`` (audio_kept / audio_tokens) and ``video_keep_ratio`` (video_kept / video_tokens)
+    are the audio-guided budget of each window (None for a modality the window did not carry).
+    """
+    return {"index": report.index, "t0_s": report.t0_s, "t1_s": report.t1_s,
+            "audio_tokens": report.audio_tokens, "audio_kept": report.audio_kept,
+            "video_tokens": report.video_tokens, "video_kept": report.video_kept,
+            "audio_retention": report.audio_kept / report.audio_tokens if report.audio_tokens else None,
+            "video_keep_ratio": report.video_kept / report.video_tokens if report.video_tokens else None}
+
+
 DROP_KEYS = ("video_dropped", "windows_video_stripped", "windows_dropped", "audio_dropped_samples")
 """The stream's drop counters in ``stats()`` (from its one :class:`StreamCounters`)."""
-
-
-class _Closed(Exception):
-    """Raised on the model thread to abandon an answer when the session closes."""

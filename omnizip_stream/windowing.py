@@ -24,18 +24,24 @@ from omnizip_stream.window import Window
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_S", "AudioTimeline", "FrameSampler", "Windower", "stack_frames", "validate_window_s"]
+__all__ = ["AudioTimeline", "FrameSampler", "Windower", "stack_frames", "validate_window_s"]
 
-CHUNK_S = 2.0  # Qwen2.5-Omni's audio/video interleave chunk
 _EPS = 1e-6
 
 
-def validate_window_s(window_s: float, chunk_s: float = CHUNK_S) -> int:
-    """Check that ``window_s`` is a positive whole number of model chunks; returns the chunk count.
+def validate_window_s(window_s: float, chunk_s: float | None = None) -> int:
+    """Check that ``window_s`` is a positive whole number of ``chunk_s`` chunks; returns the chunk count.
+
+    ``chunk_s=None``: the model is not known here (the engine checks its chunks: ``StreamConfig.for_model``),
+    so the window is one chunk and only needs to be positive and whole audio samples.
 
     Raises:
         ValueError: ``window_s`` is not a positive multiple of ``chunk_s``.
     """
+    if chunk_s is None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        chunk_s = window_s
     if not chunk_s > 0:
         raise ValueError(f"chunk_s must be positive, got {chunk_s}")
     n = round(window_s / chunk_s) if window_s > 0 else 0
@@ -153,7 +159,7 @@ class Windower:
     Args:
         window_s: window length, a positive multiple of ``chunk_s``.
         fps: video frames kept per second, by timestamp.
-        chunk_s: the model's chunk length (2 s for Qwen2.5-Omni).
+        chunk_s: the model's chunk length (``ModelSpec.seconds_per_chunk``), None when not checked here.
         has_audio / has_video: which kinds the sources deliver (a missing kind never holds windows back).
         duration_s: stop after the windows covering ``[0, duration_s)``; media at or after ``duration_s`` is
             left out (the last window is padded when ``duration_s`` is not a multiple of ``window_s``);
@@ -167,7 +173,7 @@ class Windower:
         *,
         window_s: float = 2.0,
         fps: float = 2.0,
-        chunk_s: float = CHUNK_S,
+        chunk_s: float | None = None,
         has_audio: bool = True,
         has_video: bool = True,
         duration_s: float | None = None,

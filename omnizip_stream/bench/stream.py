@@ -61,6 +61,7 @@ def run_benchmark(
         ``(report, records)``: the JSON-ready report and the raw per-mode records.
     """
     env = environment(adapter.device)
+    settings = dataclasses.replace(settings, stream=settings.stream.for_model(adapter.spec))  # window_s: the model's
     per_mode = round(max(settings.checkpoints_s) / settings.stream.window_s) + len(settings.checkpoints_s)
     bar = ProgressBar(per_mode * len(modes), label="bench") if progress else None
     t0 = time.perf_counter()

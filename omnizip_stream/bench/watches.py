@@ -158,6 +158,7 @@ async def alert_latency(adapter: Any, config: Any, windows: list[Any], *, broker
 def run_watch_bench(adapter: Any, config: Any, counts: list[int], *, source: str, windows: int, live_windows: int,
                     warmup: int, max_side: int, broker_url: str | None, out: Path) -> dict[str, Any]:
     """Run the three parts; write ``watches.json`` and ``watches.md`` into ``out``; return the report."""
+    config = config.for_model(adapter.spec)  # window_s None: the model's exact window
     fps = adapter.spec.fps
     clip = asyncio.run(_windows(source, max(windows, live_windows), config.window_s, fps, max_side))
     with tempfile.TemporaryDirectory() as log_dir:

@@ -22,14 +22,16 @@ TINY_NOTICE = (
     "`huggingface-cli download Qwen/Qwen2.5-Omni-7B --local-dir ./Qwen2.5-Omni-7B`) and run on a GPU (--device cuda)."
 )
 
-# Config fields each built-in method reads (the budget of random/dycoke counts anchors by anchor_ratio
-# only; G, the merge size, and the saliency variant change nothing for them).
-_COMPRESSION_FIELDS = ("rho_audio", "rho_video", "g", "anchor_ratio", "saliency")
+# Compression keys each built-in method reads (the budget of random/dycoke counts anchors by anchor_ratio
+# only; G, the merge size, and the saliency variant change nothing for them; uniform has no density
+# ratios or controller). ``mode`` is fixed by the command, so it is never refused here.
+_COMPRESSION_FIELDS = ("rho_audio", "rho_video", "g", "anchor_ratio", "saliency", "knn_k", "score_dtype", "rho_min",
+                       "rho_max", "controller_horizon", "controller_tolerance", "stream_audio_scope")
 METHOD_FIELDS: dict[str, frozenset[str]] = {
     "identity": frozenset(),
     "random": frozenset({"rho_audio", "rho_video", "anchor_ratio"}),
     "dycoke": frozenset({"rho_audio", "rho_video", "anchor_ratio"}),
-    "uniform": frozenset(_COMPRESSION_FIELDS),
+    "uniform": frozenset({"rho_audio", "rho_video", "g", "anchor_ratio", "saliency", "knn_k", "score_dtype"}),
     "omnizip": frozenset(_COMPRESSION_FIELDS),
 }
 
@@ -153,14 +155,15 @@ def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
         UserError: a bad preset, key, value or range, or a flag that does nothing for the method.
     """
     from omnizip_stream.cli import UserError
-    from omnizip_stream.config import config_from_mapping, load_config, parse_overrides
+    from omnizip_stream.config import canonical_key, config_from_mapping, load_config, parse_overrides
 
     try:
         overrides: dict[str, Any] = dict(parse_overrides(list(getattr(args, "overrides", None) or [])))
-        given = {key: f"{key}={value}" for key, value in overrides.items()}
+        given = {canonical_key(key) or key: f"{key}={value}" for key, value in overrides.items()}
         for dest, key in FLAG_KEYS.items():
             value = getattr(args, dest, None)
-            if value is not None:
+            if value is not None:  # the flag wins over the same key given as key=value (or an alias of it)
+                overrides = {k: v for k, v in overrides.items() if (canonical_key(k) or k) != key}
                 overrides[key] = value
                 given[key] = _flag(dest)
         config = config_from_mapping(overrides, load_config(getattr(args, "config", None), base=base))

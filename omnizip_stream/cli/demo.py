@@ -14,15 +14,15 @@ from omnizip_stream.cli._common import (
     resolve_config,
     tiny_notice,
 )
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.config import StreamConfig, stream_compression
 
 HELP = "run the live pipeline on a synthetic scene with the tiny model and an embedded MQTT broker (~20 s)"
 EXAMPLE = "omnizip demo --duration 10 --no-mqtt rho_video=0.6"
 
 # Same values as the tiny-cpu preset (a test keeps them equal); embedded so the demo needs no file.
-DEMO_CONFIG = StreamConfig(model="tiny", device="cpu", dtype="float32", method="omnizip", rho_audio=0.4,
-                           rho_video=0.7, window_s=2.0, video_max_pixels=224 * 224, cache_max_tokens=8192,
-                           cache_max_mb=256.0, max_new_tokens=24)
+DEMO_CONFIG = StreamConfig(model="tiny", device="cpu", dtype="float32", method="omnizip",
+                           compression=stream_compression(rho_audio=0.4, rho_video=0.7), window_s=2.0,
+                           video_max_pixels=224 * 224, cache_max_tokens=8192, cache_max_mb=256.0, max_new_tokens=24)
 
 DEMO_QUESTIONS = [
     "What is moving on the screen?",
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                          status_interval_s=2.0, mqtt=mqtt)
     notice = tiny_notice(config.model)
     print(f"omnizip demo: {args.duration:.0f} s of a synthetic moving scene with a tone and beeps, "
-          f"{config.method} at rho_audio={config.rho_audio} / rho_video={config.rho_video}, model {config.model}",
+          f"{config.method} at rho_audio={config.compression.rho_audio} / rho_video={config.compression.rho_video}, "
+          f"model {config.model}",
           file=sys.stderr)
     if notice:
         print(notice, file=sys.stderr)

@@ -28,8 +28,9 @@ EXAMPLE = ("omnizip eval --model Qwen/Qwen2.5-Omni-7B --device cuda --benchmark 
 logger = logging.getLogger(__name__)
 
 # Settings that change answers: results made with different values cannot share an --out folder.
+# (The streaming window is the model's exact window, so "model" covers it.)
 _COMPARED = ("model", "max_new_tokens", "max_frames", "max_side", "video_max_pixels", "saliency", "anchor_ratio",
-             "window_s", "cache_max_tokens", "dtype")
+             "cache_max_tokens", "dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     config = {
         "model": args.model, "max_new_tokens": args.max_new_tokens, "max_frames": args.max_frames or None,
         "max_side": args.max_side or None, "video_max_pixels": args.video_max_pixels, "saliency": args.saliency,
-        "anchor_ratio": args.anchor_ratio, "window_s": 2.0, "cache_max_tokens": args.cache_max_tokens,
+        "anchor_ratio": args.anchor_ratio, "window_s": "model", "cache_max_tokens": args.cache_max_tokens,
         "dtype": args.dtype, f"g_{benchmark}": g, "device": args.device, "attn": args.attn,
     }
     try:

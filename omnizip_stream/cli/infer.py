@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
     if not question:
         raise UserError("--question is empty")
     # offline default: the reference's global saliency (a stream can only use block)
-    cfg = resolve_config(args, base=StreamConfig(saliency="global"))
+    cfg = resolve_config(args, base=StreamConfig().replace(saliency="global"))
+    comp = cfg.compression
     logger.info("model %s (device %s, dtype %s); %s rho_audio=%s rho_video=%s g=%s saliency=%s", cfg.model,
-                cfg.device, cfg.dtype, cfg.method, cfg.rho_audio, cfg.rho_video, cfg.g, cfg.saliency)
+                cfg.device, cfg.dtype, cfg.method, comp.rho_audio, comp.rho_video, comp.g, comp.saliency)
     try:
-        compressor = make_compressor(cfg.method, dataclasses.replace(cfg.omnizip_config(), mode="offline"))
+        compressor = make_compressor(cfg.method, dataclasses.replace(comp, mode="offline"))
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     audio = clip.audio if clip.has_audio and clip.audio.size else None
     frames = clip.frames if clip.has_video and clip.frames.shape[0] else None
     try:
-        result = answer_clip(adapter, audio, frames, question, compressor, saliency=cfg.saliency,
+        result = answer_clip(adapter, audio, frames, question, compressor, saliency=comp.saliency,
                              max_new_tokens=cfg.max_new_tokens, video_fps=video_fps)
     except (ContextTooLongError, EmptyClipError) as exc:
         raise UserError(f"{args.video}: {exc}") from None
@@ -131,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
             "model": cfg.model, "file": args.video, "duration_s": round(clip.duration_s, 3),
             "random_weights": notice is not None,
             "retention": {"audio_video": av_ret, "audio": audio_ret, "video": video_ret},
-            "settings": {"method": cfg.method, "rho_audio": cfg.rho_audio, "rho_video": cfg.rho_video, "g": cfg.g,
-                         "anchor_ratio": cfg.anchor_ratio, "saliency": cfg.saliency,
+            "settings": {"method": cfg.method, "rho_audio": comp.rho_audio, "rho_video": comp.rho_video, "g": comp.g,
+                         "anchor_ratio": comp.anchor_ratio, "saliency": comp.saliency,
                          "video_fps": round(video_fps or 2.0, 4), "frames": int(clip.frames.shape[0])},
         })
         json.dump(out, sys.stdout)

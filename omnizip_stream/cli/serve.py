@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stream defaults overridden after the file, e.g. device=cuda max_new_tokens=32")
     add_model_arguments(parser)
     add_broker_arguments(parser)
+    parser.add_argument("--http", metavar="HOST:PORT", default=None,
+                        help="also serve the HTTP API (OpenAI-compatible chat, streams, metrics) on this address "
+                             "(e.g. 127.0.0.1:8000 or :8000; the server file's http: mapping turns it on too); "
+                             "an address other than loopback needs an API key (env OMNIZIP_API_KEY or "
+                             "http.api_key_file)")
     parser.add_argument("--status-interval", type=positive_float, default=10.0,
                         help="seconds between status lines (a stream's line is printed when it changed)")
 
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM (exit 0) or Ctrl-C (130); a bad file or flag exits 2 before anything loads."""
     stop_on_sigterm()
     from omnizip_stream.config import parse_overrides
+    from omnizip_stream.http.settings import with_address
     from omnizip_stream.server.config import load_server_config
 
     try:
@@ -38,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.update({k: getattr(args, k) for k in ("model", "device", "dtype", "attn")
                           if getattr(args, k) is not None})
         config = load_server_config(args.config, overrides)
+        http = with_address(config.http, args.http)
+        if http is not None:
+            http.check_bind()
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if not config.streams:
@@ -49,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     from omnizip_stream.server.serve import serve_streams
     from omnizip_stream.server.service import StreamRefusedError
 
-    run_app(lambda: serve_streams(config, mqtt, status_interval_s=args.status_interval),
-            user_errors=(StreamRefusedError,))
+    user_errors: tuple[type[BaseException], ...] = (StreamRefusedError,)
+    if http is not None:
+        try:
+            from omnizip_stream.http.runner import HttpBindError
+        except ImportError as exc:  # the [http] extra is not installed
+            raise UserError(f"--http needs the http extra: pip install 'omnizip-stream[http]' ({exc.name} "
+                            "is missing)") from None
+        user_errors += (HttpBindError,)
+    run_app(lambda: serve_streams(config, mqtt, status_interval_s=args.status_interval, http=http),
+            user_errors=user_errors)
     return 0

@@ -60,7 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """StreamConfig from --config, key=value overrides and the model flags; bad input is a UserError."""
-    return resolve_config(args)
+    config = resolve_config(args)
+    try:
+        config.check_stream()  # before the model loads; the window length is checked against the loaded model
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return config
 
 
 def run_with_errors(config, options) -> object:  # type: ignore[no-untyped-def]
@@ -83,6 +88,7 @@ def run_app(main: Callable[[], Coroutine[Any, Any, Any]], user_errors: tuple[typ
     """
     stop_on_sigterm()
     from omnizip.adapters.base import ModelLoadError
+    from omnizip_stream.config import StreamConfigError
     from omnizip_stream.kv import CacheFullError
     from omnizip_stream.sources import SourceError
 
@@ -92,7 +98,8 @@ def run_app(main: Callable[[], Coroutine[Any, Any, Any]], user_errors: tuple[typ
         mqtt_errors: tuple[type[BaseException], ...] = (BrokerUnavailableError, BrokerRefusedError)
     except ImportError:  # the [mqtt] extra is not installed
         mqtt_errors = ()
-    errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, *mqtt_errors, *user_errors)
+    errors: tuple[type[BaseException], ...] = (SourceError, ModelLoadError, CacheFullError, StreamConfigError,
+                                               *mqtt_errors, *user_errors)
     try:
         result = asyncio.run(main())
     except errors as exc:

@@ -76,7 +76,7 @@ class AnswerOptions:
         saliency: offline audio saliency (``global`` = reference, ``block``); streaming always uses ``block``.
         max_frames: offline frame cap for long videos (sampling becomes sparser), None for no cap.
         max_side: frames scaled at decode so the longer side is at most this (None: native size).
-        window_s: streaming window length in seconds.
+        window_s: streaming window length in seconds (None: the model's ``exact_window_s``).
         cache_max_tokens: streaming KV cache cap in tokens.
         model_name: model name recorded in the streaming config.
     """
@@ -88,7 +88,7 @@ class AnswerOptions:
     saliency: str = "global"
     max_frames: int | None = 768
     max_side: int | None = 640
-    window_s: float = 2.0
+    window_s: float | None = None
     cache_max_tokens: int = 16384
     model_name: str = "tiny"
 
@@ -198,15 +198,18 @@ class StreamingAnswerer:
         return asyncio.run(self._replay(item, media, setting, prompt))
 
     def _config(self, item: EvalItem, setting: EvalSetting) -> Any:
-        from omnizip_stream.config import StreamConfig
+        from omnizip_stream.config import StreamConfig, stream_compression
 
         opts = self.options
-        return StreamConfig(
-            model=opts.model_name, method=setting.method, rho_audio=setting.rho_audio, rho_video=setting.rho_video,
-            g=opts.g, anchor_ratio=opts.anchor_ratio, saliency="block", window_s=opts.window_s,
-            cache_max_tokens=opts.cache_max_tokens, max_question_tokens=1024, max_new_tokens=opts.max_new_tokens,
-            system_prompt=opts.system_prompt, seed=item_seed(item.benchmark, item.item_id) % (2**31),
+        config = StreamConfig(
+            model=opts.model_name, method=setting.method,
+            compression=stream_compression(rho_audio=setting.rho_audio, rho_video=setting.rho_video, g=opts.g,
+                                           anchor_ratio=opts.anchor_ratio),
+            window_s=opts.window_s, cache_max_tokens=opts.cache_max_tokens, max_question_tokens=1024,
+            max_new_tokens=opts.max_new_tokens, system_prompt=opts.system_prompt,
+            seed=item_seed(item.benchmark, item.item_id) % (2**31),
         )
+        return config.for_model(self.adapter.spec)  # window_s: the model's when not set
 
     async def _replay(self, item: EvalItem, path: str, setting: EvalSetting, prompt: str) -> Outcome:
         from omnizip_stream.query.base import QueryError

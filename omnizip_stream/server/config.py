@@ -35,9 +35,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnizip_stream.config import StreamConfig, config_from_mapping, parse_overrides, read_config_file
+
+if TYPE_CHECKING:
+    from omnizip_stream.http.settings import HttpSettings
 
 ADMIN_TOKEN_ENV = "OMNIZIP_ADMIN_TOKEN"
 MAX_STREAMS = 1024
@@ -128,6 +131,7 @@ class ServerConfig:
     defaults: StreamConfig = field(default_factory=StreamConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
     streams: tuple[StreamSpec, ...] = ()
+    http: HttpSettings | None = None  # the ``http:`` mapping (None: no HTTP API unless ``--http`` is given)
 
 
 def check_stream_id(stream_id: Any) -> str:
@@ -223,17 +227,23 @@ def load_server_config(path: str | Path, overrides: Mapping[str, Any] | Sequence
     data = dict(read_config_file(file_path))
     streams_raw = data.pop("streams", None)
     server_raw = data.pop("server", None)
+    has_http, http_raw = "http" in data, data.pop("http", None)
     if isinstance(overrides, Mapping):
         extra: dict[str, Any] = dict(overrides)
     else:
         extra = parse_overrides(list(overrides or []))
     try:
-        defaults = config_from_mapping({**data, **extra})
+        defaults = config_from_mapping(extra, config_from_mapping(data))  # the overrides win over the file
     except ValueError as exc:
         if str(exc).startswith("unknown config key"):
-            raise ValueError(f"{exc.args[0]}; and the server keys: server, streams") from None
+            raise ValueError(f"{exc.args[0]}; and the server keys: server, streams, http") from None
         raise
     server = _server_settings(server_raw, file_path, os.environ if environ is None else environ)
+    http = None
+    if has_http:
+        from omnizip_stream.http.settings import http_settings_from_mapping
+
+        http = http_settings_from_mapping(http_raw, file_path, environ=environ)
     if streams_raw is None:
         raise ValueError(f"{file_path}: no 'streams:' list; a server file lists its streams, "
                          "e.g. streams: [{id: door, source: camera}]")
@@ -249,7 +259,7 @@ def load_server_config(path: str | Path, overrides: Mapping[str, Any] | Sequence
             raise ValueError(f"stream {spec.id!r}: duplicate id (streams[{i}]); every stream needs its own id")
         seen.add(spec.id)
         specs.append(spec)
-    return ServerConfig(defaults=defaults, server=server, streams=tuple(specs))
+    return ServerConfig(defaults=defaults, server=server, streams=tuple(specs), http=http)
 
 
 def _server_settings(raw: Any, file_path: Path, environ: Mapping[str, str]) -> ServerSettings:
@@ -276,19 +286,24 @@ def _server_settings(raw: Any, file_path: Path, environ: Mapping[str, str]) -> S
 
 
 def _read_token(token_file: Any, file_path: Path) -> str:
-    if not isinstance(token_file, str) or not token_file:
-        raise ValueError(f"server.admin_token_file must be a file path, got {token_file!r}")
-    path = Path(os.path.expanduser(token_file))
-    if not path.is_absolute():
+    return read_secret_file(token_file, file_path, "server.admin_token_file")
+
+
+def read_secret_file(secret_file: Any, file_path: Path | None, key: str) -> str:
+    """The first line of ``secret_file`` (relative to the server file's folder); ``key`` names it in errors."""
+    if not isinstance(secret_file, str) or not secret_file:
+        raise ValueError(f"{key} must be a file path, got {secret_file!r}")
+    path = Path(os.path.expanduser(secret_file))
+    if not path.is_absolute() and file_path is not None:
         path = file_path.parent / path
     try:
         raw = path.read_bytes()[: 64 * 1024]
         token = raw.decode("utf-8").splitlines()[0].strip() if raw.strip() else ""
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"server.admin_token_file {str(path)!r} cannot be read: "
+        raise ValueError(f"{key} {str(path)!r} cannot be read: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
     if not token:
-        raise ValueError(f"server.admin_token_file {str(path)!r} is empty")
+        raise ValueError(f"{key} {str(path)!r} is empty")
     return token
 
 

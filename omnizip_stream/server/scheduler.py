@@ -13,7 +13,10 @@ Pure bookkeeping (no threads, no model), so the policy is tested on its own:
    the worker's clock (:mod:`omnizip_stream.clock`, shared by its streams) at which it was complete
    at the live source. Ties go to the window pushed first.
 
-A window that is being worked on is never interrupted: a question waits at most for one window.
+Batches (``ModelWorker(max_batch=...)``): one question of each of up to ``max_batch`` streams in
+round-robin order, or the oldest pending window of each of up to ``max_batch`` streams, earliest
+deadlines first, run together (:meth:`Scheduler.pick_batch`). A batch that is being worked on is
+never interrupted: a question waits at most for one batch (one window each of a few streams).
 
 **The one video drop policy** (:func:`shed_video`, applied by ``StreamSession.push_window`` when the
 stream's oldest pending window is more than a window behind real time): only the newest
@@ -81,31 +84,40 @@ class Scheduler:
             self._order.remove(stream_id)
 
     def pick(self, streams: Mapping[str, StreamQueues]) -> tuple[str, str] | None:
-        """The next job: ``(stream_id, "query" | "watch" | "window")`` or None when all are idle.
+        """The next single job: ``(stream_id, "query" | "watch" | "window")`` or None when all are idle.
 
-        Picking a question moves its stream to the back of the question line; the caller pops the
-        job from that stream's queue.
+        A batch of one of :meth:`pick_batch`.
         """
-        for stream_id in self._order:
-            queues = streams.get(stream_id)
-            if queues is not None and queues.queries:
+        picked = self.pick_batch(streams, 1)
+        return None if picked is None else (picked[1][0], picked[0])
+
+    def pick_batch(self, streams: Mapping[str, StreamQueues], max_batch: int) -> tuple[str, list[str]] | None:
+        """The next batch: ``("query", ids)``, ``("watch", ids)`` or ``("window", ids)`` (one job of each stream), or None.
+
+        Questions: up to ``max_batch`` streams with a waiting question, in round-robin order; each
+        moves to the back of the question line. Else standing questions due after a stream's last
+        window (``watch_due``). Else windows: up to ``max_batch`` streams whose
+        oldest pending windows have the earliest deadlines (ties: pushed first). The caller pops
+        one job from each stream's queue.
+        """
+        asking = [sid for sid in self._order if self._has(streams, sid, "queries")][:max_batch]
+        if asking:
+            for stream_id in asking:
                 self._order.remove(stream_id)
                 self._order.append(stream_id)
-                return stream_id, "query"
-        for stream_id in self._order:  # standing questions: after users' questions, before the next window
-            queues = streams.get(stream_id)
-            if queues is not None and getattr(queues, "watch_due", False):
-                return stream_id, "watch"
-        best: tuple[float, int, str] | None = None
-        for stream_id in self._order:
-            queues = streams.get(stream_id)
-            if queues is None or not queues.windows:
-                continue
-            head = queues.windows[0]
-            key = (head.deadline_s, head.seq, stream_id)
-            if best is None or key < best:
-                best = key
-        return None if best is None else (best[2], "window")
+            return "query", asking
+        # standing questions (omnizip_stream.watch): after users' questions, before the next window
+        watching = [sid for sid in self._order if getattr(streams.get(sid), "watch_due", False)][:max_batch]
+        if watching:
+            return "watch", watching
+        heads = sorted((streams[sid].windows[0].deadline_s, streams[sid].windows[0].seq, sid)
+                       for sid in self._order if self._has(streams, sid, "windows"))
+        return ("window", [sid for _, _, sid in heads[:max_batch]]) if heads else None
+
+    @staticmethod
+    def _has(streams: Mapping[str, StreamQueues], stream_id: str, queue: str) -> bool:
+        queues = streams.get(stream_id)
+        return queues is not None and bool(getattr(queues, queue))
 
 
 MAX_BACKLOG_S = 120.0  # pending audio a stream behind real time keeps before dropping whole windows

@@ -38,7 +38,7 @@ class ServeResult:
 
 
 async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | None = None,
-                        status_interval_s: float = 10.0) -> ServeResult:
+                        status_interval_s: float = 10.0, http: Any = None) -> ServeResult:
     """Serve every stream of ``config`` on MQTT until SIGTERM (returns) or cancellation (Ctrl-C).
 
     Args:
@@ -47,6 +47,7 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
             ``broker`` None starts one embedded broker for all of them).
         console: where state changes and status lines go.
         status_interval_s: seconds between status lines (a stream's line is printed when it changed).
+        http: :class:`~omnizip_stream.http.settings.HttpSettings` to serve the HTTP API too (None: off).
 
     Raises:
         ModelLoadError, StreamRefusedError (a configured stream does not fit the model), and the
@@ -75,9 +76,17 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
 
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if http is not None:  # bound before the model loads: a taken port fails at once
+                from omnizip_stream.http.runner import bind_socket, serve_http
+
+                http_socket = bind_socket(http)
+                stack.callback(http_socket.close)
             server = StreamServer(config)
             server.on_change.append(on_change)
             await stack.enter_async_context(server)
+            if http is not None:
+                service = await stack.enter_async_context(serve_http(server, http, sock=http_socket))
+                console.note(f"HTTP API on {service.url}")
             embedded = None
             if mqtt.broker is None:
                 from omnizip_stream.query.broker import EmbeddedBroker

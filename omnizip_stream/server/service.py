@@ -90,6 +90,7 @@ class StreamRun:
     opened: asyncio.Event = field(default_factory=asyncio.Event)  # the first open was tried
     done: asyncio.Event = field(default_factory=asyncio.Event)  # the source ended or was given up
     next_t_s: float = 0.0  # stream time where the next window starts
+    latest_frame: tuple[float, Any] | None = None  # (stream time s, [H, W, 3] uint8 RGB): the snapshot
 
     async def wait(self) -> None:
         """Wait until the source has ended (every window ingested); raises the failure that ended it."""
@@ -269,7 +270,7 @@ class StreamServer:
     async def _feed(self, run: StreamRun) -> None:
         """Open the source, push its windows into the session; re-open after failures (see module docstring)."""
         spec, session, settings = run.spec, run.session, self.config.server
-        window_s = spec.config.window_s
+        window_s = session.config.window_s  # resolved on the model when the session started (for_model)
         fps = float(self.adapter.spec.fps)
         failures = 0  # in a row: the backoff restarts once a window arrives
         t0_clock: float | None = None  # clock reading at stream time 0 (the first successful open)
@@ -291,6 +292,8 @@ class StreamServer:
                         self._set_state(run, "running")
                         run.opened.set()
                         async for window in windows:
+                            if window.num_frames:
+                                run.latest_frame = (float(window.frame_pts_s[-1]) + offset_s, window.frames[-1])
                             await session.push_window(_shifted(window, offset_s))
                             run.next_t_s = window.t1_s + offset_s
                             failures = 0

@@ -17,8 +17,9 @@ Usage::
 ``StreamSession.from_config(cfg)`` alone makes a private one-stream worker. What runs next is the
 :class:`~omnizip_stream.server.scheduler.Scheduler`'s choice (questions round-robin across
 streams, then windows by real-time deadline on the worker's one clock); stream start-ups (the sink prefill) run before both.
-Every job runs under its own ``try``: whatever one stream's windows or questions raise is counted
-on that stream and never stops the thread or touches another stream.
+Up to ``max_batch`` streams' questions, or windows, run together as one batch with one model call per
+stage (:mod:`omnizip_stream.batch`). Whatever one stream's part of a batch raises is counted on that
+stream and never stops the thread or touches another stream.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from omnizip_stream.clock import Clock, MonotonicClock
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
+from omnizip_stream.server.batch import serve_batch
 from omnizip_stream.server.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -61,14 +63,20 @@ class ModelWorker:
         config: what to load (``model``, ``device``, ``dtype``, ``attn``, ``video_max_pixels``,
             ``seed``) and ``torch_threads``; streams bring their own configs.
         adapter: an already loaded adapter to serve instead of loading one.
+        max_batch: at most this many streams' windows (or questions) run together in one model call
+            per stage (1: one job at a time).
         clock: the one clock of its streams (window deadlines, "behind real time", lags); default
             :class:`~omnizip_stream.clock.MonotonicClock`, a :class:`~omnizip_stream.clock.ManualClock`
             in tests.
     """
 
-    def __init__(self, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> None:
+    def __init__(self, config: StreamConfig, *, adapter: Any = None, max_batch: int = 8,
+                 clock: Clock | None = None) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.config = config
         self._adapter = adapter
+        self.max_batch = max_batch
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()
@@ -80,6 +88,7 @@ class ModelWorker:
         self._exited: asyncio.Future[None] | None = None
         self._stopping = False
         self.on_job: Callable[[str, str], None] | None = None  # model thread: (stream_id, kind) before each job
+        self.on_batch: Callable[[str, list[str]], None] | None = None  # model thread: (kind, ids) before each batch
 
     @property
     def adapter(self) -> Any:
@@ -196,6 +205,7 @@ class ModelWorker:
 
         def start_engine() -> None:
             engine = StreamEngine(self.adapter, session.config)
+            session.config = engine.config  # resolved on the model (window_s filled)
             engine.start()
             session.engine = engine
             session.publish_stats()
@@ -265,36 +275,39 @@ class ModelWorker:
             if isinstance(job, _Control):
                 self._run_control(job)
                 continue
-            session, kind, item = job
+            kind, members = job
             try:
+                if self.on_batch is not None:
+                    self.on_batch(kind, [session.stream_id for session, _ in members])
                 if self.on_job is not None:
-                    self.on_job(session.stream_id, kind)
-                if kind == "query":
-                    session.serve_query(item)
-                elif kind == "watch":
-                    session.serve_watch()
-                else:
-                    session.serve_window(item)
-            except Exception as exc:  # a stream's failure stays that stream's
-                session.job_failed(kind, exc)
+                    for session, _ in members:
+                        self.on_job(session.stream_id, kind)
+                serve_batch(kind, members)  # every stream's outcome is its own (failures included)
+            except Exception as exc:  # a hook's failure: reported on the batch's streams, the thread goes on
+                for session, _ in members:
+                    session.job_failed(kind, exc)
             with self.cond:
-                session.job_done()
+                for session, _ in members:
+                    session.job_done()
 
-    def _next_job(self) -> _Control | tuple[StreamSession, str, Any] | None:
-        """Wait for the next job (lock held); None when the worker stops."""
+    def _next_job(self) -> _Control | tuple[str, list[tuple[StreamSession, Any]]] | None:
+        """Wait for the next job, a control or a batch ``(kind, [(session, item)])`` (lock held); None: stop."""
         while True:
             if self._stopping:
                 return None
             if self._controls:
                 return self._controls.popleft()
-            picked = self.scheduler.pick(self._streams)
+            picked = self.scheduler.pick_batch(self._streams, self.max_batch)
             if picked is not None:
-                sid, kind = picked
-                session = self._streams[sid]
-                item = (session.queries.popleft() if kind == "query"
-                        else None if kind == "watch" else session.windows.popleft())
-                session.job_started(item)
-                return session, kind, item
+                kind, ids = picked
+                members = []
+                for sid in ids:
+                    session = self._streams[sid]
+                    item = (session.queries.popleft() if kind == "query"
+                            else None if kind == "watch" else session.windows.popleft())
+                    session.job_started(item)
+                    members.append((session, item))
+                return kind, members
             self.cond.wait()
 
     def _run_control(self, control: _Control) -> None:

@@ -8,6 +8,7 @@ Spec grammar (``omnizip stream --source SPEC``)::
           | URL                                rtsp:// rtsps:// rtmp:// http(s):// udp:// tcp:// srt:// rtp://
           | "synthetic" [":" KEY=VALUE {"," KEY=VALUE}]   keys: seed size rate tone beep_every_s beep_s
                                                           amplitude audio video
+          | "webrtc:" PEER_ID                  a browser's camera + microphone (the web page's offer)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from omnizip_stream.sources._avopen import OPEN_TIMEOUT_S
 from omnizip_stream.sources.base import MediaError, Source, SourceError, StreamCounters
 from omnizip_stream.sources.stream import WindowStream
 from omnizip_stream.sources.url import URL_SCHEMES
-from omnizip_stream.windowing import CHUNK_S, Windower, validate_window_s
+from omnizip_stream.windowing import Windower, validate_window_s
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ class SourceSpec:
     """A parsed source spec.
 
     Attributes:
-        kind: ``camera``, ``mic``, ``camera+mic``, ``file``, ``url`` or ``synthetic``.
-        target: camera device, file path or URL (None when not given).
+        kind: ``camera``, ``mic``, ``camera+mic``, ``file``, ``url``, ``synthetic`` or ``webrtc``.
+        target: camera device, file path, URL or WebRTC peer id (None when not given).
         options: ``key=value`` options (synthetic).
     """
 
@@ -51,7 +52,7 @@ class SourceSpec:
     @property
     def live(self) -> bool:
         """Devices and network streams are always live."""
-        return self.kind in ("camera", "mic", "camera+mic", "url")
+        return self.kind in ("camera", "mic", "camera+mic", "url", "webrtc")
 
 
 def parse_spec(spec: str) -> SourceSpec:
@@ -78,6 +79,11 @@ def parse_spec(spec: str) -> SourceSpec:
         if not path:
             raise SourceError("file: needs a path, e.g. file:clip.mp4")
         return SourceSpec("file", os.path.expanduser(path))
+    if low.startswith("webrtc:"):
+        peer_id = s[len("webrtc:"):]
+        if not peer_id:
+            raise SourceError("webrtc: needs a peer id, e.g. webrtc:browser-1a2b3c (made by the web page)")
+        return SourceSpec("webrtc", peer_id)
     scheme, sep, _ = s.partition("://")
     if sep:
         if scheme.lower() in URL_SCHEMES:
@@ -169,6 +175,12 @@ def build_sources(
                                          height=max(8, round(params.height * scale)))
         sources.append(SyntheticSource(params, realtime=realtime, fps=fps, clock=clock, session_t0=session_t0,
                                        counters=counters))
+    if spec.kind == "webrtc":
+        from omnizip_stream.sources.webrtc import build_webrtc_sources
+
+        assert spec.target is not None
+        sources.extend(build_webrtc_sources(spec.target, fps=fps, max_side=max_side, clock=clock,
+                                            session_t0=session_t0))
     return sources
 
 
@@ -178,7 +190,7 @@ async def open_windows(
     *,
     window_s: float = 2.0,
     fps: float = 2.0,
-    chunk_s: float = CHUNK_S,
+    chunk_s: float | None = None,
     mic_device: str | int | None = None,
     camera_device: str | None = None,
     camera_size: str | tuple[int, int] | None = None,
@@ -206,7 +218,7 @@ async def open_windows(
         spec: source spec (see :data:`SPEC_HELP` and the module docstring).
         window_s: window length in seconds, a positive multiple of ``chunk_s``.
         fps: video frames per second kept, sampled by timestamp.
-        chunk_s: the model's chunk (2 s for Qwen2.5-Omni).
+        chunk_s: the model's chunk (``ModelSpec.seconds_per_chunk``); None: not checked here (the engine checks it).
         mic_device: microphone (PortAudio index or name) for ``mic`` / ``camera+mic``.
         camera_device: camera device (``/dev/video2``, ``0``, ``video=Name``); platform default when None.
         camera_size: camera capture size (``"640x480"``); device default when None.

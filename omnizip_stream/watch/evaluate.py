@@ -16,13 +16,15 @@ the view), so the stream's own cache object is never written: it is bit-identica
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from omnizip.adapters.batch_forward import ForwardItem, forward_many
+from omnizip.adapters.batch_forward import forward_many
+from omnizip_stream.batch import Ask
 
 ANSWER_INSTRUCTION = " Answer with yes or no."
 """Appended to every standing question (mode ``yes_no``)."""
@@ -76,23 +78,6 @@ def yes_no_text(question: str) -> str:
     return question.strip() + ANSWER_INSTRUCTION
 
 
-def question_chunk(engine: Any, question: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings ``[S, D]`` and positions ``[3, S]`` of the closing tokens + ``question`` after the cache.
-
-    The same chunk the engine appends for a user's question (``StreamEngine.question_logits``).
-
-    Raises:
-        QueryError: ``too_long`` / ``bad_request`` (the engine's question checks).
-    """
-    adapter = engine.adapter
-    suffix = engine.question_ids(question)
-    close_ids = adapter.close_ids(engine.has_audio, engine.has_video)
-    close_pos = adapter.special_positions(len(close_ids), engine.cache.close_position())
-    start = close_pos[-1] + 1
-    positions = adapter.positions_1d(close_pos + [start + i for i in range(len(suffix))])
-    return adapter.embed_ids(close_ids + suffix), positions
-
-
 def cache_view(cache: Any) -> Any:
     """A cache that starts as ``cache`` and grows on its own: layers copied shallowly, tensors shared.
 
@@ -121,7 +106,8 @@ def evaluate_yes_no(engine: Any, questions: Sequence[str], tokens: YesNoTokens, 
         return []
     items = []
     for question in questions:
-        embeds, positions = question_chunk(engine, yes_no_text(question))
-        items.append(ForwardItem(embeds, positions, cache_view(engine.cache.cache), logits=True))
+        # the engine's own question chunk (A/V closing tokens + question after the cache), on a view of the cache
+        item = engine.begin_question(Ask(yes_no_text(question), 1)).item
+        items.append(dataclasses.replace(item, cache=cache_view(engine.cache.cache)))
     logits = forward_many(engine.adapter, items, batched=batched)
     return [tokens.probability(row) for row in logits if row is not None]

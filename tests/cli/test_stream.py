@@ -58,7 +58,8 @@ def test_interactive_questions_from_stdin(media_dir):
     (["--source", "bogus://x"], "URL scheme"),
     (["--config", "/no/such.yaml"], "does not exist"),
     (["nonsense_key=1"], "unknown config key"),
-    (["window_s=3"], "multiple of the 2-s"),
+    (["window_s=3"], "window_s=3 is not a whole number of qwen2_5_omni's 2-s chunks"),
+    (["saliency=global"], "a stream can only use saliency=block"),
     (["--model", "/no/such/model"], "cannot load model"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, args, message):

@@ -4,7 +4,8 @@ Three streams with different inputs and configs share one worker (one model, one
 windows interleave on the model thread, their questions are asked at the same time. Each stream's
 KV cache must be bit-identical, and its greedy answers identical, to a run of that stream alone
 (``StreamSession.from_config``: a private one-stream worker). A stream whose windows all fail must
-not disturb the others.
+not disturb the others. One job at a time here (``max_batch=1``): bit-identical; batches of several
+streams are compared in ``test_batching.py``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 async def test_interleaved_streams_get_exactly_what_they_get_alone(tiny25, alone):
-    worker = ModelWorker(stream_config(), adapter=adapter_for(tiny25))
+    worker = ModelWorker(stream_config(), adapter=adapter_for(tiny25), max_batch=1)  # batched: test_batching
     trace = trace_jobs(worker)
     async with worker:
         sessions = {sid: await worker.add_stream(sid, stream_config(**STREAMS[sid][0])) for sid in STREAMS}
@@ -96,7 +97,7 @@ async def test_interleaved_streams_get_exactly_what_they_get_alone(tiny25, alone
 
 
 async def test_a_failing_stream_does_not_disturb_the_others(tiny25, alone):
-    async with ModelWorker(stream_config(), adapter=adapter_for(tiny25)) as worker:
+    async with ModelWorker(stream_config(), adapter=adapter_for(tiny25), max_batch=1) as worker:
         sessions = {sid: await worker.add_stream(sid, stream_config(**STREAMS[sid][0])) for sid in STREAMS}
         broken = await worker.add_stream("broken", stream_config())
 

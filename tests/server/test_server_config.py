@@ -36,7 +36,7 @@ def test_defaults_server_settings_and_per_stream_overrides(tmp_path):
           - {id: kitchen, source: "synthetic:seed=2", loop: true, max_side: 320, realtime: false}
         """)
     cfg = load_server_config(path, ["max_new_tokens=20"], environ={})
-    assert cfg.defaults == StreamConfig(model="tiny", rho_video=0.5, max_new_tokens=20)
+    assert cfg.defaults == StreamConfig(model="tiny", max_new_tokens=20).replace(rho_video=0.5)
     assert cfg.server == ServerSettings(kv_budget_mb=512, max_batch=4, admin_token="s3cret", retry_max_s=5)
     assert "s3cret" not in repr(cfg.server)
     door, kitchen = cfg.streams
@@ -93,7 +93,7 @@ def test_a_missing_server_file_names_the_shipped_ones(tmp_path):
 
 
 def test_an_add_request_is_checked_by_the_same_rules():
-    defaults = StreamConfig(model="tiny", rho_video=0.5)
+    defaults = StreamConfig(model="tiny").replace(rho_video=0.5)
     spec = stream_spec_from_mapping({"id": "yard", "source": "camera:1", "rho_audio": 0.2}, defaults)
     assert spec == StreamSpec("yard", "camera:1", defaults.replace(rho_audio=0.2))
     with pytest.raises(ValueError, match="stream 'yard': model cannot be set per stream"):

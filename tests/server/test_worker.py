@@ -23,13 +23,13 @@ async def test_streams_share_one_model_and_one_thread(tiny25):
         threads = set()
 
         def recording(original):
-            def ingest(window):
+            def begin_window(window):
                 threads.add(threading.get_ident())
                 return original(window)
-            return ingest
+            return begin_window
 
-        a.engine.ingest = recording(a.engine.ingest)
-        b.engine.ingest = recording(b.engine.ingest)
+        a.engine.begin_window = recording(a.engine.begin_window)  # alone or batched, a window begins here
+        b.engine.begin_window = recording(b.engine.begin_window)
         for wa, wb in zip(windows_for(4.0, 1), windows_for(4.0, 2), strict=True):
             await a.push_window(wa)
             await b.push_window(wb)

@@ -79,7 +79,7 @@ async def test_synthetic_multi_chunk_windows_and_fps():
     assert [w.t0_s for w in wins] == [0.0, 4.0]
     assert all(w.audio.shape == (64000,) and w.num_frames == 20 for w in wins)
     with pytest.raises(ValueError, match="multiple"):
-        async with open_windows("synthetic", window_s=3.0):
+        async with open_windows("synthetic", window_s=3.0, chunk_s=2.0):
             pass
 
 

@@ -148,7 +148,8 @@ def test_parse_spec_synthetic_options_and_errors():
 
 
 async def test_open_windows_argument_validation():
-    for kw, words in [({"window_s": 3.0}, "multiple"), ({"fps": 0}, "fps"), ({"max_side": 4}, "max_side")]:
+    for kw, words in [({"window_s": 3.0, "chunk_s": 2.0}, "multiple"), ({"window_s": 0}, "positive"), ({"fps": 0}, "fps"),
+                      ({"max_side": 4}, "max_side")]:
         with pytest.raises(ValueError, match=words):
             async with open_windows("synthetic", **kw):
                 pass

@@ -40,13 +40,14 @@ def feed(windower: Windower, items) -> list:
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("window_s, n", [(2.0, 1), (4.0, 2), (6, 3), (20.0, 10)])
 def test_window_s_multiple_of_chunk(window_s, n):
-    assert validate_window_s(window_s) == n
+    assert validate_window_s(window_s, 2.0) == n
+    assert validate_window_s(window_s) == 1  # no model chunk given: any whole-sample length is one window
 
 
 @pytest.mark.parametrize("window_s", [0, -2, 1.0, 3.0, 2.5, 0.5])
 def test_window_s_not_multiple_is_rejected(window_s):
     with pytest.raises(ValueError, match="multiple of the model's 2-s chunk"):
-        Windower(window_s=window_s)
+        Windower(window_s=window_s, chunk_s=2.0)
 
 
 def test_bad_fps_and_duration_rejected():

@@ -8,7 +8,7 @@ import torch
 from omni_helpers import clip_windows, make_adapter, synthetic_clip
 
 from omnizip.preprocess import log_mel_window, preprocess_video
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.config import StreamConfig, config_from_mapping
 from omnizip_stream.engine import StreamEngine
 from omnizip_stream.kv import CacheFullError
 from omnizip_stream.query.base import QueryError
@@ -21,8 +21,8 @@ Q = "What just happened?"
 
 def _engine(tiny25, **overrides) -> StreamEngine:
     adapter = make_adapter(tiny25, video_max_pixels=overrides.pop("video_max_pixels", PIXELS))
-    cfg = StreamConfig(model="tiny", **{"method": "identity", "max_new_tokens": 8, "max_question_tokens": 32,
-                                        **overrides})
+    cfg = config_from_mapping({"model": "tiny", "method": "identity", "max_new_tokens": 8, "max_question_tokens": 32,
+                               **overrides})
     return StreamEngine(adapter, cfg)
 
 

@@ -11,7 +11,7 @@ from omni_helpers import clip_windows, make_adapter, synthetic_clip
 
 from omnizip_stream import Answer, QueryError
 from omnizip_stream.clock import ManualClock
-from omnizip_stream.config import StreamConfig
+from omnizip_stream.config import StreamConfig, config_from_mapping
 from omnizip_stream.session import StreamSession
 from omnizip_stream.window import Window
 
@@ -19,8 +19,8 @@ PIXELS = 56 * 56
 
 
 def _session(tiny25, clock=None, **overrides) -> StreamSession:
-    cfg = StreamConfig(model="tiny", **{"method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
-                                        "video_max_pixels": PIXELS, **overrides})
+    cfg = config_from_mapping({"model": "tiny", "method": "omnizip", "max_new_tokens": 6, "max_question_tokens": 32,
+                               "video_max_pixels": PIXELS, **overrides})
     return StreamSession.from_config(cfg, adapter=make_adapter(tiny25, video_max_pixels=PIXELS), clock=clock)
 
 
