@@ -64,6 +64,7 @@ class StreamWatches:
         self._watches: dict[str, WatchState] = {}
         self._ids = itertools.count(1)
         self._tokens: YesNoTokens | None = None
+        self._question_ids: dict[str, list[int]] = {}  # question text -> its token ids (rendered once)
         self.due: list[str] = []  # ids to evaluate in the next "watch" job (read by the scheduler)
         self.stretch = 1
         self.listeners: list[Callable[[dict[str, Any]], None]] = []  # called on the event loop with each alert
@@ -164,7 +165,7 @@ class StreamWatches:
         if self._tokens is None:
             self._tokens = YesNoTokens.from_tokenizer(engine.adapter.tokenizer)
         t0 = time.perf_counter()
-        probabilities = evaluate_yes_no(engine, [w.spec.question for w in due], self._tokens)
+        probabilities = evaluate_yes_no(engine, [w.spec.question for w in due], self._tokens, ids_cache=self._question_ids)
         self.last_eval_ms = (time.perf_counter() - t0) * 1e3
         self.counters["watch_forwards"] += 1
         self.counters["watch_evaluations"] += len(due)

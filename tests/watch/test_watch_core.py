@@ -28,6 +28,10 @@ def test_batched_evaluation_equals_one_at_a_time_and_leaves_the_cache_bit_identi
     before, stored = _snapshot(engine), engine.cache.stored_tokens
     batched = evaluate_yes_no(engine, QUESTIONS, tokens)
     alone = evaluate_yes_no(engine, QUESTIONS, tokens, batched=False)
+    ids: dict = {}
+    first, cached = evaluate_yes_no(engine, QUESTIONS, tokens, ids_cache=ids), evaluate_yes_no(
+        engine, QUESTIONS, tokens, ids_cache=ids)  # the second with the ids rendered once
+    assert len(ids) == len(QUESTIONS) and first == batched and cached == pytest.approx(batched, abs=1e-6)
     # The reference: the engine's own question path (append to the cache, read, restore).
     reference = [tokens.probability(engine.question_logits(yes_no_text(q))[0]) for q in QUESTIONS]
     after = _snapshot(engine)
