@@ -67,6 +67,7 @@ class RunOptions:
     interactive: bool = False
     status_interval_s: float = 2.0
     mqtt: MqttOptions | None = None
+    watches: list[Any] = field(default_factory=list)  # WatchSpec: standing questions (``--watch``)
 
 
 @dataclass
@@ -133,7 +134,11 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
             session = await server.add(StreamSpec(
                 stream_id, options.source, config, loop=options.loop, realtime=options.realtime,
                 max_side=options.max_side, mic=options.mic, camera_size=options.camera_size,
-                duration_s=options.duration_s), wait_open=True)
+                duration_s=options.duration_s, watches=tuple(options.watches)), wait_open=True)
+            if options.watches:  # alerts are printed (and logged, and published when MQTT is on)
+                from omnizip_stream.watch.setup import format_alert
+
+                session.watches.listeners.append(lambda alert: console.note(format_alert(alert)))
             run = server.stream(stream_id)
             mqtt_config = None
             if options.mqtt is not None:
@@ -141,7 +146,8 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
                     mqtt_failed.append(exc)
                     terminate.stop.set()
 
-                mqtt_config = await _start_mqtt(stack, options.mqtt, session, console, on_dead=mqtt_dead)
+                mqtt_config = await _start_mqtt(stack, options.mqtt, session, console, on_dead=mqtt_dead,
+                                                watches=bool(options.watches))
             try:
                 terminate.serving = True
                 await _serve(session, run, options, console, result, mqtt_config, terminate.stop)
@@ -255,14 +261,15 @@ async def _serve(session: StreamSession, run: StreamRun, options: RunOptions, co
 async def _start_mqtt(
     stack: contextlib.AsyncExitStack, opts: MqttOptions, session: StreamSession | None, console: Console,
     on_dead: Callable[[BaseException], None] | None = None, embedded: Any = None, *, streams: Any = None,
-    admin_token: str | None = None, make_spec: Callable[[Any], Any] | None = None,
+    admin_token: str | None = None, make_spec: Callable[[Any], Any] | None = None, watches: bool = False,
 ) -> Any:
     """Start (an embedded broker and) the MQTT query server as a background task of ``stack``.
 
     ``embedded``: an :class:`EmbeddedBroker` already running (``omnizip serve``: one for every stream).
     ``streams`` (``omnizip serve``): serve every stream of this ``StreamServer`` on one connection
     instead of ``session``, with run-time add/remove over ``omnizip/server/streams`` when
-    ``admin_token`` is set (``make_spec`` builds a stream from a request).
+    ``admin_token`` is set (``make_spec`` builds a stream from a request). Alerts of standing
+    questions go to ``omnizip/<id>/alerts``; ``watches``: also take registrations on ``omnizip/<id>/watch``.
 
     Raises:
         BrokerUnavailableError: the broker cannot be reached (at the first attempt: a user giving a
@@ -297,6 +304,9 @@ async def _start_mqtt(
     else:
         server = MqttQueryServer.for_streams(streams, config, admin_token=admin_token, make_spec=make_spec or dict,
                                              check_in_use=opts.broker is not None)
+    from omnizip_stream.watch.mqtt import enable_watches
+
+    enable_watches(server, registration=watches)
     task = asyncio.ensure_future(server.run())
     stack.push_async_callback(_cancel, task)
     waiters = {asyncio.ensure_future(server.wait_connected()), asyncio.ensure_future(server.connect_failed.wait())}

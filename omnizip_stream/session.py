@@ -36,6 +36,7 @@ from omnizip_stream.server.scheduler import MAX_BACKLOG_S, PendingWindow, shed_v
 from omnizip_stream.server.worker import ModelWorker
 from omnizip_stream.sources.base import StreamCounters
 from omnizip_stream.status import LiveStatus
+from omnizip_stream.watch.registry import StreamWatches
 from omnizip_stream.window import Window
 from omnizip_stream.windowing import on_grid
 
@@ -95,6 +96,7 @@ class StreamSession(StreamJobs):
         self._clock_origin: float | None = None  # clock time at stream time 0 without a live clock (first push)
         self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
+        self.watches = StreamWatches(stream_id)  # standing questions (omnizip_stream.watch)
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> StreamSession:
@@ -233,11 +235,11 @@ class StreamSession(StreamJobs):
             await self._progress.wait()
 
     async def drain(self) -> None:
-        """Wait until every pushed window has been ingested (and no question is pending)."""
+        """Wait until every pushed window has been ingested (and no question or standing question is pending)."""
         self._check_running()
         while True:
             with self._cond:
-                if not self.windows and not self.queries and not self._busy:
+                if not self.windows and not self.queries and not self._busy and not self.watches.due:
                     return
                 self._idle.clear()
             await self._idle.wait()
@@ -339,6 +341,8 @@ class StreamSession(StreamJobs):
             out["last_window_ms"] = self.reports[-1].timings_ms
             out["last_window"] = window_summary(self.reports[-1])
         out.update(self.live.fields(oldest_t1))
+        if len(self.watches) or self.watches.counters["watch_evaluations"]:
+            out.update(self.watches.stats())
         return out
 
     def _check_running(self) -> None:

@@ -77,7 +77,9 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        # One thread: the tiny models' ops are too small to gain from a second, and on a 2-core machine a second
+        # thread fights every other process (tiny-model tests ran ~6x slower with two under load).
+        torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
 

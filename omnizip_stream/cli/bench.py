@@ -81,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch", type=int, default=8, help="batch size of the batched run (default 8)")
     group.add_argument("--json", type=Path, default=None, metavar="PATH",
                        help="where the JSON goes (default OUT/streams.json; the plot is OUT/streams.png)")
+    group = parser.add_argument_group("standing questions (--watches: the alert benchmark instead)")
+    group.add_argument("--watches", default=None, metavar="LIST",
+                       help="instead: the standing-question benchmark with these counts per stream (e.g. 0,1,4,16): "
+                             "per-window cost, alert latency on a broker, streams sustained (omnizip_stream/bench/watches.py)")
+    group.add_argument("--watch-windows", type=int, default=12, help="--watches: windows per count (default 12)")
+    group.add_argument("--watch-live-windows", type=int, default=8,
+                       help="--watches: live-paced windows for the alert latency (default 8)")
+    group.add_argument("--broker", default=None, help="--watches: broker URL for the alert latency (default: embedded)")
 
 
 def _lengths(args: argparse.Namespace) -> tuple[float, ...]:
@@ -234,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
     from omnizip_stream.bench.stream import run_benchmark, stream_targets, write_outputs
     from omnizip_stream.kv import CacheFullError
 
+    if args.watches is not None:
+        return _run_watches(args)
     modes, settings = resolve(args)
     set_threads(args.threads)
     cfg = settings.stream
@@ -254,6 +264,41 @@ def run(args: argparse.Namespace) -> int:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[t["pass"]]
         print(f"{name}: {verdict}{' - ' + t['note'] if t['note'] else ''}")
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _run_watches(args: argparse.Namespace) -> int:
+    """``--watches LIST``: the standing-question benchmark (:mod:`omnizip_stream.bench.watches`)."""
+    from omnizip.adapters.base import ModelLoadError
+    from omnizip_stream.bench.env import set_threads
+    from omnizip_stream.bench.models import load_bench_adapter
+    from omnizip_stream.bench.watches import run_watch_bench
+
+    try:
+        counts = sorted({int(x) for x in args.watches.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--watches must be whole numbers separated by commas, got {args.watches!r}") from None
+    if not counts or any(not 0 <= k <= 64 for k in counts):
+        raise UserError("--watches needs counts in [0, 64], e.g. 0,1,4,16")
+    if args.watch_windows < args.warmup_windows + 2 or args.watch_live_windows < 2:
+        raise UserError("--watch-windows must exceed --warmup-windows by 2; --watch-live-windows must be >= 2")
+    try:
+        cfg = resolve_config(args).replace(seed=args.seed, torch_threads=args.threads)
+        # room for a standing question and its answer instruction (byte-level tiny tokenizers need it)
+        cfg = cfg.replace(max_question_tokens=max(cfg.max_question_tokens, 96))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    set_threads(args.threads)
+    try:
+        adapter = load_bench_adapter(cfg.model, device=cfg.device, dtype=cfg.dtype, attn=cfg.attn, seed=args.seed)
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    report = run_watch_bench(adapter, cfg, counts, source=args.source, windows=args.watch_windows,
+                             live_windows=args.watch_live_windows, warmup=args.warmup_windows,
+                             max_side=args.max_side, broker_url=args.broker, out=args.out)
+    for name, ok in report["targets"].items():
+        print(f"{name}: {({True: 'pass', False: 'FAIL', None: 'n/a'})[ok]}")
+    print((args.out / "watches.md").read_text(), end="")
     return 0
 
 

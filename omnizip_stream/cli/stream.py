@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ask", action="append", default=[], metavar="QUESTION",
                         help="a scripted question (repeatable), asked every --ask-every seconds of stream")
     parser.add_argument("--ask-every", type=positive_float, default=5.0, help="stream seconds between scripted questions")
+    parser.add_argument("--watch", action="append", default=[], metavar="QUESTION",
+                        help="a standing yes/no question (repeatable): an alert is printed when it becomes true "
+                             "(threshold 0.5; settings per question in a server file's watches:)")
     parser.add_argument("--interactive", dest="interactive", action="store_true", default=None,
                         help="answer questions typed on stdin (default when stdin is a terminal)")
     parser.add_argument("--no-interactive", dest="interactive", action="store_false",
@@ -147,6 +150,15 @@ def run(args: argparse.Namespace) -> int:
         realtime=not args.no_realtime, loop=args.loop, max_side=args.max_side, questions=list(args.ask),
         ask_every_s=args.ask_every, interactive=interactive, status_interval_s=args.status_interval,
     )
+    from omnizip_stream.watch.spec import MAX_WATCHES_PER_STREAM, WatchError, watch_spec_from_mapping
+
+    if len(args.watch) > MAX_WATCHES_PER_STREAM:
+        raise UserError(f"--watch: {len(args.watch)} standing questions; at most {MAX_WATCHES_PER_STREAM}")
+    for question in args.watch:
+        try:
+            options.watches.append(watch_spec_from_mapping(question))
+        except WatchError as exc:
+            raise UserError(f"--watch {question[:40]!r}: {exc}") from None
     notice = tiny_notice(config.model)
     if notice:
         print(notice, file=sys.stderr)

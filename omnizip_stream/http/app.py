@@ -144,6 +144,9 @@ def create_app(server: StreamServer, settings: HttpSettings, *, extensions: list
     app.include_router(streams.router)
     app.include_router(chat.router)
     app.include_router(metrics.router)
+    from omnizip_stream.http import watches  # standing questions (omnizip_stream.watch)
+
+    app.include_router(watches.router)
     for name in EXTENSIONS if extensions is None else extensions:
         importlib.import_module(name).install(app)
     # Outermost: host check, API key, body size (before any route runs).

@@ -85,6 +85,7 @@ class QueryDesk:
         self.config = config
         self.control: Any = None  # handles <prefix>/server/streams requests (routed desks; see control.py)
         self.control_topic = f"{config.topic_prefix}/server/streams"
+        self.watch: Any = None  # handles <prefix>/<id>/watch requests (omnizip_stream.watch.mqtt.WatchDesk)
         self.outbox = outbox
         self.counters = counters
         self.errors = errors
@@ -173,10 +174,11 @@ class QueryDesk:
         cfg = self.config
         self.counters["received"] += 1
         stream_id, control = cfg.stream_id, False
+        topic = str(getattr(message, "topic", ""))
+        watch = self.watch.stream_of(topic) if self.watch is not None else None  # <p>/<id>/watch
         if self.routed:
-            topic = str(getattr(message, "topic", ""))
             control = topic == self.control_topic and self.control is not None
-            found = None if control else stream_of_topic(topic, cfg.topic_prefix)
+            found = None if control else watch or stream_of_topic(topic, cfg.topic_prefix)
             if found is None and not control:
                 self.counters["ignored_topic"] += 1
                 return
@@ -223,6 +225,9 @@ class QueryDesk:
             return
         if control:
             self.control.handle(obj, route, request_id, routes)
+            return
+        if watch is not None:
+            self.watch.handle(obj, route, request_id, stream_id)
             return
         service = lookup(self.streams, stream_id)
         if service is None:  # never list the streams that are served: the requester may not know them

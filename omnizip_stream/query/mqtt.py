@@ -275,9 +275,12 @@ class MqttQueryServer(StatusPublishing):
     @property
     def subscriptions(self) -> list[str]:
         """Topics the server subscribes to: one stream's query topic, or every stream's and the control topic."""
+        watch = self._desk.watch is not None  # standing questions (omnizip_stream.watch.mqtt.enable_watches)
         if not self.routed:
-            return [self.config.query_topic]
-        return [f"{self.config.topic_prefix}/+/query", self._desk.control_topic]
+            return [self.config.query_topic] + ([f"{self.config.topic_prefix}/{self.config.stream_id}/watch"]
+                                                if watch else [])
+        return [f"{self.config.topic_prefix}/+/query", self._desk.control_topic] + (
+            [f"{self.config.topic_prefix}/+/watch"] if watch else [])
 
     async def _serve_connection(self, client: Any) -> None:
         cfg = self.config

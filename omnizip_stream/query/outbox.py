@@ -41,6 +41,7 @@ class OutMessage:
         correlation: MQTT 5 CorrelationData to echo (None for 3.1.1 routes).
         partial: True for a streamed partial answer (dropped first when the outbox overflows).
         strikes: connections that died while this reply was unacknowledged.
+        user_properties: MQTT 5 user properties ``(name, value)`` (alerts of standing questions).
     """
 
     topic: str
@@ -48,6 +49,7 @@ class OutMessage:
     correlation: bytes | None = None
     partial: bool = False
     strikes: int = 0
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 class Outbox:
@@ -147,7 +149,7 @@ class Outbox:
 
 
 def publish_properties(msg: OutMessage) -> Any:
-    """MQTT 5 PUBLISH properties of a reply: JSON content type and the echoed CorrelationData."""
+    """MQTT 5 PUBLISH properties of a reply: JSON content type, the echoed CorrelationData, user properties."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -155,6 +157,8 @@ def publish_properties(msg: OutMessage) -> Any:
     props.ContentType = "application/json"
     if msg.correlation is not None:
         props.CorrelationData = msg.correlation
+    if msg.user_properties:
+        props.UserProperty = list(msg.user_properties)
     return props
 
 

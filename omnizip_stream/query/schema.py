@@ -40,7 +40,9 @@ _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
 ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "shutting_down", "internal",
                # many-stream servers: a stream id not served; the server/streams control requests
-               "unknown_stream", "forbidden", "unauthorized", "conflict", "refused")
+               "unknown_stream", "forbidden", "unauthorized", "conflict", "refused",
+               # standing questions (omnizip_stream.watch): too many on a stream, a watch id not registered
+               "too_many", "unknown_watch")
 
 
 class RequestError(Exception):

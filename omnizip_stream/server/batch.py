@@ -17,9 +17,15 @@ if TYPE_CHECKING:
 
 
 def serve_batch(kind: str, members: Sequence[tuple[StreamSession, Any]]) -> None:
-    """Run one batch (model thread): ``kind`` ``"window"`` (PendingWindows) or ``"query"`` (questions)."""
+    """Run one batch (model thread): ``kind`` ``"window"`` (PendingWindows), ``"query"`` (questions) or ``"watch"``."""
     if kind == "query":
         _serve_questions(members)
+    elif kind == "watch":  # standing questions: each stream's in one forward over its own cache
+        for session, _ in members:
+            try:
+                session.serve_watch()
+            except Exception as exc:  # noqa: BLE001 - that stream's failure only
+                session.job_failed(kind, exc)
     else:
         _serve_windows(members)
 

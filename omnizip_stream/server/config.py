@@ -63,6 +63,8 @@ class ServerSettings:
         retry_max_s: cap of that wait.
         max_source_retries: re-opens of a failed source before it is given up (state ``failed``);
             None retries forever.
+        alerts_dir: where each stream's alert log goes (``<id>.alerts.jsonl``; None: ``$OMNIZIP_ALERTS_DIR``
+            or ``~/.local/state/omnizip/alerts``).
     """
 
     kv_budget_mb: float | None = None
@@ -71,6 +73,7 @@ class ServerSettings:
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0
     max_source_retries: int | None = None
+    alerts_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.kv_budget_mb is not None and not (_is_number(self.kv_budget_mb) and self.kv_budget_mb > 0):
@@ -102,6 +105,8 @@ class StreamSpec:
         mic: microphone device for ``camera+mic`` / ``mic``.
         camera_size: camera capture size (``640x480``).
         duration_s: stop after this much stream time (None: when the source ends).
+        watches: standing questions (``watches: [{question: ..., threshold: 0.5, debounce: 2,
+            cooldown_s: 30, every_windows: 1}]``), :class:`~omnizip_stream.watch.spec.WatchSpec`.
     """
 
     id: str
@@ -113,6 +118,7 @@ class StreamSpec:
     mic: str | None = None
     camera_size: str | None = None
     duration_s: float | None = None
+    watches: tuple[Any, ...] = ()  # WatchSpec: the stream's standing questions (omnizip_stream.watch)
 
     def __post_init__(self) -> None:
         check_stream_id(self.id)
@@ -186,10 +192,13 @@ def stream_spec_from_mapping(item: Any, defaults: StreamConfig, *, where: str | 
     except SourceError as exc:
         raise ValueError(f"{label}: source: {exc}") from None
     options = {k: item[k] for k in SOURCE_KEYS if k in item}
-    overrides = {k: v for k, v in item.items() if k not in ("id", "source", *SOURCE_KEYS)}
+    overrides = {k: v for k, v in item.items() if k not in ("id", "source", "watches", *SOURCE_KEYS)}
     try:
+        from omnizip_stream.watch.setup import watch_specs_from_list
+
         config = config_from_mapping(overrides, defaults)
-        return StreamSpec(id=stream_id, source=source.strip(), config=config, **_source_options(options))
+        return StreamSpec(id=stream_id, source=source.strip(), config=config, **_source_options(options),
+                          watches=watch_specs_from_list(item.get("watches")))
     except ValueError as exc:
         raise ValueError(f"{label}: {exc}") from None
 

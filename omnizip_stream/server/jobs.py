@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from omnizip_stream.status import LiveStatus
 if TYPE_CHECKING:
     from omnizip_stream.clock import Clock
     from omnizip_stream.server.worker import ModelWorker
+    from omnizip_stream.watch.registry import StreamWatches
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class StreamJobs:
     reports: collections.deque[WindowReport]
     last_error: str | None
     live: LiveStatus
+    watches: StreamWatches
     clock: Clock
     stopping: bool
     _worker: ModelWorker
@@ -100,6 +103,7 @@ class StreamJobs:
                 self.reports.append(outcome)
                 self._last_lag_s = self.clock.now() - pending.pushed_at
                 self.live.window_landed(outcome.t1_s)
+                self.watches.window_done(outcome, backlog=len(self.windows), landed_at=time.time())
             self.publish_stats()
         finally:
             self._post(self._progress.set)
@@ -132,6 +136,25 @@ class StreamJobs:
             logger.error("stream %s: query failed", self.stream_id, exc_info=outcome)
             error = QueryError("internal", f"answer failed: {outcome}")
         self._post(set_exception, query.future, error)
+
+    @property
+    def watch_due(self) -> bool:
+        """Whether standing questions wait to be evaluated after the last window (read by the scheduler)."""
+        return bool(self.watches.due)
+
+    def serve_watch(self) -> None:
+        """Evaluate the due standing questions (model thread); alerts go to the listeners on the loop."""
+        assert self.engine is not None
+        try:
+            alerts = self.watches.run(self.engine)
+        except Exception as exc:  # a failing evaluation must not stop the stream
+            self.watches.due = []
+            self.watches.counters["watch_failed"] += 1
+            self.last_error = f"watch: {type(exc).__name__}: {exc}"
+            logger.exception("stream %s: standing questions failed; the stream continues", self.stream_id)
+            return
+        for alert in alerts:
+            self._post(self.watches.deliver, alert)
 
     def publish_stats(self) -> None:
         """Snapshot the engine's stats for :meth:`stats` (model thread)."""

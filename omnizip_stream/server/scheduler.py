@@ -2,6 +2,9 @@
 
 Pure bookkeeping (no threads, no model), so the policy is tested on its own:
 
+0. Users' questions are never delayed by standing questions (:mod:`omnizip_stream.watch`): a
+   stream's due standing questions (``"watch"``) run after every waiting user question and before
+   any window, so before that stream's next window.
 1. **Questions first**, FIFO within a stream and round-robin across streams: the stream whose
    question was served last goes to the back of the line, so a stream with many waiting questions
    cannot make another stream's question wait for more than one of its own.
@@ -61,6 +64,7 @@ class StreamQueues(Protocol):
 
     queries: collections.deque[Any]
     windows: collections.deque[PendingWindow]
+    watch_due: bool  # standing questions wait to run after the stream's last window
 
 
 class Scheduler:
@@ -80,7 +84,7 @@ class Scheduler:
             self._order.remove(stream_id)
 
     def pick(self, streams: Mapping[str, StreamQueues]) -> tuple[str, str] | None:
-        """The next single job: ``(stream_id, "query")``, ``(stream_id, "window")`` or None when all are idle.
+        """The next single job: ``(stream_id, "query" | "watch" | "window")`` or None when all are idle.
 
         A batch of one of :meth:`pick_batch`.
         """
@@ -88,10 +92,11 @@ class Scheduler:
         return None if picked is None else (picked[1][0], picked[0])
 
     def pick_batch(self, streams: Mapping[str, StreamQueues], max_batch: int) -> tuple[str, list[str]] | None:
-        """The next batch: ``("query", ids)`` or ``("window", ids)`` (one job of each stream), or None.
+        """The next batch: ``("query", ids)``, ``("watch", ids)`` or ``("window", ids)`` (one job of each stream), or None.
 
         Questions: up to ``max_batch`` streams with a waiting question, in round-robin order; each
-        moves to the back of the question line. Else windows: up to ``max_batch`` streams whose
+        moves to the back of the question line. Else standing questions due after a stream's last
+        window (``watch_due``). Else windows: up to ``max_batch`` streams whose
         oldest pending windows have the earliest deadlines (ties: pushed first). The caller pops
         one job from each stream's queue.
         """
@@ -101,6 +106,10 @@ class Scheduler:
                 self._order.remove(stream_id)
                 self._order.append(stream_id)
             return "query", asking
+        # standing questions (omnizip_stream.watch): after users' questions, before the next window
+        watching = [sid for sid in self._order if getattr(streams.get(sid), "watch_due", False)][:max_batch]
+        if watching:
+            return "watch", watching
         heads = sorted((streams[sid].windows[0].deadline_s, streams[sid].windows[0].seq, sid)
                        for sid in self._order if self._has(streams, sid, "windows"))
         return ("window", [sid for _, _, sid in heads[:max_batch]]) if heads else None

@@ -95,7 +95,8 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
                     embedded = await stack.enter_async_context(EmbeddedBroker(mqtt.broker_port))
                 make_spec = functools.partial(stream_spec_from_mapping, defaults=config.defaults)
                 await _start_mqtt(stack, mqtt, None, console, on_dead=mqtt_dead, embedded=embedded,
-                                  streams=server, admin_token=config.server.admin_token, make_spec=make_spec)
+                                  streams=server, admin_token=config.server.admin_token, make_spec=make_spec,
+                                  watches=any(spec.watches for spec in config.streams))
             console.note(f"serving {len(server.ids())} stream(s) with one model ({config.defaults.model}); "
                          "SIGTERM or Ctrl-C stops")
             terminate.serving = True

@@ -337,7 +337,8 @@ class ModelWorker:
                 members = []
                 for sid in ids:
                     session = self._streams[sid]
-                    item = session.queries.popleft() if kind == "query" else session.windows.popleft()
+                    item = (session.queries.popleft() if kind == "query"
+                            else None if kind == "watch" else session.windows.popleft())
                     session.job_started(item)
                     members.append((session, item))
                 return kind, members
