@@ -246,6 +246,10 @@ class OmniAdapter(Protocol):
         """Bytes held by the key and value tensors of ``cache``."""
         ...
 
+    def cache_view(self, cache: Any) -> Any:
+        """A cache that starts as ``cache`` and grows on its own (``cache`` is never written)."""
+        ...
+
     def cache_tensors(self, cache: Any) -> list[torch.Tensor]:
         """The key and value tensors of ``cache``."""
         ...

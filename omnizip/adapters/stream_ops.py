@@ -98,6 +98,18 @@ class StreamOps:
         """The key and value tensors ``[B, H_kv, S, Dh]`` of ``cache`` (to measure or track its memory)."""
         return [t for layer in self._cache_layers(cache) for t in (layer.keys, layer.values)]
 
+    def cache_view(self, cache: Any) -> Any:
+        """A cache that starts as ``cache`` and grows on its own: layers copied shallowly, tensors shared.
+
+        Appending to the view rebinds the view's layer tensors (``torch.cat``), so ``cache`` is never written:
+        a question evaluated on a view leaves the stream's cache bit-identical, with no copy of its tensors.
+        """
+        import copy
+
+        view = copy.copy(cache)
+        view.layers = [copy.copy(layer) for layer in cache.layers]
+        return view
+
     def cache_drop(self, cache: Any, start: int, end: int) -> None:
         """Remove tokens ``[start, end)`` from every layer of ``cache`` (in place)."""
         for layer in self._cache_layers(cache):

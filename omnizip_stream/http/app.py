@@ -47,7 +47,8 @@ EXTENSIONS: list[str] = ["omnizip_stream.web"]
 
 # QueryError / RequestError codes -> HTTP status.
 STATUS_OF_CODE = {"bad_request": 400, "too_long": 400, "unauthorized": 401, "forbidden": 403,
-                  "unknown_stream": 404, "not_found": 404, "method_not_allowed": 405, "conflict": 409, "refused": 409,
+                  "unknown_stream": 404, "unknown_watch": 404, "not_found": 404, "method_not_allowed": 405,
+                  "conflict": 409, "refused": 409, "too_many": 409,
                   "busy": 429, "rate_limited": 429, "internal": 500, "not_ready": 503, "shutting_down": 503}
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_long", 415: "bad_request", 429: "busy"}

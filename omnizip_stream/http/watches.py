@@ -12,13 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from omnizip_stream.http.app import ApiError, read_json
+from omnizip_stream.http.app import STATUS_OF_CODE, ApiError, read_json
 from omnizip_stream.http.streams import unknown_stream
 from omnizip_stream.query.schema import json_safe
 from omnizip_stream.watch.spec import WatchError, watch_spec_from_mapping
 
 router = APIRouter()
-_STATUS = {"too_many": 409, "conflict": 409, "unknown_watch": 404}
 MAX_ALERTS = 1000  # per response; page on with since=<last seq>
 
 
@@ -31,7 +30,7 @@ def _session(request: Request, stream_id: str) -> Any:
 
 
 def _error(exc: WatchError) -> ApiError:
-    return ApiError(exc.code, exc.message, _STATUS.get(exc.code, 400))
+    return ApiError(exc.code, exc.message, STATUS_OF_CODE.get(exc.code, 400))
 
 
 @router.get("/v1/streams/{stream_id}/watches")

@@ -15,7 +15,6 @@ the view), so the stream's own cache object is never written: it is bit-identica
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,16 +77,6 @@ def yes_no_text(question: str) -> str:
     return question.strip() + ANSWER_INSTRUCTION
 
 
-def cache_view(cache: Any) -> Any:
-    """A cache that starts as ``cache`` and grows on its own: layers copied shallowly, tensors shared.
-
-    Appending to the view rebinds the view's layer tensors (``torch.cat``); ``cache`` is not written.
-    """
-    view = copy.copy(cache)
-    view.layers = [copy.copy(layer) for layer in cache.layers]
-    return view
-
-
 def _chunk(engine: Any, text: str, ids_cache: dict[str, list[int]] | None) -> ForwardItem:
     """The engine's question chunk for ``text`` (``StreamEngine.begin_question``), on a view of the cache.
 
@@ -99,13 +88,13 @@ def _chunk(engine: Any, text: str, ids_cache: dict[str, list[int]] | None) -> Fo
         item = engine.begin_question(Ask(text, 1)).item
         if ids_cache is not None:
             ids_cache[text] = engine.question_ids(text)
-        return dataclasses.replace(item, cache=cache_view(engine.cache.cache))
+        return dataclasses.replace(item, cache=engine.adapter.cache_view(engine.cache.cache))
     adapter, suffix = engine.adapter, ids_cache[text]
     close_ids = adapter.close_ids(engine.has_audio, engine.has_video)
     close_pos = adapter.special_positions(len(close_ids), engine.cache.close_position())
     start = close_pos[-1] + 1
     positions = adapter.positions_1d(close_pos + [start + i for i in range(len(suffix))])
-    return ForwardItem(adapter.embed_ids(close_ids + suffix), positions, cache_view(engine.cache.cache), logits=True)
+    return ForwardItem(adapter.embed_ids(close_ids + suffix), positions, adapter.cache_view(engine.cache.cache), logits=True)
 
 
 def evaluate_yes_no(engine: Any, questions: Sequence[str], tokens: YesNoTokens, *,

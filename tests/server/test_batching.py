@@ -100,10 +100,15 @@ async def _script(family: dict[str, Any], sessions: dict[str, StreamSession], ho
     return {sid: _state(session, answers[sid]) for sid, session in sessions.items()}
 
 
+def _pairs(tensors: list[Any]) -> list[tuple[Any, Any]]:
+    """``[k0, v0, k1, v1, ...]`` (``adapter.cache_tensors``) as per-layer ``(k, v)`` pairs."""
+    return list(zip(tensors[0::2], tensors[1::2], strict=True))
+
+
 def _state(session: StreamSession, answers: list[Any]) -> dict[str, Any]:
     cache = session.engine.cache
     return {
-        "kv": [(layer.keys.clone(), layer.values.clone()) for layer in cache._layers()],
+        "kv": [(k.clone(), v.clone()) for k, v in _pairs(session.adapter.cache_tensors(cache.cache))],
         "positions": [s.positions.clone() for s in cache.segments],
         "answers": answers,
         "stats": dict(session.engine.stats()),
