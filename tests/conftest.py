@@ -74,6 +74,10 @@ def _seed() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import tempfile
+
+    # Standing questions' alert logs go to a throwaway folder, not the user's ~/.local/state (subprocesses inherit).
+    os.environ.setdefault("OMNIZIP_ALERTS_DIR", tempfile.mkdtemp(prefix="omnizip-test-alerts-"))
     try:
         import torch
 

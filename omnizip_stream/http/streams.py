@@ -89,7 +89,10 @@ async def delete_stream(stream_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/v1/streams/{stream_id}/events")
 async def stream_events(stream_id: str, request: Request) -> StreamingResponse:
-    """Server-sent events: ``status`` (state and stats, when they change), ``removed`` (then the end)."""
+    """Server-sent events: ``status`` (when it changes), ``alert`` (each standing-question alert), ``removed``.
+
+    ``alert`` carries the alert JSON published on MQTT; ``removed`` ends the stream of events.
+    """
     server: StreamServer = request.app.state.server
     first = stream_info(server, stream_id)
     interval_s = request.app.state.settings.events_interval_s
@@ -112,6 +115,16 @@ async def _events(server: StreamServer, stream_id: str, first: dict[str, Any], i
             with contextlib.suppress(asyncio.QueueFull):
                 changes.put_nowait((event, info))
 
+    def on_alert(alert: dict[str, Any]) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            changes.put_nowait(("alert", alert))
+
+    try:
+        watches = getattr(server.session(stream_id), "watches", None)
+    except KeyError:  # removed since the request was checked
+        watches = None
+    if watches is not None:
+        watches.listeners.append(on_alert)
     server.on_change.append(on_change)
     try:
         last, quiet_s = first, 0.0
@@ -128,6 +141,10 @@ async def _events(server: StreamServer, stream_id: str, first: dict[str, Any], i
             if event == "removed":
                 yield sse({"id": stream_id}, "removed")
                 return
+            if event == "alert":
+                yield sse(json_safe(info), "alert")
+                quiet_s = 0.0
+                continue
             try:
                 now = stream_info(server, stream_id)
             except ApiError:  # removed between the callback and now
@@ -139,6 +156,9 @@ async def _events(server: StreamServer, stream_id: str, first: dict[str, Any], i
     finally:
         with contextlib.suppress(ValueError):
             server.on_change.remove(on_change)
+        if watches is not None:
+            with contextlib.suppress(ValueError):
+                watches.listeners.remove(on_alert)
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -43,3 +43,20 @@ def test_watches_and_alerts_over_http(tmp_path, monkeypatch):
         assert httpx.delete(f"{url}/v1/streams/door/watches/w1", timeout=30).json()["deleted"] is True
         assert_error(httpx.delete(f"{url}/v1/streams/door/watches/w1", timeout=30), 404, "unknown_watch")
         assert httpx.get(f"{url}/v1/streams/door", timeout=30).status_code == 200  # the stream goes on
+
+
+def test_alerts_arrive_on_the_streams_event_stream(tmp_path, monkeypatch):
+    from test_streams import read_events
+
+    monkeypatch.setenv("OMNIZIP_ALERTS_DIR", str(tmp_path))
+    spec = dataclasses.replace(replay_spec("door", seed=1, seconds=8.0), realtime=True)  # windows at 2, 4, 6, 8 s
+    spec = dataclasses.replace(spec, config=spec.config.replace(max_question_tokens=96),
+                               watches=(WatchSpec("Is a dog barking?", id="dog", threshold=0.0),))
+    with served(spec) as api, httpx.stream("GET", f"{api.url}/v1/streams/door/events", timeout=60) as response:
+        events = read_events(response.iter_lines(), lambda event, data: event == "alert")
+        alert = events[-1][1]
+        assert events[0][0] == "status"
+        assert alert["stream_id"] == "door" and alert["question"] == "Is a dog barking?" and alert["watch_id"] == "dog"
+        assert 0.0 <= alert["probability"] <= 1.0 and len(alert["time_range_s"]) == 2
+        logged = httpx.get(f"{api.url}/v1/streams/door/alerts", timeout=30).json()["data"]
+        assert alert["seq"] in [a["seq"] for a in logged]  # the event is the logged alert

@@ -34,6 +34,7 @@ import httpx  # noqa: E402
 from http_helpers import Served, stream_config  # noqa: E402
 
 from omnizip_stream.server.config import StreamSpec  # noqa: E402
+from omnizip_stream.watch.spec import WatchSpec  # noqa: E402
 
 
 def poll(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
@@ -50,7 +51,9 @@ def poll(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
 def test_the_page_streams_the_browsers_camera_and_answers_a_question(tmp_path):
     camera = make_fake_camera(tmp_path / "camera.y4m")
     microphone = make_fake_microphone(tmp_path / "microphone.wav")
-    lobby = StreamSpec("lobby", "synthetic:seed=3", stream_config(), loop=True, max_side=160)  # a server-side stream
+    # a server-side stream, with a standing question that fires after every window (threshold 0)
+    lobby = StreamSpec("lobby", "synthetic:seed=3", stream_config(max_question_tokens=96), loop=True, max_side=160,
+                       watches=(WatchSpec("Is a dog barking?", id="dog", threshold=0.0),))
     shot = artifacts_dir() / "web-page.png"
     with Served((lobby,)) as served, httpx.Client(base_url=served.url, timeout=30) as http, \
             sync_api.sync_playwright() as pw:
@@ -99,6 +102,9 @@ def test_the_page_streams_the_browsers_camera_and_answers_a_question(tmp_path):
             lobby_windows = len(http.get("/v1/streams/lobby/windows").json()["windows"])
             page.wait_for_function(f"() => Number(document.getElementById('chart').dataset.points) >= {lobby_windows}",
                                    timeout=15_000)
+            # its alerts arrive on the page as they fire (the stream's event stream)
+            page.wait_for_function("() => [...document.querySelectorAll('#alerts li')]"
+                                   ".some((li) => li.textContent.startsWith('Is a dog barking?'))", timeout=20_000)
             page.screenshot(path=str(artifacts_dir() / "web-page-snapshot.png"), full_page=True)
 
             page.close(run_before_unload=True)  # leaving the page removes its stream

@@ -106,6 +106,10 @@ function select(id) {
   state.lastIndex = -1;
   state.backfilled = false;
   $("current").textContent = id;
+  const none = document.createElement("li");
+  none.className = "muted";
+  none.textContent = "none yet";
+  $("alerts").replaceChildren(none);
   for (const li of $("streams").children) li.classList.toggle("selected", li.dataset.id === id);
   drawChart();
   openEvents(id);
@@ -121,9 +125,21 @@ function openEvents(id) {
   api(`/v1/streams/${encodeURIComponent(id)}/events`, { signal: ctl.signal, headers: { Accept: "text/event-stream" } })
     .then((r) => (r.ok ? readSSE(r, (name, data) => {
       if (name === "removed") { $("state").textContent = "removed"; return; }
+      if (name === "alert") { try { showAlert(JSON.parse(data)); } catch { /* not JSON */ } return; }
       try { showStatus(JSON.parse(data)); } catch { /* not JSON */ }
     }) : null))
     .catch(() => { /* aborted, or the server went away */ });
+}
+
+// An alert of the stream's standing questions ("tell me when ..."), newest first, at most 20 shown.
+function showAlert(a) {
+  const list = $("alerts");
+  if (list.firstElementChild && list.firstElementChild.classList.contains("muted")) list.replaceChildren();
+  const li = document.createElement("li");
+  const range = Array.isArray(a.window_time_range_s) ? ` at ${fmt(a.window_time_range_s[0], 1)}-${fmt(a.window_time_range_s[1], 1)} s` : "";
+  li.textContent = `${a.question} (p=${fmt(a.probability, 2)}${range})` + (a.description ? `: ${a.description}` : "");
+  list.prepend(li);
+  while (list.children.length > 20) list.lastElementChild.remove();
 }
 
 function showStatus(msg) {
