@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     # offline default: the reference's global saliency (a stream can only use block)
     cfg = resolve_config(args, base=StreamConfig().replace(saliency="global"))
     comp = cfg.compression
+    if comp.vision_budget != "off":
+        raise UserError(f"vision_budget={comp.vision_budget} works on live streams only (omnizip stream / serve); "
+                        "infer answers about a whole clip offline: drop it here")
     logger.info("model %s (device %s, dtype %s); %s rho_audio=%s rho_video=%s g=%s saliency=%s", cfg.model,
                 cfg.device, cfg.dtype, cfg.method, comp.rho_audio, comp.rho_video, comp.g, comp.saliency)
     try:

@@ -62,6 +62,7 @@ def test_bad_media_is_a_one_line_error(capsys, media_dir, kind, message):
     (["--rho-video", "1.5"], "rho_video"),
     (["--model", "/no/such/checkpoint"], "cannot load model"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["vision_budget=audio"], "vision_budget=audio works on live streams only"),
 ])
 def test_bad_flags_are_one_line_errors(capsys, media_dir, flags, message):
     code, _, err = _infer(capsys, "--video", media_dir["av"], *flags)
