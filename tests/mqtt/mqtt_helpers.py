@@ -194,6 +194,13 @@ async def serve(service: Any, config: MqttConfig) -> AsyncIterator[MqttQueryServ
     status topic) to clients that connect later, which would put status messages among replies.
     """
     server = MqttQueryServer(service, config, check_in_use=config.url not in V311_ONLY_URLS)
+    async with running(server):
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def running(server: MqttQueryServer) -> AsyncIterator[MqttQueryServer]:
+    """Run ``server`` in the background once it has connected (10 s at most); cancel it afterwards."""
     task = asyncio.ensure_future(server.run())
     try:
         waiter = asyncio.ensure_future(server.wait_connected())
@@ -258,21 +265,8 @@ async def serve_streams(streams: Any, config: MqttConfig, **kwargs: Any) -> Asyn
     """Run ``MqttQueryServer.for_streams(streams, config, **kwargs)`` while the block runs."""
     kwargs.setdefault("check_in_use", config.url not in V311_ONLY_URLS)
     server = MqttQueryServer.for_streams(streams, config, **kwargs)
-    task = asyncio.ensure_future(server.run())
-    try:
-        waiter = asyncio.ensure_future(server.wait_connected())
-        done, _ = await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            waiter.cancel()
-            task.result()
-        if waiter not in done:
-            waiter.cancel()
-            raise TimeoutError("server did not connect")
+    async with running(server):
         yield server
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def retained(port: int, topic: str, want: Any = None, timeout_s: float = 10.0) -> dict[str, Any]:
