@@ -80,6 +80,24 @@ def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitt
     asyncio.run(embedded.stop())
 
 
+@pytest.fixture(scope="module")
+def module_amqtt(shared_broker: Mosquitto | EmbeddedBroker) -> Iterator[EmbeddedBroker | None]:
+    """On amqtt, a broker private to one test module (None on mosquitto).
+
+    amqtt 0.12 hands a client's subscriptions to clients that connect later; a many-stream server subscribes
+    ``omnizip/+/query``, so on the shared broker later tests' servers and clients would get each other's
+    messages. Modules that run many-stream servers use this one (``broker`` overridden there).
+    """
+    if shared_broker.kind == "mosquitto":
+        yield None
+        return
+    embedded = asyncio.run(EmbeddedBroker(prefer="amqtt").start())
+    V311_ONLY_URLS.add(embedded.url)
+    yield embedded
+    V311_ONLY_URLS.discard(embedded.url)
+    asyncio.run(embedded.stop())
+
+
 @pytest.fixture(scope="session")
 def mosquitto_bin() -> str:
     binary = find_mosquitto()

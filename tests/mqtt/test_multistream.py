@@ -15,6 +15,13 @@ from omnizip_stream.query.fairqueue import FairQueue
 from omnizip_stream.query.mqtt import MqttQueryServer
 from omnizip_stream.query.mqtt_client import MqttQueryClient
 
+
+@pytest.fixture
+def broker(broker, module_amqtt):
+    """The shared broker; on amqtt this module's own (see ``module_amqtt``: amqtt leaks wildcard subscriptions)."""
+    return module_amqtt if module_amqtt is not None else broker
+
+
 pytestmark = pytest.mark.broker
 
 STATUS_KEYS = {"state", "stream_id", "protocol", "query_topic", "instance", "status_interval_s", "ts", "server",

@@ -15,6 +15,13 @@ from mqtt_helpers import FakeService, FakeStreams, fast_config, retained, serve,
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.query.mqtt_client import MqttQueryClient
 
+
+@pytest.fixture
+def broker(broker, module_amqtt):
+    """The shared broker; on amqtt this module's own (see ``module_amqtt``: amqtt leaks wildcard subscriptions)."""
+    return module_amqtt if module_amqtt is not None else broker
+
+
 pytestmark = pytest.mark.broker
 
 TOKEN = "s3cret-admin-token-4242"
