@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -122,3 +123,20 @@ def make_media(
                 out.mux(p)
     out.close()
     return path
+
+
+def wait_for_text(log, text: str, timeout_s: float = 120.0) -> str:
+    """Poll the file object ``log`` (a subprocess's output) until it contains ``text``; return its content.
+
+    Raises:
+        AssertionError: ``text`` did not appear within ``timeout_s`` (the end of the log is shown).
+    """
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        log.seek(0)
+        content = log.read()
+        if text in content:
+            return content
+        time.sleep(0.2)
+    log.seek(0)
+    raise AssertionError(f"{text!r} not seen in:\n{log.read()[-3000:]}")

@@ -10,27 +10,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from omni_helpers import wait_for_text
 
 from omnizip_stream.cli import main
 
 BROKER = pytest.mark.skipif(shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto")
                             and importlib.util.find_spec("amqtt") is None,
                             reason="neither mosquitto (Debian package) nor amqtt (pip) is installed")
-
-
-def _wait_for(log, text, timeout_s=120.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        log.seek(0)
-        content = log.read()
-        if text in content:
-            return content
-        time.sleep(0.2)
-    log.seek(0)
-    raise AssertionError(f"{text!r} not seen in:\n{log.read()[-3000:]}")
 
 
 async def _ask_both(url, v311):
@@ -69,9 +57,9 @@ def test_serve_answers_every_streams_topic_and_reports_a_failing_one(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "omnizip_stream.cli", "serve", "--config", str(config),
                              "--status-interval", "1"], stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        content = _wait_for(log, "MQTT: questions on omnizip/kitchen/query at ")
+        content = wait_for_text(log, "MQTT: questions on omnizip/kitchen/query at ")
         url = content.split("MQTT: questions on omnizip/door/query at ")[1].split(";")[0]
-        _wait_for(log, "kitchen [running] t=   2.0s")  # a window is in (questions before it are not_ready)
+        wait_for_text(log, "kitchen [running] t=   2.0s")  # a window is in (questions before it are not_ready)
         (door, door_status), (bad, bad_status), (kitchen, kitchen_status) = asyncio.run(
             _ask_both(url, "MQTT 3.1.1 only" in content))
         for reply in (door, kitchen):
@@ -81,7 +69,7 @@ def test_serve_answers_every_streams_topic_and_reports_a_failing_one(tmp_path):
             assert status["state"] == "online" and "windows_ingested" in status["session"]
         assert bad_status["session"]["source_state"] == "retrying" and bad_status["session"]["source_retries"] >= 1
         assert "missing.mp4" in bad_status["session"]["source_error"]
-        content = _wait_for(log, "stream bad: retrying (")
+        content = wait_for_text(log, "stream bad: retrying (")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         log.seek(0)

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from omni_helpers import wait_for_text
 
 pytestmark = pytest.mark.timeout(240)
 SERVER_FILE = """\
@@ -71,7 +72,7 @@ def test_serve_http_logs_its_url_answers_the_openai_client_and_stops_on_sigterm(
                              "--http", "0.0.0.0:0", "--no-mqtt"], stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMNIZIP_API_KEY": "test-key"})
     try:
-        content = _wait_for(log, "HTTP API on http://")
+        content = wait_for_text(log, "HTTP API on http://")
         assert "MQTT" not in content and "broker" not in content
         url_line = [line for line in content.splitlines() if "HTTP API on" in line]
         assert len(url_line) == 1
@@ -97,15 +98,3 @@ def test_serve_http_logs_its_url_answers_the_openai_client_and_stops_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
-
-
-def _wait_for(log, text, timeout_s=120.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        log.seek(0)
-        content = log.read()
-        if text in content:
-            return content
-        time.sleep(0.2)
-    log.seek(0)
-    raise AssertionError(f"{text!r} not seen in:\n{log.read()[-3000:]}")
