@@ -155,8 +155,7 @@ async def run_stream(config: StreamConfig, options: RunOptions, console: Console
                 result.stats = session.stats()
                 result.source_counters = run.counters.snapshot() if run.counters is not None else {}
     except asyncio.CancelledError:
-        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
-        if not terminate.received or (uncancel is not None and uncancel() > 0):
+        if not terminate.cancelled_by_signal():
             raise  # Ctrl-C, or a cancellation from outside
         # SIGTERM/SIGHUP while the model was loading (or a second one): stopped, the contexts are exited.
     finally:

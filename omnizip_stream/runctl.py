@@ -43,6 +43,14 @@ class Terminate:
             return
         self._loop, self._task = loop, asyncio.current_task()
 
+    def cancelled_by_signal(self) -> bool:
+        """On ``CancelledError``: whether this run's SIGTERM/SIGHUP caused it (a stop, not an error).
+
+        True takes the task's cancellation back; False is Ctrl-C or a cancellation from outside (re-raise it).
+        """
+        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
+        return bool(self.received) and not (uncancel is not None and uncancel() > 0)
+
     def remove(self) -> None:
         """Give the signals back to the handlers that were there before :meth:`install`."""
         if self._loop is None:

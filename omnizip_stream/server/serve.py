@@ -105,8 +105,7 @@ async def serve_streams(config: ServerConfig, mqtt: Any, *, console: Console | N
             finally:
                 result.stats = {sid: server.session(sid).stats() for sid in server.ids()}
     except asyncio.CancelledError:
-        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
-        if not terminate.received or (uncancel is not None and uncancel() > 0):
+        if not terminate.cancelled_by_signal():
             raise  # Ctrl-C, or a cancellation from outside
     finally:
         terminate.remove()
