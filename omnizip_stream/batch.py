@@ -37,6 +37,7 @@ from omnizip.adapters.batch_forward import ForwardItem, forward_many
 from omnizip_stream.window import Window
 
 if TYPE_CHECKING:
+    from omnizip.preprocess import PreparedVideo
     from omnizip_stream.engine import QueryResult, StreamEngine, WindowReport
     from omnizip_stream.kv import Segment
 
@@ -136,8 +137,11 @@ class QuestionJob:
     prompt_tokens: int
 
 
-def ingest_windows(pairs: Sequence[tuple[StreamEngine, Window]]) -> list[WindowReport | Exception]:
+def ingest_windows(pairs: Sequence[tuple[StreamEngine, Window]],
+                   prepared: Sequence[PreparedVideo | None] | None = None) -> list[WindowReport | Exception]:
     """Ingest one window of each engine (distinct engines sharing one adapter), one call per model stage.
+
+    ``prepared[i]``: the frames of ``pairs[i]`` already resized and patchified, or None (made here).
 
     In a batch, a report's stage times (``encode_ms``, ``compress_ms``, ``prefill_ms``) are the
     batch's: every window of it waited for all of them; ``batch_windows`` says how many windows ran.
@@ -157,7 +161,8 @@ def ingest_windows(pairs: Sequence[tuple[StreamEngine, Window]]) -> list[WindowR
         torch.cuda.reset_peak_memory_stats(device)
     clock = StageClock(device)
     clock.mark()
-    jobs = _each(outcomes, range(len(pairs)), lambda i: engines[i].begin_window(pairs[i][1]))
+    ahead = list(prepared) if prepared is not None else [None] * len(pairs)
+    jobs = _each(outcomes, range(len(pairs)), lambda i: engines[i].begin_window(pairs[i][1], ahead[i]))
     encoded = _together(outcomes, list(jobs), lambda ids: encode_av_many(adapter, [jobs[i].request for i in ids]))
     clock.mark()
     items = _each(outcomes, list(encoded), lambda i: engines[i].compress_window(jobs[i], encoded[i]))

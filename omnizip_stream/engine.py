@@ -25,6 +25,7 @@ from omnizip.adapters.batch_encode import EncodeRequest
 from omnizip.adapters.batch_forward import ForwardItem, forward_many
 from omnizip.adapters.generation import Generation
 from omnizip.plan import gather_kept
+from omnizip.preprocess import PreparedVideo
 from omnizip.types import Modality, count_kept
 from omnizip_stream.batch import (  # noqa: F401 - StageClock is re-exported
     Ask,
@@ -133,15 +134,21 @@ class StreamEngine:
             tail, mel_max = prev_cursor.audio_tail, prev_cursor.mel_max_log10
         return AVCursor(self._base, audio_tokens, grids, tail, mel_max)
 
-    def ingest(self, window: Window) -> WindowReport:
-        """Encode, compress and prefill one window (evicting and re-anchoring as needed)."""
-        outcome = ingest_windows([(self, window)])[0]
+    def ingest(self, window: Window, prepared: PreparedVideo | None = None) -> WindowReport:
+        """Encode, compress and prefill one window (evicting and re-anchoring as needed).
+
+        ``prepared``: the window's frames already resized and patchified (off the model thread).
+        """
+        outcome = ingest_windows([(self, window)], [prepared])[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def begin_window(self, window: Window) -> WindowJob:
-        """Window phase 1 (:mod:`omnizip_stream.batch`): audio, frames and cursor of ``window`` to encode."""
+    def begin_window(self, window: Window, prepared: PreparedVideo | None = None) -> WindowJob:
+        """Window phase 1 (:mod:`omnizip_stream.batch`): audio, frames and cursor of ``window`` to encode.
+
+        ``prepared``: its frames' patches made ahead (used by the encoder where they match the frames).
+        """
         if not self._started:
             self.start()
         window_s = self.config.window_s
@@ -150,7 +157,8 @@ class StreamEngine:
         cursor = self._cursor(window, audio)
         planner = getattr(self.compressor, "vision_planner", lambda: None)()  # vision_budget: audio (lbyl)
         request = EncodeRequest(audio if audio.size else None, frames if len(frames) else None, cursor,
-                                saliency=self.config.compression.saliency, stream=True, vision_plan=planner)
+                                saliency=self.config.compression.saliency, stream=True, vision_plan=planner,
+                                prepared_video=prepared)
         return WindowJob(window, request)
 
     def compress_window(self, job: WindowJob, encoded: EncodedAV) -> ForwardItem:

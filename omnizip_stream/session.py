@@ -205,7 +205,8 @@ class StreamSession(StreamJobs):
                 shedding = self.live.live_clock is not None and behind_s > self.config.window_s
                 if len(self.windows) < self.config.window_queue or shedding:
                     deadline_s = now - stream_now_s + window.t1_s  # complete at the live source then
-                    self.windows.append(PendingWindow(window, now, deadline_s, self._worker.next_seq()))
+                    prepared = self._worker.preparer.prepare(self.adapter, window, self.config)
+                    self.windows.append(PendingWindow(window, now, deadline_s, self._worker.next_seq(), prepared))
                     if shedding:  # live and the model is behind real time: the one drop policy
                         shed = shed_video(self.windows, keep_video=self.config.window_queue,
                                           max_backlog_s=self.max_backlog_s)

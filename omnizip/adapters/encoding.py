@@ -28,13 +28,13 @@ from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
 from omnizip.preprocess import (
     AudioPreprocessConfig,
+    PreparedVideo,
     VisionPreprocessConfig,
     audio_encoder_positions,
     audio_token_count,
     log_mel,
     log_mel_window,
-    patchify_video,
-    resize_frames,
+    preprocess_video,
 )
 from omnizip.saliency import audio_saliency
 from omnizip.sequence import layout_from_ids
@@ -59,6 +59,9 @@ class EncodeRequest:
         vision_plan: "listen before you look" hook (:mod:`omnizip.vision_budget`), or None: called
             after the audio tower with the window's audio saliency and full video grid, it returns the
             grid the vision tower encodes (fewer steps / a smaller size); None encodes every frame.
+        prepared_video: ``frames`` already resized and patchified (:meth:`AVEncoding.prepare_video`,
+            e.g. on a preparation thread while the model was busy); used when it :meth:`matches
+            <omnizip.preprocess.PreparedVideo.matches>` the frames the tower encodes, else ignored.
     """
 
     audio: np.ndarray | None
@@ -69,6 +72,7 @@ class EncodeRequest:
     interleave: bool = True
     video_fps: float | None = None
     vision_plan: VisionPlanner | None = None
+    prepared_video: PreparedVideo | None = None
 
 
 @dataclass
@@ -204,7 +208,8 @@ class AVEncoding:
         if video_at:
             t0 = self._mark()
             inputs = [plan_frames(*plans[i]) if i in plans else (f, self.vision_cfg) for i, f in video_at]
-            encoded_video = self._vision_tower([f for f, _ in inputs], [c for _, c in inputs])
+            encoded_video = self._vision_tower([f for f, _ in inputs], [c for _, c in inputs],
+                                               [requests[i].prepared_video for i, _ in video_at])
             video_out = {i: out for (i, _), out in zip(video_at, encoded_video, strict=True)}
             video_stage = self._stage_time(t0)
         results = []
@@ -377,17 +382,29 @@ class AVEncoding:
             results.append((f, s))
         return results
 
+    def prepare_video(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``uint8 [F, H, W, 3]`` frames -> the vision tower's ``(pixel_values [N, 3*tp*p*p], grid_thw [1, 3])``.
+
+        The CPU half of video encoding (resize to the pixel budget, normalise, patchify) under the
+        adapter's preprocessing; thread-safe, so it can run off the model thread (wrap the result in a
+        :class:`~omnizip.preprocess.PreparedVideo` with ``self.vision_cfg`` for :class:`EncodeRequest`).
+        """
+        return preprocess_video(frames, self.vision_cfg)
+
     def _vision_tower(
-        self, clips: list[np.ndarray], cfgs: list[VisionPreprocessConfig] | None = None
+        self, clips: list[np.ndarray], cfgs: list[VisionPreprocessConfig] | None = None,
+        prepared: Sequence[PreparedVideo | None] | None = None,
     ) -> list[_VideoOut]:
         """Frames ``[F_i, H_i, W_i, 3]`` uint8 of each request -> features ``[N_i, D]`` (t, row, col order).
 
         One vision-tower call: the requests' patches back to back, one ``grid_thw`` row each (the tower
         attends inside each frame, so sizes may differ). ``cfgs``: each clip's preprocessing (its pixel
-        budget), default the adapter's.
+        budget), default the adapter's; ``prepared``: patches made ahead, used where they match.
         """
         cfgs = cfgs or [self.vision_cfg] * len(clips)
-        patches = [patchify_video(resize_frames(f, c), c) for f, c in zip(clips, cfgs, strict=True)]
+        prepared = prepared or [None] * len(clips)
+        patches = [p.patches() if p is not None and p.matches(f, c) else preprocess_video(f, c)
+                   for f, c, p in zip(clips, cfgs, prepared, strict=True)]
         pixels = torch.cat([p for p, _ in patches]) if len(patches) > 1 else patches[0][0]
         grid_thw = torch.cat([g for _, g in patches]) if len(patches) > 1 else patches[0][1]
         core = self.thinker.model

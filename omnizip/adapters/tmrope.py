@@ -48,7 +48,7 @@ class AVTokens:
         last_kind = self.kind[-1]
         differs = (self.kind != last_kind).nonzero()
         start = int(differs[-1]) + 1 if differs.numel() else 0
-        value = self.positions[:, start:].max().item() + 1
+        value = (self.positions[:, start:].max() + 1).item()  # + 1 in the ids' dtype (float32), as the stock rope index
         return float(value) if self.positions.is_floating_point() else int(value)
 
 

@@ -19,6 +19,7 @@ from omnizip.preprocess.audio_features import (
 from omnizip.preprocess.vision import (
     FAMILIES,
     Family,
+    PreparedVideo,
     VisionPreprocessConfig,
     patchify_video,
     preprocess_video,
@@ -37,6 +38,7 @@ __all__ = [
     "audio_token_count",
     "log_mel",
     "log_mel_window",
+    "PreparedVideo",
     "patchify_video",
     "preprocess_video",
     "resize_frames",

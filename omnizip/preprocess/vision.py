@@ -10,6 +10,7 @@ Pure functions of arrays: no file I/O, nothing happens on import.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
@@ -216,13 +217,15 @@ def patchify_video(frames: np.ndarray | torch.Tensor,
     tp, p, m = cfg.temporal_patch_size, cfg.patch_size, cfg.merge_size
     if pad := -n_frames % tp:
         arr = np.concatenate([arr, np.repeat(arr[-1:], pad, axis=0)], axis=0)
-    lut = _normalise_lut(cfg)
-    chw = arr.transpose(0, 3, 1, 2)  # [F', 3, h, w] uint8 view
-    x = np.stack([lut[c][chw[:, c]] for c in range(3)], axis=1)  # [F', 3, h, w] float32
     gt, gh, gw = arr.shape[0] // tp, h // p, w // p
-    x = x.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # gt, gh/m, gw/m, m, m, C, tp, p, p
-    pixel_values = torch.from_numpy(np.ascontiguousarray(x).reshape(gt * gh * gw, 3 * tp * p * p))
+    # uint8 [F', h, w, C] -> [gt, gh/m, gw/m, m, m, C, tp, p, p] (a view); the per-channel table lookup
+    # writes the float rows in that order at once (no float transpose copy).
+    u8 = arr.reshape(gt, tp, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    rows = np.empty(u8.shape, dtype=np.float32)
+    lut = _normalise_lut(cfg)
+    for c in range(3):
+        np.take(lut[c], u8[:, :, :, :, :, c], out=rows[:, :, :, :, :, c], mode="clip")  # uint8: always in range
+    pixel_values = torch.from_numpy(rows.reshape(gt * gh * gw, 3 * tp * p * p))
     grid_thw = torch.tensor([[gt, gh, gw]], dtype=torch.long)
     return pixel_values, grid_thw
 
@@ -239,3 +242,29 @@ def preprocess_video(frames: np.ndarray | torch.Tensor,
         ``(pixel_values float32 [N_patches, 3*tp*p*p], grid_thw int64 [1, 3])``.
     """
     return patchify_video(resize_frames(frames, cfg), cfg)
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    """Frames resized and patchified ahead of the model call (on a preparation thread, say).
+
+    The model thread then only runs the vision tower; :meth:`patches` waits for the work if it is not
+    done yet (and raises what it raised).
+
+    Attributes:
+        frames: the ``uint8 [F, H, W, 3]`` array it was made from; a request uses it only for this
+            very array (matched by identity, so a window whose video was shed or replaced is encoded
+            from its own frames).
+        cfg: the preprocessing it was made with.
+        patches: returns :func:`preprocess_video`'s ``(pixel_values [N, 3*tp*p*p], grid_thw [1, 3])``.
+        cancel: stops the work if it has not started (when the frames will not be encoded), or None.
+    """
+
+    frames: np.ndarray
+    cfg: VisionPreprocessConfig
+    patches: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    cancel: Callable[[], object] | None = None
+
+    def matches(self, frames: np.ndarray, cfg: VisionPreprocessConfig) -> bool:
+        """Whether these are the patches of ``frames`` under ``cfg``."""
+        return self.frames is frames and self.cfg == cfg

@@ -12,8 +12,11 @@ For each stream count ``N`` the benchmark runs two phases on one :class:`~omnizi
   process RSS growth per stream. A stream is **in real time** when it shed no video, every window
   was ingested and every window after the warm-up one was ingested within one window of its end.
 * **Throughput.** ``N`` streams with ``throughput_windows`` windows each, all queued at once (fed as
-  fast as possible, no pacing, no shedding): windows per second, once one window at a time
-  (``max_batch=1``) and once batched (``max_batch``), in the same run, when the worker batches.
+  fast as possible, no pacing, no shedding): windows per second, one window at a time
+  (``max_batch=1``) and batched (``max_batch``), in the same run, when the worker batches; the two
+  runs alternate ``throughput_repeats`` times and the medians are reported (the speedup is the median
+  of the pairs' ratios, each pair measured back to back, so load that comes and goes on a shared
+  machine touches both sides of a ratio alike).
 
 The windows are rendered beforehand by the synthetic source (``synthetic:seed=S,size=WxH``, as fast as
 consumed, at most :data:`DISTINCT_SOURCES` different seeds, reused across streams) and released by
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -58,6 +62,7 @@ class StreamsSettings:
         throughput_windows: windows per stream in the throughput phase (at least
             :data:`MIN_THROUGHPUT_WINDOWS` in all).
         max_batch: windows/questions per batch of the batched throughput run (and of the real-time phase).
+        throughput_repeats: alternating one-at-a-time / batched throughput pairs per count (medians reported).
         frame_size: ``(width, height)`` of the synthetic frames.
         warmup_windows: each stream's first windows left out of the real-time verdict and latencies.
     """
@@ -70,6 +75,7 @@ class StreamsSettings:
     max_new_tokens: int = 4
     throughput_windows: int = 4
     max_batch: int = 8
+    throughput_repeats: int = 3
     frame_size: tuple[int, int] = (160, 120)
     warmup_windows: int = 1
 
@@ -189,6 +195,24 @@ async def throughput_phase(adapter: Any, settings: StreamsSettings, n: int, sour
     return n * per_stream / wall_s
 
 
+async def _throughput(adapter: Any, settings: StreamsSettings, n: int, sources: list[list[Window]], batched: bool,
+                      progress: Any) -> dict[str, Any]:
+    """The row's throughput fields: medians over ``throughput_repeats`` alternating pairs."""
+    singles: list[float] = []
+    multis: list[float] = []
+    for k in range(settings.throughput_repeats):
+        progress(f"{n} stream(s): throughput {k + 1}/{settings.throughput_repeats}")
+        singles.append(await throughput_phase(adapter, settings, n, sources, 1))
+        if batched:
+            multis.append(await throughput_phase(adapter, settings, n, sources, settings.max_batch))
+    ratios = [m / s for s, m in zip(singles, multis, strict=False)]  # empty without batching
+    return {
+        "one_at_a_time": statistics.median(singles), "batched": statistics.median(multis) if multis else None,
+        "speedup": statistics.median(ratios) if ratios else None, "speedups": ratios,
+        "one_at_a_time_runs": singles, "batched_runs": multis, "realtime_demand": n / settings.window_s,
+    }
+
+
 def throughput_windows_per_stream(settings: StreamsSettings, n: int) -> int:
     """Windows each of ``n`` streams gets in the throughput phase."""
     return max(settings.throughput_windows, -(-MIN_THROUGHPUT_WINDOWS // n))
@@ -217,13 +241,7 @@ async def _run(adapter: Any, settings: StreamsSettings, progress: Any) -> tuple[
     for n in settings.counts:
         progress(f"{n} stream(s): real time, {n_rt * window_s:g} s")
         row = await realtime_phase(adapter, settings, n, realtime_sources)
-        progress(f"{n} stream(s): throughput")
-        single = await throughput_phase(adapter, settings, n, sources, 1)
-        multi = await throughput_phase(adapter, settings, n, sources, settings.max_batch) if batched else None
-        row["throughput_windows_per_s"] = {
-            "one_at_a_time": single, "batched": multi, "speedup": multi / single if multi else None,
-            "realtime_demand": n / window_s,
-        }
+        row["throughput_windows_per_s"] = await _throughput(adapter, settings, n, sources, batched, progress)
         rows.append(row)
     return rows, batched
 
@@ -275,7 +293,8 @@ def run_streams_benchmark(adapter: Any, model: str, settings: StreamsSettings,
             "counts": list(settings.counts), "duration_s": settings.duration_s, "window_s": settings.window_s,
             "question_every_s": settings.question_every_s, "question": settings.question,
             "max_new_tokens": settings.max_new_tokens, "throughput_windows": settings.throughput_windows,
-            "max_batch": settings.max_batch, "frame_size": list(settings.frame_size),
+            "max_batch": settings.max_batch,
+            "throughput_repeats": settings.throughput_repeats, "frame_size": list(settings.frame_size),
             "warmup_windows": settings.warmup_windows, "stream_config": asdict(settings.stream),
         },
         "definitions": DEFINITIONS,
@@ -308,5 +327,7 @@ DEFINITIONS = {
     "cache_mb_per_stream": "KV cache plus stored embeddings per stream at the end of the real-time phase",
     "rss_mb_per_stream": "process RSS growth over the real-time phase (streams added, run) divided by the count",
     "throughput_windows_per_s": "windows ingested per second with every stream's windows queued at once; "
-                                "realtime_demand is what the count needs live (streams / window_s)",
+                                "realtime_demand is what the count needs live (streams / window_s); medians of "
+                                "throughput_repeats alternating runs, speedup the median of the pairs' ratios "
+                                "(speedups: each pair's)",
 }

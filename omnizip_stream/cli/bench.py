@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--throughput-windows", type=int, default=4,
                        help="windows per stream in the throughput phase (default 4; at least 16 in all)")
     group.add_argument("--max-batch", type=int, default=8, help="batch size of the batched run (default 8)")
+    group.add_argument("--throughput-repeats", type=int, default=3,
+                       help="alternating one-at-a-time / batched throughput pairs per count; medians (default 3)")
     group.add_argument("--json", type=Path, default=None, metavar="PATH",
                        help="where the JSON goes (default OUT/streams.json; the plot is OUT/streams.png)")
     group = parser.add_argument_group("standing questions (--watches: the alert benchmark instead)")
@@ -184,7 +186,7 @@ def resolve_streams(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     for name in ("duration_s", "question_every_s"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("throughput_windows", "max_batch", "max_new_tokens", "threads"):
+    for name in ("throughput_windows", "throughput_repeats", "max_batch", "max_new_tokens", "threads"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     try:
@@ -197,7 +199,8 @@ def resolve_streams(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UserError(str(exc)) from None
     return StreamsSettings(counts=tuple(counts), stream=stream, duration_s=args.duration_s,
                            question_every_s=args.question_every_s, max_new_tokens=args.max_new_tokens,
-                           throughput_windows=args.throughput_windows, max_batch=args.max_batch)
+                           throughput_windows=args.throughput_windows, max_batch=args.max_batch,
+                           throughput_repeats=args.throughput_repeats)
 
 
 def run_streams(args: argparse.Namespace) -> int:

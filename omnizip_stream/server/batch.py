@@ -36,9 +36,10 @@ def _serve_windows(members: Sequence[tuple[StreamSession, Any]]) -> None:
         if len(members) == 1:  # the one-window path, engine.ingest (which tools and tests may wrap)
             session, pending = members[0]
             assert session.engine is not None
-            outcomes = [_outcome(session.engine.ingest, pending.window)]
+            outcomes = [_outcome(lambda p: session.engine.ingest(p.window, p.prepared), pending)]
         else:
-            outcomes = ingest_windows([(_engine(s), pending.window) for s, pending in members])
+            outcomes = ingest_windows([(_engine(s), pending.window) for s, pending in members],
+                                      [pending.prepared for _, pending in members])
     except Exception as exc:  # noqa: BLE001 - not a stream's own failure: every member reports it
         outcomes = [exc] * len(members)
     for (session, pending), outcome in zip(members, outcomes, strict=True):

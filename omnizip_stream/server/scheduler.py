@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from omnizip.preprocess import PreparedVideo
 from omnizip_stream.window import Window
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,15 @@ class PendingWindow:
         pushed_at: clock time (the worker's :class:`~omnizip_stream.clock.Clock`) when it was queued.
         deadline_s: clock time at which the window was complete at the live source.
         seq: worker-wide push order (ties between equal deadlines).
+        prepared: its frames being resized and patchified off the model thread
+            (:mod:`~omnizip_stream.server.prepare`), or None.
     """
 
     window: Window
     pushed_at: float
     deadline_s: float
     seq: int
+    prepared: PreparedVideo | None = None
 
 
 class StreamQueues(Protocol):
@@ -158,6 +162,9 @@ def shed_video(pending: collections.deque[PendingWindow], *, keep_video: int,
             )
             shed.video_dropped += window.num_frames
             shed.windows_video_stripped += 1
+            if item.prepared is not None and item.prepared.cancel is not None:
+                item.prepared.cancel()  # its frames will not be encoded
+            item.prepared = None
             logger.warning("model behind real time: dropped %d frames of window t=%.1fs",
                            window.num_frames, window.t0_s)
     backlog_s = sum(float(p.window.duration_s or 0.0) for p in pending)

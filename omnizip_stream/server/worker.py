@@ -45,6 +45,7 @@ from omnizip_stream.engine import StreamEngine
 from omnizip_stream.query.base import QueryError
 from omnizip_stream.server.batch import serve_batch
 from omnizip_stream.server.budget import KVBudget, measure_release
+from omnizip_stream.server.prepare import MediaPreparer, default_prepare_threads
 from omnizip_stream.server.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -76,10 +77,14 @@ class ModelWorker:
             in tests.
         kv_budget_mb: memory budget in MiB that the streams' cache caps (``cache_max_mb``) share;
             None: no budget (reservations are still reported).
+        prepare_threads: threads that resize and patchify queued windows' frames while the model
+            thread computes (:mod:`~omnizip_stream.server.prepare`); None: by core count (1 on 2 cores),
+            0: the model thread does it.
     """
 
     def __init__(self, config: StreamConfig, *, adapter: Any = None, max_batch: int = 8,
-                 clock: Clock | None = None, kv_budget_mb: float | None = None) -> None:
+                 clock: Clock | None = None, kv_budget_mb: float | None = None,
+                 prepare_threads: int | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.config = config
@@ -87,6 +92,7 @@ class ModelWorker:
         self.max_batch = max_batch
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.budget = KVBudget(kv_budget_mb)  # guarded by cond
+        self.preparer = MediaPreparer(default_prepare_threads() if prepare_threads is None else prepare_threads)
         self.cond = threading.Condition()  # guards the registry and every stream's queues
         self.scheduler = Scheduler()
         self._streams: dict[str, StreamSession] = {}  # registered (and reserved while starting)
@@ -154,6 +160,7 @@ class ModelWorker:
         """Close every stream (pending work discarded, questions failed), then stop the model thread."""
         # All at once: every stream stops taking work before any waits for its job in progress.
         await asyncio.gather(*(session.close() for session in list(self._streams.values())))
+        self.preparer.close()
         self.stop_soon()
         if self._thread is not None:
             # Awaited as a future, not joined in an executor thread: a second Ctrl-C must not wait for it.

@@ -12,7 +12,7 @@ from omnizip_stream.cli import main
 def test_bench_streams_smallest_run_writes_json_table_and_plot(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["bench", "--out", str(out), "--streams", "2,1", "--duration-s", "4", "--question-every-s", "1.5",
-                 "--throughput-windows", "2", "--max-new-tokens", "2", "--json", str(tmp_path / "capacity.json")])
+                 "--throughput-windows", "2", "--throughput-repeats", "2", "--max-new-tokens", "2", "--json", str(tmp_path / "capacity.json")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((tmp_path / "capacity.json").read_text())
@@ -29,6 +29,8 @@ def test_bench_streams_smallest_run_writes_json_table_and_plot(tmp_path, capsys)
         tp = row["throughput_windows_per_s"]
         assert tp["one_at_a_time"] > 0 and tp["realtime_demand"] == n / 2.0
         assert (tp["batched"] is not None) == report["batching_available"]
+        assert len(tp["one_at_a_time_runs"]) == 2 and len(tp["speedups"]) == 2  # alternating pairs
+        assert min(tp["speedups"]) <= tp["speedup"] <= max(tp["speedups"])  # their median
     assert set(report["targets"]) == {"realtime_streams", "batched_over_one_at_a_time_at_8", "ttft_p95_16_over_1"}
     assert report["targets"]["ttft_p95_16_over_1"]["pass"] is None  # this run has no 16-stream count
     png = out / "streams.png"

@@ -52,10 +52,10 @@ def gate_ingest(session: Any) -> tuple[threading.Event, threading.Event]:
     gate, entered = threading.Event(), threading.Event()
     original = session.engine.begin_window
 
-    def gated(window: Window) -> Any:
+    def gated(window: Window, *prepared: Any) -> Any:
         entered.set()
         gate.wait(10)
-        return original(window)
+        return original(window, *prepared)
 
     session.engine.begin_window = gated
     return gate, entered

@@ -207,10 +207,10 @@ async def test_a_failing_stream_in_a_batch_does_not_disturb_the_others(request, 
                 raise ValueError("compressor lost its plan")
             return compress(job, encoded)
 
-        def failing_begin(window):
+        def failing_begin(window, *prepared):
             if window.t0_s == 6.0:
                 raise ValueError("bad window")
-            return begin(window)
+            return begin(window, *prepared)
 
         def failing_text(query):  # its answers' receiver goes away mid-answer (e.g. a closed client)
             ask = ask_for(query)

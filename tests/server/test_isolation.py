@@ -102,7 +102,7 @@ async def test_a_failing_stream_does_not_disturb_the_others(tiny25, alone):
         sessions = {sid: await worker.add_stream(sid, stream_config(**STREAMS[sid][0])) for sid in STREAMS}
         broken = await worker.add_stream("broken", stream_config())
 
-        def fail(window):
+        def fail(window, *prepared):
             raise RuntimeError(f"decoder lost at t={window.t0_s:g}")
 
         broken.engine.ingest = fail

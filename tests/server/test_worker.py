@@ -23,9 +23,9 @@ async def test_streams_share_one_model_and_one_thread(tiny25):
         threads = set()
 
         def recording(original):
-            def begin_window(window):
+            def begin_window(window, *prepared):
                 threads.add(threading.get_ident())
-                return original(window)
+                return original(window, *prepared)
             return begin_window
 
         a.engine.begin_window = recording(a.engine.begin_window)  # alone or batched, a window begins here

@@ -40,12 +40,12 @@ def _record_ingest(session: StreamSession, gate: threading.Event | None = None) 
     assert session.engine is not None
     original = session.engine.ingest
 
-    def ingest(window: Window) -> Any:
+    def ingest(window: Window, *prepared: Any) -> Any:
         entered.set()
         if gate is not None:
             assert gate.wait(30)
         seen.append(window)
-        return original(window)
+        return original(window, *prepared)
 
     session.engine.ingest = ingest  # type: ignore[method-assign]
     return seen, entered

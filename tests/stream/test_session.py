@@ -52,10 +52,10 @@ async def test_questions_jump_ahead_of_pending_windows(tiny25):
         gate, entered = threading.Event(), threading.Event()
         original = session.engine.ingest
 
-        def slow_ingest(window):
+        def slow_ingest(window, *prepared):
             entered.set()
             gate.wait(5)
-            return original(window)
+            return original(window, *prepared)
 
         await session.push_window(windows[0])  # a first window, so the question need not wait for one
         await session.drain()
@@ -137,11 +137,11 @@ async def test_video_is_dropped_oldest_first_when_behind_real_time(tiny25):
         original = session.engine.ingest
         seen: list[Window] = []
 
-        def slow_ingest(window):
+        def slow_ingest(window, *prepared):
             entered.set()
             gate.wait(5)
             seen.append(window)
-            return original(window)
+            return original(window, *prepared)
 
         session.engine.ingest = slow_ingest
         clock.advance(30.0)  # every window is already behind real time
@@ -175,10 +175,10 @@ async def test_a_failing_window_does_not_stop_the_stream(tiny25):
     async with _session(tiny25) as session:
         original = session.engine.ingest
 
-        def flaky(window):
+        def flaky(window, *prepared):
             if window.t0_s == 0.0:
                 raise RuntimeError("decoder hiccup")
-            return original(window)
+            return original(window, *prepared)
 
         session.engine.ingest = flaky
         for w in good:
@@ -262,10 +262,10 @@ async def test_behind_live_is_measured_on_the_live_clock_and_stops_with_the_sour
         gate, entered = threading.Event(), threading.Event()
         original = session.engine.ingest
 
-        def stuck_ingest(window):
+        def stuck_ingest(window, *prepared):
             entered.set()
             gate.wait(5)
-            return original(window)
+            return original(window, *prepared)
 
         session.engine.ingest = stuck_ingest
         live_now[0] = 4.2

@@ -220,10 +220,10 @@ def test_a_users_question_waiting_after_a_window_runs_before_the_standing_questi
             gate, entered = threading.Event(), threading.Event()
             original = session.engine.ingest
 
-            def gated(window):
+            def gated(window, *prepared):
                 entered.set()
                 gate.wait(10)
-                return original(window)
+                return original(window, *prepared)
 
             first, second = windows_for(4.0)
             await session.push_window(first)
