@@ -33,8 +33,8 @@ def encode_av_many(adapter: Any, requests: Sequence[EncodeRequest], *, batched: 
         shared tower calls it took part in.
     """
     batch = getattr(adapter, "encode_av_batch", None)
-    if batched and batch is not None and len(requests) > 1:
-        return list(batch(requests))
+    if batch is not None:  # a batch of one is ``encode_av`` (and keeps the request's prepared video)
+        return list(batch(requests)) if batched else [batch([r])[0] for r in requests]
     return [
         adapter.encode_av(r.audio, r.frames, r.cursor, saliency=r.saliency, interleave=r.interleave,
                           stream=r.stream, video_fps=r.video_fps, **({"vision_plan": r.vision_plan} if r.vision_plan else {}))

@@ -26,6 +26,7 @@ import torch
 from omnizip.adapters.base import AVCursor, EncodedAV, ModelSpec
 from omnizip.adapters.capture import QKCapture
 from omnizip.adapters.tmrope import AUDIO_KIND, VIDEO_KIND, AVTokens
+from omnizip.adapters.varlen import varlen_attention
 from omnizip.preprocess import (
     AudioPreprocessConfig,
     PreparedVideo,
@@ -357,7 +358,7 @@ class AVEncoding:
         core = self.thinker.model
         n_window = int(core.audio_tower.n_window)
         attn = core.audio_tower.layers[-1].self_attn
-        with QKCapture(attn) as cap:
+        with QKCapture(attn) as cap, varlen_attention(core.audio_tower.config):
             out = core.get_audio_features(features.to(self.device, self.dtype), feature_attention_mask=mask.to(self.device))
         hidden = out.last_hidden_state
         counts = [audio_token_count(n, self.spec.family, n_window=n_window) for n in n_frames]
@@ -408,7 +409,8 @@ class AVEncoding:
         pixels = torch.cat([p for p, _ in patches]) if len(patches) > 1 else patches[0][0]
         grid_thw = torch.cat([g for _, g in patches]) if len(patches) > 1 else patches[0][1]
         core = self.thinker.model
-        out = core.get_video_features(pixels.to(self.device, self.dtype), grid_thw.to(self.device))
+        with varlen_attention(core.visual.config):
+            out = core.get_video_features(pixels.to(self.device, self.dtype), grid_thw.to(self.device))
         copy = len(clips) > 1  # extras outlive the call: views of a packed output would keep all of it alive
         results = []
         for i, (_, g) in enumerate(patches):

@@ -93,20 +93,20 @@ def test_a_full_grid_plan_is_bit_identical_to_no_plan(adapter25):
 
 
 def test_stream_engine_with_the_option_off_passes_no_hook(adapter25, monkeypatch):
-    """``omnizip`` (vision_budget off, the default) calls ``encode_av`` exactly as before: no hook."""
+    """``omnizip`` (vision_budget off, the default) encodes exactly as before: no hook in the request."""
     from omni_helpers import clip_windows
 
     from omnizip_stream.config import StreamConfig
     from omnizip_stream.engine import StreamEngine
 
     calls: list[dict] = []
-    original = adapter25.encode_av
+    original = adapter25.encode_av_batch
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
+    def spy(requests):
+        calls.extend({"vision_plan": r.vision_plan} if r.vision_plan is not None else {} for r in requests)
+        return original(requests)
 
-    monkeypatch.setattr(adapter25, "encode_av", spy)
+    monkeypatch.setattr(adapter25, "encode_av_batch", spy)
     wav, frames = synthetic_clip(4.0, seed=2)
     for method, hooked in (("omnizip", False), ("omnizip-lbyl", True)):
         calls.clear()

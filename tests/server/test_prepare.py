@@ -19,6 +19,7 @@ import torch
 from omni_helpers import synthetic_clip
 from server_helpers import adapter_for, stream_config, windows_for
 
+import omnizip.adapters.encoding as encoding
 from omnizip.adapters.base import AVCursor
 from omnizip.adapters.batch_encode import EncodeRequest
 from omnizip.preprocess import PreparedVideo
@@ -27,9 +28,11 @@ from omnizip_stream.server.prepare import MediaPreparer
 from omnizip_stream.server.scheduler import shed_video
 
 
-async def _run_streams(adapter: Any, prepare_threads: int, windows: dict[str, list[Any]]) -> dict[str, Any]:
-    """Every stream's windows through one batching worker; each stream's final cache tensors."""
-    async with ModelWorker(stream_config(), adapter=adapter, max_batch=4, prepare_threads=prepare_threads) as worker:
+async def _run_streams(adapter: Any, prepare_threads: int, windows: dict[str, list[Any]],
+                       max_batch: int) -> dict[str, Any]:
+    """Every stream's windows through one worker; each stream's final cache tensors."""
+    async with ModelWorker(stream_config(), adapter=adapter, max_batch=max_batch,
+                           prepare_threads=prepare_threads) as worker:
         sessions = {sid: await worker.add_stream(sid, stream_config()) for sid in windows}
         for k in range(max(len(w) for w in windows.values())):
             for sid, ws in windows.items():
@@ -44,22 +47,23 @@ async def _run_streams(adapter: Any, prepare_threads: int, windows: dict[str, li
         return out
 
 
-def test_prepared_windows_give_bit_identical_caches_and_leave_the_model_thread(tiny25):
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_prepared_windows_give_bit_identical_caches_and_leave_the_model_thread(tiny25, monkeypatch, max_batch):
     adapter = adapter_for(tiny25)
     windows = {"door": windows_for(6.0, seed=1), "yard": windows_for(6.0, seed=2, size=(84, 112))}
-    threads: list[str] = []
-    original = adapter.prepare_video
+    threads: list[str] = []  # where each window's frames were resized and patchified
+    original = encoding.preprocess_video
 
-    def recording(frames: np.ndarray) -> Any:
+    def recording(frames: np.ndarray, cfg: Any) -> Any:
         threads.append(threading.current_thread().name)
-        return original(frames)
+        return original(frames, cfg)
 
-    adapter.prepare_video = recording
-    prepared = asyncio.run(_run_streams(adapter, 1, windows))
+    monkeypatch.setattr(encoding, "preprocess_video", recording)
+    prepared = asyncio.run(_run_streams(adapter, 1, windows, max_batch))
     assert len(threads) == 6 and all(name.startswith("omnizip-prepare") for name in threads), threads
     threads.clear()
-    inline = asyncio.run(_run_streams(adapter, 0, windows))
-    assert threads == []  # prepare_threads=0: the model thread resizes, as before
+    inline = asyncio.run(_run_streams(adapter, 0, windows, max_batch))
+    assert threads == ["omnizip-model"] * 6  # prepare_threads=0: the model thread resizes, as before
     for sid in windows:
         for (k1, v1), (k0, v0) in zip(prepared[sid], inline[sid], strict=True):
             assert torch.equal(k1, k0) and torch.equal(v1, v0)
