@@ -11,6 +11,9 @@ For each stream count ``N`` the benchmark runs two phases on one :class:`~omnizi
   first token), video shed by the session (``video_dropped``), each stream's cache memory and the
   process RSS growth per stream. A stream is **in real time** when it shed no video, every window
   was ingested and every window after the warm-up one was ingested within one window of its end.
+  With standing questions (``watches``, used by ``omnizip bench --watches``) every stream also
+  evaluates them after each window as the server does; it is **sustained** when it is in real time
+  and its questions were evaluated after every window (none deferred, none failed).
 * **Throughput.** ``N`` streams with ``throughput_windows`` windows each, all queued at once (fed as
   fast as possible, no pacing, no shedding): windows per second, once one window at a time
   (``max_batch=1``) and once batched (``max_batch``), in the same run, when the worker batches.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -52,7 +56,7 @@ class StreamsSettings:
         counts: stream counts, ascending.
         stream: every stream's configuration (model, method, caps).
         duration_s: seconds of real time per count (rounded up to whole windows).
-        question_every_s: seconds between two questions of one stream.
+        question_every_s: seconds between two questions of one stream (0: no questions).
         question: the question asked.
         max_new_tokens: answer length of a question.
         throughput_windows: windows per stream in the throughput phase (at least
@@ -101,8 +105,19 @@ async def _sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.perf_counter()))
 
 
-async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, sources: list[list[Window]]) -> dict[str, Any]:
-    """``n`` paced streams with questions; the row's real-time, latency, TTFT and memory fields."""
+async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, sources: list[list[Window]], *,
+                         watches: Sequence[Any] = (), alerts_dir: str | None = None) -> dict[str, Any]:
+    """``n`` paced streams with questions; the row's real-time, latency, TTFT and memory fields.
+
+    Args:
+        adapter: the loaded model (shared by the worker).
+        settings: the stream config, pacing, questions and batching.
+        n: how many streams.
+        sources: windows per source; stream ``i`` replays ``sources[i % len(sources)]``.
+        watches: standing questions (:class:`~omnizip_stream.watch.spec.WatchSpec`) registered on every
+            stream; the row then has the ``watch_*`` fields and ``sustained`` / ``streams_sustained``.
+        alerts_dir: where their alerts are logged (as a server does); None: the default alert directory.
+    """
     window_s = settings.window_s
     n_windows = len(sources[0])
     trim_memory()
@@ -112,6 +127,12 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
     failed: list[str] = []
     async with make_worker(adapter, settings.stream, settings.max_batch) as worker:
         sessions = [await worker.add_stream(f"s{i}", settings.stream) for i in range(n)]
+        if watches:
+            from omnizip_stream.watch.setup import install_watches
+
+            for session in sessions:
+                if install_watches(session, watches, log_dir=alerts_dir):
+                    raise ValueError(f"the stream refused a standing question (see the log): {watches}")
         t0 = time.perf_counter() + 0.05
         # Stream i started i/n of a window after stream 0 (cameras are not phase-locked).
         starts = [t0 + window_s * i / n for i in range(n)]
@@ -127,6 +148,8 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
                 latencies[i].append(time.perf_counter() - (starts[i] + window.t1_s))
 
         async def ask(i: int) -> None:
+            if settings.question_every_s <= 0:
+                return
             t = starts[i] + window_s + 0.1 + settings.question_every_s * i / n  # once the first window is in
             while t < starts[i] + n_windows * window_s:
                 await _sleep_until(t)
@@ -144,6 +167,11 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=limit_s)
         except asyncio.TimeoutError:
             timed_out = True
+        if watches and not timed_out:  # the last window's standing questions
+            try:
+                await asyncio.wait_for(asyncio.gather(*(s.drain() for s in sessions)), timeout=limit_s)
+            except asyncio.TimeoutError:
+                timed_out = True
         stats = [s.stats() for s in sessions]
         rss_after = rss_mb()
     warm = settings.warmup_windows
@@ -153,6 +181,7 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         for st, lat in zip(stats, latencies, strict=True)
     ]
     measured = [x for lat in latencies for x in lat[warm:]]
+    row_watches = _watch_fields(stats, per_stream_ok, len(watches)) if watches else {}
     cache_mb = [((st.get("kv_bytes") or 0) + (st.get("store_bytes") or 0)) / 2**20 for st in stats]
     return {
         "streams": n,
@@ -170,6 +199,25 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         "cache_mb_per_stream": sum(cache_mb) / n,
         "rss_mb_per_stream": (rss_after - rss_before) / n,
         "timed_out": timed_out,
+        **row_watches,
+    }
+
+
+def _watch_fields(stats: list[dict[str, Any]], realtime_ok: list[bool], k: int) -> dict[str, Any]:
+    """The real-time row's standing-question fields: totals, and which streams were sustained."""
+    def total(name: str) -> int:
+        return sum(int(st.get(name) or 0) for st in stats)
+
+    sustained = [
+        ok and st.get("watch_deferred", 0) == 0 and st.get("watch_failed", 0) == 0
+        and st.get("watch_evaluations", 0) == k * st.get("windows_ingested", 0)
+        for st, ok in zip(stats, realtime_ok, strict=True)
+    ]
+    return {
+        "watches_per_stream": k, "watch_evaluations": total("watch_evaluations"),
+        "watch_evaluations_expected": k * total("windows_ingested"), "watch_deferred": total("watch_deferred"),
+        "watch_failed": total("watch_failed"), "watch_alerts": total("watch_alerts"),
+        "sustained": all(sustained), "streams_sustained": sum(sustained),
     }
 
 
