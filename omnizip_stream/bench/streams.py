@@ -181,6 +181,8 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         for st, lat in zip(stats, latencies, strict=True)
     ]
     measured = [x for lat in latencies for x in lat[warm:]]
+    by_window = [[lat[k] for lat in latencies if len(lat) > k] for k in range(warm, n_windows)]
+    mean_lag_s = [sum(v) / len(v) for v in by_window if v]
     row_watches = _watch_fields(stats, per_stream_ok, len(watches)) if watches else {}
     cache_mb = [((st.get("kv_bytes") or 0) + (st.get("store_bytes") or 0)) / 2**20 for st in stats]
     return {
@@ -192,6 +194,8 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         "video_dropped": sum(st.get("video_dropped", 0) for st in stats),
         "window_latency_ms": {k: None if v is None else v * 1e3 for k, v in
                               {**percentiles(measured, (50, 95)), "max": max(measured, default=None)}.items()},
+        "window_lag_ms_by_window": [x * 1e3 for x in mean_lag_s],
+        "lag_trend_ms_per_window": None if len(mean_lag_s) < 2 else slope(mean_lag_s) * 1e3,
         "ttft_ms": percentiles(ttft_ms, (50, 95)),
         "questions": len(ttft_ms),
         "questions_failed": len(failed),
@@ -201,6 +205,14 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         "timed_out": timed_out,
         **row_watches,
     }
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares slope of ``values`` against their index (per step; needs at least two values)."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values))
+    return num / sum((x - mean_x) ** 2 for x in range(n))
 
 
 def _watch_fields(stats: list[dict[str, Any]], realtime_ok: list[bool], k: int) -> dict[str, Any]:
@@ -351,6 +363,8 @@ DEFINITIONS = {
     "realtime": "every stream shed no video (video_dropped == 0), got every window ingested, and every window after "
                 "the warm-up ones was ingested less than one window after its end at the source",
     "window_latency_ms": "a window's end at the (paced) source to its ingestion into the stream's cache, all streams",
+    "window_lag_ms_by_window": "mean window latency over the streams, per window index after the warm-up ones",
+    "lag_trend_ms_per_window": "least-squares slope of window_lag_ms_by_window: > 0 while the model falls behind",
     "ttft_ms": "question submission to its first token (Answer.ttft_ms), one question per stream every "
                "question_every_s, under the load of the count",
     "cache_mb_per_stream": "KV cache plus stored embeddings per stream at the end of the real-time phase",

@@ -22,7 +22,8 @@ the MQTT server and a broker):
    as an estimate), steps up by a quarter after a sustained count and down by a quarter after a failed
    one, then bisects between the largest sustained and the smallest failed count, within
    ``sustain_range`` and at most ``sustain_trials`` counts. Reported: the largest sustained count, whether
-   the next one up failed in this run (``bracketed``), and every count's row.
+   the next one up failed in this run (``bracketed``; else ``first_failed``), and every count's row with
+   its lag trend (a short run can pass a count slightly over capacity while the lag still grows).
 
 Targets (reported, not asserted): 4 questions add <= 30 % to a window's cost; alert p95 <= one window.
 """
@@ -218,6 +219,7 @@ async def sustained_streams(adapter: Any, config: Any, windows: list[Any], *, es
     return {
         "measured": best, "estimate": estimate,
         "bracketed": best + 1 in tried, "capped": best == hi_n,
+        "first_failed": min((m for m, ok in tried.items() if not ok and m > best), default=None),
         "watches_per_stream": watches, "threshold": SUSTAIN_THRESHOLD, "live_windows": len(windows),
         "warmup_windows": settings.warmup_windows, "max_batch": settings.max_batch,
         "range": [lo_n, hi_n], "counts": rows,
@@ -226,11 +228,12 @@ async def sustained_streams(adapter: Any, config: Any, windows: list[Any], *, es
 
 SUSTAIN_FIELDS = ("streams", "sustained", "streams_sustained", "realtime", "streams_realtime", "video_dropped",
                   "windows_ingested", "watch_evaluations", "watch_evaluations_expected", "watch_deferred",
-                  "watch_failed", "watch_alerts", "window_latency_ms", "timed_out")
+                  "watch_failed", "watch_alerts", "window_latency_ms", "window_lag_ms_by_window",
+                  "lag_trend_ms_per_window", "timed_out")
 
 
 def run_watch_bench(adapter: Any, config: Any, counts: list[int], *, source: str, windows: int, live_windows: int,
-                    warmup: int, max_side: int, broker_url: str | None, out: Path, sustain_windows: int = 5,
+                    warmup: int, max_side: int, broker_url: str | None, out: Path, sustain_windows: int = 6,
                     sustain_range: tuple[int, int] = (1, 64), sustain_trials: int = 5) -> dict[str, Any]:
     """Run the three parts; write ``watches.json`` and ``watches.md`` into ``out``; return the report.
 
@@ -267,6 +270,9 @@ def run_watch_bench(adapter: Any, config: Any, counts: list[int], *, source: str
         "notes": ["streams_sustained_with_4: measured with live-paced streams on one ModelWorker (part 3): the largest "
                   "count whose every stream stayed in real time with its 4 questions evaluated after every window; "
                   "sustained_search.bracketed says whether the next count up was run and failed",
+                  "a short run can pass a count slightly over capacity (the lag grows but stays under one window "
+                  "until the run ends): lag_trend_ms_per_window > 0 at the measured count hints at that; "
+                  "--watch-sustain-windows 30 gives a tighter number",
                   "streams_sustained_with_4_estimate = floor(window_s / mean per-window cost with 4 watches) from "
                   "part 1, one stream at a time: where the search starts",
                   "watch cost includes appending alerts to the JSONL log (thresholds 1.0 in part 1: none fire)"],
@@ -285,13 +291,13 @@ def run_watch_bench(adapter: Any, config: Any, counts: list[int], *, source: str
               f"streams sustained in real time with 4 watches each: {_sustained_line(search)} "
               f"(estimate from the per-window cost: {estimate})"]
     if search is not None:
-        lines += ["", "| streams | sustained | video dropped | watch evaluations | deferred | window p95 ms |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| streams | sustained | video dropped | watch evaluations | deferred | window p95 ms | "
+                      "lag trend ms/window |", "|---|---|---|---|---|---|---|"]
         for row in sorted(search["counts"], key=lambda r: r["streams"]):
-            p95 = row["window_latency_ms"].get("p95")
+            p95, trend = row["window_latency_ms"].get("p95"), row["lag_trend_ms_per_window"]
             lines.append(f"| {row['streams']} | {row['streams_sustained']}/{row['streams']} | {row['video_dropped']} | "
                          f"{row['watch_evaluations']}/{row['watch_evaluations_expected']} | {row['watch_deferred']} | "
-                         f"{'n/a' if p95 is None else f'{p95:.0f}'} |")
+                         f"{'n/a' if p95 is None else f'{p95:.0f}'} | {'n/a' if trend is None else f'{trend:+.0f}'} |")
     (out / "watches.md").write_text("\n".join(lines) + "\n")
     return report
 
@@ -304,4 +310,6 @@ def _sustained_line(search: dict[str, Any] | None) -> str:
         return f"{best} measured (the top of the search range: at least {best})"
     if search["bracketed"]:
         return f"{best} measured ({best + 1} failed)"
-    return f"{best} measured (the search ended before the next count up was run)"
+    if search["first_failed"] is not None:
+        return f"{best} measured ({search['first_failed']} failed; the counts between were not run)"
+    return f"{best} measured (the search ended before a larger count failed)"

@@ -89,9 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--watch-live-windows", type=int, default=8,
                        help="--watches: live-paced windows for the alert latency (default 8)")
     group.add_argument("--broker", default=None, help="--watches: broker URL for the alert latency (default: embedded)")
-    group.add_argument("--watch-sustain-windows", type=int, default=5, metavar="N",
+    group.add_argument("--watch-sustain-windows", type=int, default=6, metavar="N",
                        help="--watches: live windows per stream count when measuring the streams sustained with 4 "
-                            "questions each (default 5, the first one warm-up; 0: skip that measurement)")
+                            "questions each (default 6, the first one warm-up; 0: skip that measurement)")
     group.add_argument("--watch-sustain-range", default="1:64", metavar="LO:HI",
                        help="--watches: stream counts the sustained search may try (default 1:64; it starts at the "
                             "estimate from the per-window cost)")
