@@ -11,6 +11,9 @@ For each stream count ``N`` the benchmark runs two phases on one :class:`~omnizi
   first token), video shed by the session (``video_dropped``), each stream's cache memory and the
   process RSS growth per stream. A stream is **in real time** when it shed no video, every window
   was ingested and every window after the warm-up one was ingested within one window of its end.
+  With standing questions (``watches``, used by ``omnizip bench --watches``) every stream also
+  evaluates them after each window as the server does; it is **sustained** when it is in real time
+  and its questions were evaluated after every window (none deferred, none failed).
 * **Throughput.** ``N`` streams with ``throughput_windows`` windows each, all queued at once (fed as
   fast as possible, no pacing, no shedding): windows per second, one window at a time
   (``max_batch=1``) and batched (``max_batch``), in the same run, when the worker batches; the two
@@ -30,6 +33,7 @@ import asyncio
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -56,7 +60,7 @@ class StreamsSettings:
         counts: stream counts, ascending.
         stream: every stream's configuration (model, method, caps).
         duration_s: seconds of real time per count (rounded up to whole windows).
-        question_every_s: seconds between two questions of one stream.
+        question_every_s: seconds between two questions of one stream (0: no questions).
         question: the question asked.
         max_new_tokens: answer length of a question.
         throughput_windows: windows per stream in the throughput phase (at least
@@ -107,8 +111,19 @@ async def _sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.perf_counter()))
 
 
-async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, sources: list[list[Window]]) -> dict[str, Any]:
-    """``n`` paced streams with questions; the row's real-time, latency, TTFT and memory fields."""
+async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, sources: list[list[Window]], *,
+                         watches: Sequence[Any] = (), alerts_dir: str | None = None) -> dict[str, Any]:
+    """``n`` paced streams with questions; the row's real-time, latency, TTFT and memory fields.
+
+    Args:
+        adapter: the loaded model (shared by the worker).
+        settings: the stream config, pacing, questions and batching.
+        n: how many streams.
+        sources: windows per source; stream ``i`` replays ``sources[i % len(sources)]``.
+        watches: standing questions (:class:`~omnizip_stream.watch.spec.WatchSpec`) registered on every
+            stream; the row then has the ``watch_*`` fields and ``sustained`` / ``streams_sustained``.
+        alerts_dir: where their alerts are logged (as a server does); None: the default alert directory.
+    """
     window_s = settings.window_s
     n_windows = len(sources[0])
     trim_memory()
@@ -118,6 +133,12 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
     failed: list[str] = []
     async with make_worker(adapter, settings.stream, settings.max_batch) as worker:
         sessions = [await worker.add_stream(f"s{i}", settings.stream) for i in range(n)]
+        if watches:
+            from omnizip_stream.watch.setup import install_watches
+
+            for session in sessions:
+                if install_watches(session, watches, log_dir=alerts_dir):
+                    raise ValueError(f"the stream refused a standing question (see the log): {watches}")
         t0 = time.perf_counter() + 0.05
         # Stream i started i/n of a window after stream 0 (cameras are not phase-locked).
         starts = [t0 + window_s * i / n for i in range(n)]
@@ -133,6 +154,8 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
                 latencies[i].append(time.perf_counter() - (starts[i] + window.t1_s))
 
         async def ask(i: int) -> None:
+            if settings.question_every_s <= 0:
+                return
             t = starts[i] + window_s + 0.1 + settings.question_every_s * i / n  # once the first window is in
             while t < starts[i] + n_windows * window_s:
                 await _sleep_until(t)
@@ -150,6 +173,11 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=limit_s)
         except asyncio.TimeoutError:
             timed_out = True
+        if watches and not timed_out:  # the last window's standing questions
+            try:
+                await asyncio.wait_for(asyncio.gather(*(s.drain() for s in sessions)), timeout=limit_s)
+            except asyncio.TimeoutError:
+                timed_out = True
         stats = [s.stats() for s in sessions]
         rss_after = rss_mb()
     warm = settings.warmup_windows
@@ -159,6 +187,9 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         for st, lat in zip(stats, latencies, strict=True)
     ]
     measured = [x for lat in latencies for x in lat[warm:]]
+    by_window = [[lat[k] for lat in latencies if len(lat) > k] for k in range(warm, n_windows)]
+    mean_lag_s = [sum(v) / len(v) for v in by_window if v]
+    row_watches = _watch_fields(stats, per_stream_ok, len(watches)) if watches else {}
     cache_mb = [((st.get("kv_bytes") or 0) + (st.get("store_bytes") or 0)) / 2**20 for st in stats]
     return {
         "streams": n,
@@ -169,6 +200,8 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         "video_dropped": sum(st.get("video_dropped", 0) for st in stats),
         "window_latency_ms": {k: None if v is None else v * 1e3 for k, v in
                               {**percentiles(measured, (50, 95)), "max": max(measured, default=None)}.items()},
+        "window_lag_ms_by_window": [x * 1e3 for x in mean_lag_s],
+        "lag_trend_ms_per_window": None if len(mean_lag_s) < 2 else slope(mean_lag_s) * 1e3,
         "ttft_ms": percentiles(ttft_ms, (50, 95)),
         "questions": len(ttft_ms),
         "questions_failed": len(failed),
@@ -176,6 +209,33 @@ async def realtime_phase(adapter: Any, settings: StreamsSettings, n: int, source
         "cache_mb_per_stream": sum(cache_mb) / n,
         "rss_mb_per_stream": (rss_after - rss_before) / n,
         "timed_out": timed_out,
+        **row_watches,
+    }
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares slope of ``values`` against their index (per step; needs at least two values)."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values))
+    return num / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def _watch_fields(stats: list[dict[str, Any]], realtime_ok: list[bool], k: int) -> dict[str, Any]:
+    """The real-time row's standing-question fields: totals, and which streams were sustained."""
+    def total(name: str) -> int:
+        return sum(int(st.get(name) or 0) for st in stats)
+
+    sustained = [
+        ok and st.get("watch_deferred", 0) == 0 and st.get("watch_failed", 0) == 0
+        and st.get("watch_evaluations", 0) == k * st.get("windows_ingested", 0)
+        for st, ok in zip(stats, realtime_ok, strict=True)
+    ]
+    return {
+        "watches_per_stream": k, "watch_evaluations": total("watch_evaluations"),
+        "watch_evaluations_expected": k * total("windows_ingested"), "watch_deferred": total("watch_deferred"),
+        "watch_failed": total("watch_failed"), "watch_alerts": total("watch_alerts"),
+        "sustained": all(sustained), "streams_sustained": sum(sustained),
     }
 
 
@@ -322,6 +382,8 @@ DEFINITIONS = {
     "realtime": "every stream shed no video (video_dropped == 0), got every window ingested, and every window after "
                 "the warm-up ones was ingested less than one window after its end at the source",
     "window_latency_ms": "a window's end at the (paced) source to its ingestion into the stream's cache, all streams",
+    "window_lag_ms_by_window": "mean window latency over the streams, per window index after the warm-up ones",
+    "lag_trend_ms_per_window": "least-squares slope of window_lag_ms_by_window: > 0 while the model falls behind",
     "ttft_ms": "question submission to its first token (Answer.ttft_ms), one question per stream every "
                "question_every_s, under the load of the count",
     "cache_mb_per_stream": "KV cache plus stored embeddings per stream at the end of the real-time phase",

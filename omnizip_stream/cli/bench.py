@@ -91,6 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--watch-live-windows", type=int, default=8,
                        help="--watches: live-paced windows for the alert latency (default 8)")
     group.add_argument("--broker", default=None, help="--watches: broker URL for the alert latency (default: embedded)")
+    group.add_argument("--watch-sustain-windows", type=int, default=6, metavar="N",
+                       help="--watches: live windows per stream count when measuring the streams sustained with 4 "
+                            "questions each (default 6, the first one warm-up; 0: skip that measurement)")
+    group.add_argument("--watch-sustain-range", default="1:64", metavar="LO:HI",
+                       help="--watches: stream counts the sustained search may try (default 1:64; it starts at the "
+                            "estimate from the per-window cost)")
+    group.add_argument("--watch-sustain-trials", type=int, default=5, metavar="N",
+                       help="--watches: most stream counts the sustained search runs (default 5)")
 
 
 def _lengths(args: argparse.Namespace) -> tuple[float, ...]:
@@ -285,6 +293,15 @@ def _run_watches(args: argparse.Namespace) -> int:
         raise UserError("--watches needs counts in [0, 64], e.g. 0,1,4,16")
     if args.watch_windows < args.warmup_windows + 2 or args.watch_live_windows < 2:
         raise UserError("--watch-windows must exceed --warmup-windows by 2; --watch-live-windows must be >= 2")
+    if args.watch_sustain_windows == 1 or args.watch_sustain_windows < 0 or args.watch_sustain_trials < 1:
+        raise UserError("--watch-sustain-windows must be 0 (skip) or >= 2; --watch-sustain-trials must be >= 1")
+    lo, _, hi = args.watch_sustain_range.partition(":")
+    try:
+        sustain_range = (int(lo), int(hi))
+    except ValueError:
+        raise UserError(f"--watch-sustain-range must be LO:HI, e.g. 1:64, got {args.watch_sustain_range!r}") from None
+    if not 1 <= sustain_range[0] <= sustain_range[1] <= 1024:
+        raise UserError(f"--watch-sustain-range needs 1 <= LO <= HI <= 1024, got {args.watch_sustain_range!r}")
     try:
         cfg = resolve_config(args).replace(seed=args.seed, torch_threads=args.threads)
         # room for a standing question and its answer instruction (byte-level tiny tokenizers need it)
@@ -298,7 +315,9 @@ def _run_watches(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     report = run_watch_bench(adapter, cfg, counts, source=args.source, windows=args.watch_windows,
                              live_windows=args.watch_live_windows, warmup=args.warmup_windows,
-                             max_side=args.max_side, broker_url=args.broker, out=args.out)
+                             max_side=args.max_side, broker_url=args.broker, out=args.out,
+                             sustain_windows=args.watch_sustain_windows, sustain_range=sustain_range,
+                             sustain_trials=args.watch_sustain_trials)
     for name, ok in report["targets"].items():
         print(f"{name}: {({True: 'pass', False: 'FAIL', None: 'n/a'})[ok]}")
     print((args.out / "watches.md").read_text(), end="")

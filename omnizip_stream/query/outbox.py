@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class OutMessage:
         partial: True for a streamed partial answer (dropped first when the outbox overflows).
         strikes: connections that died while this reply was unacknowledged.
         user_properties: MQTT 5 user properties ``(name, value)`` (alerts of standing questions).
+        on_published: called (event loop) once the broker acknowledged it (QoS 1: its PUBACK); an
+            alert's publisher records its delivery there. Not called for a reply that is dropped.
     """
 
     topic: str
@@ -50,6 +53,7 @@ class OutMessage:
     partial: bool = False
     strikes: int = 0
     user_properties: tuple[tuple[str, str], ...] = ()
+    on_published: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Outbox:
@@ -102,6 +106,15 @@ class Outbox:
         self._trim()
         self._event.set()
         self._update_idle()
+
+    def acknowledged(self, msg: OutMessage) -> None:
+        """Count a reply the broker acknowledged and run its ``on_published`` (a failing one is logged)."""
+        self.published += 1
+        if msg.on_published is not None:
+            try:
+                msg.on_published()
+            except Exception:  # noqa: BLE001 - the drain goes on
+                logger.exception("on_published of a reply to %r failed", msg.topic)
 
     def drop_poison(self, msg: OutMessage, why: str) -> None:
         """Count and log a reply that is never sent again (see the module docstring)."""
@@ -214,7 +227,7 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
                     continue
                 failure = task.exception()
                 if failure is None:
-                    outbox.published += 1
+                    outbox.acknowledged(msg)
                 elif isinstance(failure, aiomqtt.MqttError):
                     remaining.append((msg, task))  # requeued in `finally`
                     error = error or failure
@@ -232,7 +245,7 @@ async def drain(client: Any, outbox: Outbox, *, qos: int, v5: bool, max_inflight
         unacked = []
         for msg, task in inflight:
             if task.done() and not task.cancelled() and task.exception() is None:
-                outbox.published += 1
+                outbox.acknowledged(msg)
             else:
                 unacked.append(msg)
                 task.cancel()

@@ -210,10 +210,11 @@ class StreamServer:
         if self._runs.get(spec.id) is not run:  # removed while it was starting
             await run.session.close()
             raise ValueError(f"stream {spec.id!r} was removed while it was starting")
-        if spec.watches:  # standing questions; one the stream refuses is logged, the stream goes on
-            from omnizip_stream.watch.setup import install_watches
+        # Standing questions (one the stream refuses is logged, the stream goes on) and, for every stream, its
+        # alert log: watches registered later over MQTT/HTTP are logged too, and unpublished alerts re-sent.
+        from omnizip_stream.watch.setup import install_watches
 
-            install_watches(run.session, spec.watches, log_dir=self.config.server.alerts_dir)
+        install_watches(run.session, spec.watches, log_dir=self.config.server.alerts_dir)
         run.task = asyncio.create_task(self._feed(run), name=f"stream:{spec.id}")
         self._notify("added", run)
         if wait_open:

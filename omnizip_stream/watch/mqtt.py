@@ -8,7 +8,10 @@ stream or many): it subscribes the watch topic(s) and hands every alert of every
 see :mod:`omnizip_stream.watch.registry`) published with QoS ``config.qos`` (1), not retained, with
 MQTT 5 user properties ``stream_id``, ``watch_id``, ``probability`` and ``seq``. They are in the
 stream's JSONL log before they reach the outbox; the outbox outlives connections, so an alert made
-while the broker is away is published after the reconnect.
+while the broker is away is published after the reconnect. Across restarts too: a stream with a log
+gets an :class:`~omnizip_stream.watch.delivery.AlertDelivery`, which records what the broker
+acknowledged (the log's published marker) and, when the publisher starts for the stream, first
+queues the logged alerts that were never acknowledged, oldest first (at least once).
 
 **Registration** requests (the question wire format: MQTT 5 ResponseTopic + CorrelationData, or
 3.1.1 ``reply_to`` + ``id``; ``client_id`` for the rate limit) on ``<p>/<id>/watch``:
@@ -29,6 +32,7 @@ from typing import Any
 from omnizip_stream.query.outbox import OutMessage
 from omnizip_stream.query.schema import encode, final_error
 from omnizip_stream.query.streams import lookup, on_change
+from omnizip_stream.watch.delivery import AlertDelivery
 from omnizip_stream.watch.spec import WatchError, watch_spec_from_mapping
 
 logger = logging.getLogger(__name__)
@@ -37,12 +41,16 @@ FIELDS = {"op", "watch", "watch_id", "id", "reply_to", "client_id"}
 OPS = ("add", "list", "remove")
 
 
-def alert_message(alert: dict[str, Any], prefix: str, stream_id: str | None = None) -> OutMessage:
-    """The outbox message of one alert: topic ``<prefix>/<stream_id>/alerts`` (default: the alert's), user properties."""
+def alert_message(alert: dict[str, Any], prefix: str, stream_id: str | None = None, *,
+                  on_published: Any = None) -> OutMessage:
+    """The outbox message of one alert: topic ``<prefix>/<stream_id>/alerts`` (default: the alert's), user properties.
+
+    ``on_published`` is called once the broker acknowledged it (:attr:`OutMessage.on_published`).
+    """
     sid = stream_id or str(alert["stream_id"])
     props = (("stream_id", sid), ("watch_id", str(alert["watch_id"])),
              ("probability", f"{float(alert['probability']):.6f}"), ("seq", str(alert.get("seq", ""))))
-    return OutMessage(f"{prefix}/{sid}/alerts", encode(alert), user_properties=props)
+    return OutMessage(f"{prefix}/{sid}/alerts", encode(alert), user_properties=props, on_published=on_published)
 
 
 class WatchDesk:
@@ -57,6 +65,7 @@ class WatchDesk:
         self.desk = desk
         self.prefix = prefix
         self._attached: dict[str, tuple[Any, Any]] = {}  # stream id -> (its StreamWatches, our listener)
+        self._deliveries: dict[str, AlertDelivery] = {}  # stream id -> its logged alerts' delivery
 
     def stream_of(self, topic: str) -> str | None:
         """The stream id of a ``<prefix>/<id>/watch`` topic, else None."""
@@ -75,15 +84,37 @@ class WatchDesk:
                 listener = functools.partial(self.publish, sid)
                 watches.listeners.append(listener)
                 self._attached[sid] = (watches, listener)
+                self._delivery(sid, watches.log)  # alerts logged and never acknowledged go first
         for sid in [s for s in self._attached if s not in ids]:
             watches, listener = self._attached.pop(sid)
             if listener in watches.listeners:
                 watches.listeners.remove(listener)
 
     def publish(self, stream_id: str, alert: dict[str, Any]) -> None:
-        """Queue one alert of ``stream_id`` (its MQTT id) for the broker (event loop)."""
-        self.desk.outbox.put(alert_message(alert, self.prefix, stream_id))
+        """Queue one alert of ``stream_id`` (its MQTT id) for the broker, after its older unpublished ones (event loop)."""
+        watches = self._attached.get(stream_id, (None,))[0]
+        delivery = self._delivery(stream_id, getattr(watches, "log", None)) if "seq" in alert else None
+        if delivery is None:  # not logged: published as it comes, within this process only
+            self._put(stream_id, alert, None)
+        else:
+            delivery.offer(alert)
+
+    def _put(self, stream_id: str, alert: dict[str, Any], on_published: Any) -> None:
+        self.desk.outbox.put(alert_message(alert, self.prefix, stream_id, on_published=on_published))
         self.desk.counters["alerts_queued"] += 1
+
+    def _delivery(self, stream_id: str, log: Any) -> AlertDelivery | None:
+        """The stream's delivery over ``log`` (made, and its backlog queued, on first use); None without a log."""
+        if log is None:
+            return None
+        delivery = self._deliveries.get(stream_id)
+        if delivery is None or delivery.log.path != log.path:
+            delivery = AlertDelivery(log, functools.partial(self._put, stream_id))
+            self._deliveries[stream_id] = delivery
+            replayed = delivery.catch_up()
+            if replayed:
+                self.desk.counters["alerts_replayed"] += replayed
+        return delivery
 
     # ------------------------------------------------------------------ registrations in
     def handle(self, obj: Any, route: Any, request_id: Any, stream_id: str) -> None:

@@ -129,3 +129,49 @@ async def test_register_list_remove_over_mqtt_and_bad_registrations_are_one_line
             answer = await client.ask("What is there?", timeout_s=30)
             assert answer["ok"] and isinstance(answer["answer"], str)
             assert session.stats()["watch_evaluations"] == 1
+
+
+async def test_alerts_not_yet_published_are_sent_by_the_next_start_exactly_once_in_seq_order(
+        tiny25, broker_factory, tmp_path):
+    """Server 1 publishes alert 1, then loses the broker with 2 and 3 unpublished and stops; 4 is logged
+    with no publisher at all. Server 2 (same log dir) sends exactly 2, 3, 4 in order, then new ones; 1 never again."""
+    b = broker_factory()
+    b.start()
+    cfg = fast_config(b.url, "cam")
+    windows = _windows(10.0)
+    log = AlertLog(tmp_path, "cam")
+    async with _session(tiny25, "cam") as session:
+        session.watches.log = log
+        session.watches.add(WatchSpec("Is a dog barking?", id="dog", threshold=0.0))
+        async with _serving(session, cfg) as server:
+            await session.push_window(windows[0])
+            await session.drain()
+            await wait_for(lambda: log.published_seq() == 1, 10)  # acknowledged by the broker, then marked
+            await asyncio.to_thread(b.stop)
+            for window in windows[1:3]:
+                await session.push_window(window)
+                await session.drain()
+            await wait_for(lambda: server.stats()["outbox_depth"] >= 2, 10)
+        # server 1 stopped with alerts 2 and 3 only in its (lost) outbox and in the log
+        session.watches.listeners.clear()  # no publisher at all now (as after the process ended)
+        await session.push_window(windows[3])
+        await session.drain()
+        assert [a["seq"] for a in log.read()] == [1, 2, 3, 4] and log.published_seq() == 1
+
+    await asyncio.to_thread(b.start)
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    async with device(b.port, "alert-watcher", inbox=inbox) as dev:
+        await dev.subscribe("omnizip/cam/alerts", qos=1)
+        async with _session(tiny25, "cam") as session:  # "the next process": same stream, same log directory
+            session.watches.log = AlertLog(tmp_path, "cam")
+            session.watches.add(WatchSpec("Is a dog barking?", id="dog", threshold=0.0))
+            async with _serving(session, cfg) as server:
+                got = [json.loads((await asyncio.wait_for(inbox.get(), 20)).payload)["seq"] for _ in range(3)]
+                assert got == [2, 3, 4]  # exactly the unpublished ones, oldest first (1 would come first)
+                await session.push_window(windows[4])  # a new alert goes after them
+                await session.drain()
+                message = await asyncio.wait_for(inbox.get(), 20)
+                assert json.loads(message.payload)["seq"] == 5 and dict(message.properties.UserProperty)["seq"] == "5"
+                await wait_for(lambda: AlertLog(tmp_path, "cam").published_seq() == 5, 10)
+                assert server.stats()["alerts_replayed"] == 3
+    assert inbox.empty()

@@ -62,10 +62,13 @@ async def test_a_stream_server_registers_the_watches_logs_alerts_and_refuses_a_q
     too_long = WatchSpec("Is there a very large brown dog barking loudly at the front door of the house?")
     spec = StreamSpec("door", "synthetic", stream_config(max_question_tokens=64), realtime=False, duration_s=4.0,
                       max_side=112, watches=(WatchSpec("Is a dog barking?", id="dog", threshold=0.0), too_long))
+    plain = StreamSpec("yard", "synthetic", stream_config(), realtime=False, duration_s=2.0, max_side=112)
     settings = ServerSettings(retry_min_s=0.01, retry_max_s=0.04, alerts_dir=str(tmp_path))
-    async with StreamServer(ServerConfig(stream_config(), settings, (spec,)), adapter=adapter_for(tiny25)) as server:
+    async with StreamServer(ServerConfig(stream_config(), settings, (spec, plain)), adapter=adapter_for(tiny25)) as server:
         session = server.session("door")
         assert [w["id"] for w in session.watches.list()] == ["dog"]  # the long one refused; the stream goes on
+        # a stream without watches in the file has its log too (watches registered later are logged, re-sent)
+        assert server.session("yard").watches.log.path == tmp_path / "yard.alerts.jsonl"
         await server.stream("door").wait()
         await session.drain()
         assert session.stats()["windows_ingested"] == 2
