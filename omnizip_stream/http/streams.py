@@ -43,9 +43,9 @@ def unknown_stream(server: StreamServer, stream_id: Any) -> ApiError:
 
 @router.get("/v1/streams")
 async def list_streams(request: Request) -> dict[str, Any]:
-    """Every stream with its state and stats."""
+    """Every stream with its state and stats, and the shared memory budget (``memory``)."""
     server: StreamServer = request.app.state.server
-    return {"object": "list", "data": [stream_info(server, sid) for sid in server.ids()]}
+    return {"object": "list", "data": [stream_info(server, sid) for sid in server.ids()], "memory": server.memory()}
 
 
 @router.get("/v1/streams/{stream_id}")

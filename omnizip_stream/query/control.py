@@ -35,7 +35,7 @@ from typing import Any
 from omnizip_stream.credentials import redact_url
 from omnizip_stream.query.outbox import OutMessage
 from omnizip_stream.query.schema import Route, encode, final_error
-from omnizip_stream.query.streams import SERVER_ID, StreamControl, describe_streams
+from omnizip_stream.query.streams import SERVER_ID, StreamControl, describe_memory, describe_streams
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ class ControlDesk:
         if stream_id is not None:
             reply["stream_id"] = stream_id
         reply["streams"] = describe_streams(self.streams)
+        if (memory := describe_memory(self.streams)) is not None:
+            reply["memory"] = memory  # after an add or remove: what is reserved and what is still free
         self.desk.counters["control_ok"] += 1
         self.desk.outbox.put(OutMessage(route.topic, encode(reply), route.correlation))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omnizip_stream.query.mqtt_config import MqttConfig
 from omnizip_stream.query.schema import encode, json_safe
-from omnizip_stream.query.streams import SERVER_ID, StreamDirectory, describe_streams, lookup
+from omnizip_stream.query.streams import SERVER_ID, StreamDirectory, describe_memory, describe_streams, lookup
 
 
 class StatusPublishing:
@@ -81,6 +81,8 @@ class StatusPublishing:
         if with_list:
             body = {"state": state, "instance": self.instance, "ts": round(time.time(), 3),
                     "streams": describe_streams(self.streams) if state == "online" else []}
+            if state == "online" and (memory := describe_memory(self.streams)) is not None:
+                body["memory"] = memory  # the KV budget: what a new stream can still reserve
             await client.publish(self.list_topic, encode(body), qos=cfg.qos, retain=True)
 
     def _stream_status_topic(self, stream_id: str) -> str:

@@ -107,6 +107,23 @@ def on_change(directory: Any, callback: Callable[[], None]) -> bool:
     return False
 
 
+def describe_memory(directory: Any) -> dict[str, Any] | None:
+    """The directory's KV memory budget, or None where it reports none (or the report fails).
+
+    ``directory.memory()``: ``budget_mb`` (None: unbounded), ``reserved_mb``, ``free_mb`` and each
+    stream's reservation in MiB.
+    """
+    memory = getattr(directory, "memory", None)
+    if not callable(memory):
+        return None
+    try:
+        report = memory()
+    except Exception:  # the list must not fail because of the budget's report
+        logger.exception("reporting the memory budget failed")
+        return None
+    return dict(report) if isinstance(report, Mapping) else None
+
+
 def describe_streams(directory: Any) -> list[dict[str, Any]]:
     """The published stream list: ``[{"id", "state", "source"}]`` with every source URL redacted.
 

@@ -6,6 +6,7 @@ A server file (``omnizip serve --config configs/server.yaml``)::
     rho_video: 0.6
     server:                     # server settings (ServerSettings)
       max_batch: 8
+      prepare_threads: 1        # frames resized off the model thread (default: by core count; 0: none)
       kv_budget_mb: 4096
       admin_token_file: admin.token   # relative to this file; or the OMNIZIP_ADMIN_TOKEN variable
     streams:
@@ -57,6 +58,8 @@ class ServerSettings:
     Attributes:
         kv_budget_mb: one KV memory budget for all streams (None: only each stream's own caps).
         max_batch: most windows or questions of different streams run in one model call (1: one at a time).
+        prepare_threads: threads that resize and patchify queued frames off the model thread
+            (:mod:`~omnizip_stream.server.prepare`; None: by core count, 0: on the model thread).
         admin_token: the secret that authenticates adding/removing streams at run time (None: run-time
             changes are refused); from ``admin_token_file`` or ``OMNIZIP_ADMIN_TOKEN``, never the file.
         retry_min_s: first wait before re-opening a failed source; doubles on each failure in a row.
@@ -69,6 +72,7 @@ class ServerSettings:
 
     kv_budget_mb: float | None = None
     max_batch: int = 8
+    prepare_threads: int | None = None
     admin_token: str | None = field(default=None, repr=False)
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0
@@ -80,6 +84,9 @@ class ServerSettings:
             raise ValueError(f"server.kv_budget_mb must be a positive number of MiB, got {self.kv_budget_mb!r}")
         if not _is_int(self.max_batch) or not 1 <= self.max_batch <= 1024:
             raise ValueError(f"server.max_batch must be a whole number in [1, 1024], got {self.max_batch!r}")
+        if self.prepare_threads is not None and not (_is_int(self.prepare_threads) and 0 <= self.prepare_threads <= 64):
+            raise ValueError(f"server.prepare_threads must be a whole number in [0, 64] or null, "
+                             f"got {self.prepare_threads!r}")
         if not (_is_number(self.retry_min_s) and self.retry_min_s > 0):
             raise ValueError(f"server.retry_min_s must be a positive number of seconds, got {self.retry_min_s!r}")
         if not (_is_number(self.retry_max_s) and self.retry_max_s >= self.retry_min_s):

@@ -117,7 +117,8 @@ class StreamServer:
         self._runs: dict[str, StreamRun] = {}
         self.on_change: list[ChangeCallback] = []
         self.worker = ModelWorker(config.defaults, adapter=adapter, clock=self.clock,
-                                  kv_budget_mb=config.server.kv_budget_mb, max_batch=config.server.max_batch)
+                                  kv_budget_mb=config.server.kv_budget_mb, max_batch=config.server.max_batch,
+                                  prepare_threads=config.server.prepare_threads)
         self._closed = False
 
     @property
@@ -240,6 +241,10 @@ class StreamServer:
         await run.session.close()
         run.session.engine = None  # the cache goes with it (stats() keeps its last snapshot)
         self._notify("removed", run)
+
+    def memory(self) -> dict[str, Any]:
+        """The shared KV budget: ``budget_mb`` (None: unbounded), ``reserved_mb``, ``free_mb``, per-stream MiB."""
+        return self.worker.budget_report()
 
     def describe(self) -> list[dict[str, Any]]:
         """Per stream, in add order: id, source (credentials redacted), state, retries, last_error, key stats."""

@@ -32,7 +32,11 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
 def test_healthz_and_the_stream_list(api):
     health = httpx.get(f"{api.url}/healthz").json()
     assert health == {"status": "ok", "model": "tiny", "streams": 2, "running": health["running"]}
-    data = httpx.get(f"{api.url}/v1/streams").json()["data"]
+    listing = httpx.get(f"{api.url}/v1/streams").json()
+    data = listing["data"]
+    memory = listing["memory"]  # the shared KV budget (none configured here: unbounded, reservations listed)
+    assert memory["budget_mb"] is None and set(memory["streams"]) == {"door", "yard"}
+    assert memory["reserved_mb"] == sum(memory["streams"].values()) > 0
     assert [d["id"] for d in data] == ["door", "yard"]
     door = data[0]
     assert door["source"] == "synthetic:seed=1" and door["state"] in ("running", "ended")

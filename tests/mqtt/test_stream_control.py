@@ -291,6 +291,9 @@ def test_omnizip_serve_adds_a_stream_over_mqtt_with_the_token_of_its_environment
     output = log_path.read_text()
     assert added["ok"] is True and added["stream_id"] == "porch"
     assert listed["state"] == "online" and answer["stream_id"] == "porch" and answer["window_range"] is not None
+    # the shared KV budget travels with the list and the control replies: what each stream reserved
+    assert set(listed["memory"]["streams"]) == {"door", "porch"} and listed["memory"]["reserved_mb"] > 0
+    assert set(added["memory"]) == {"budget_mb", "reserved_mb", "free_mb", "streams"}
     assert "stream porch: added" in output and "omnizip/server/streams (on)" in output
     assert TOKEN not in output and "Traceback" not in output
 

@@ -19,7 +19,7 @@ import torch
 from omni_helpers import synthetic_clip
 from server_helpers import adapter_for, stream_config, windows_for
 
-import omnizip.adapters.encoding as encoding
+import omnizip.adapters.towers as towers
 from omnizip.adapters.base import AVCursor
 from omnizip.adapters.batch_encode import EncodeRequest
 from omnizip.preprocess import PreparedVideo
@@ -52,13 +52,13 @@ def test_prepared_windows_give_bit_identical_caches_and_leave_the_model_thread(t
     adapter = adapter_for(tiny25)
     windows = {"door": windows_for(6.0, seed=1), "yard": windows_for(6.0, seed=2, size=(84, 112))}
     threads: list[str] = []  # where each window's frames were resized and patchified
-    original = encoding.preprocess_video
+    original = towers.preprocess_video
 
     def recording(frames: np.ndarray, cfg: Any) -> Any:
         threads.append(threading.current_thread().name)
         return original(frames, cfg)
 
-    monkeypatch.setattr(encoding, "preprocess_video", recording)
+    monkeypatch.setattr(towers, "preprocess_video", recording)
     prepared = asyncio.run(_run_streams(adapter, 1, windows, max_batch))
     assert len(threads) == 6 and all(name.startswith("omnizip-prepare") for name in threads), threads
     threads.clear()
@@ -112,3 +112,14 @@ def test_what_is_not_prepared(tiny25):
     assert MediaPreparer(0).prepare(adapter, window, stream_config()) is None
     with pytest.raises(ValueError, match="prepare_threads"):
         MediaPreparer(-1)
+
+
+def test_the_server_file_sets_the_preparation_threads(tiny25):
+    from omnizip_stream.server.config import ServerConfig, ServerSettings
+    from omnizip_stream.server.prepare import default_prepare_threads
+    from omnizip_stream.server.service import StreamServer
+
+    for setting, threads in ((0, 0), (3, 3), (None, default_prepare_threads())):
+        server = StreamServer(ServerConfig(stream_config(), ServerSettings(prepare_threads=setting), ()),
+                              adapter=adapter_for(tiny25))
+        assert server.worker.preparer.threads == threads

@@ -30,14 +30,15 @@ def test_defaults_server_settings_and_per_stream_overrides(tmp_path):
         model: tiny
         rho_video: 0.5
         max_new_tokens: 12
-        server: {max_batch: 4, kv_budget_mb: 512, admin_token_file: admin.token, retry_max_s: 5}
+        server: {max_batch: 4, kv_budget_mb: 512, admin_token_file: admin.token, retry_max_s: 5, prepare_threads: 2}
         streams:
           - {id: door, source: "rtsp://u:p@10.0.0.5/s", rho_video: 0.7}
           - {id: kitchen, source: "synthetic:seed=2", loop: true, max_side: 320, realtime: false}
         """)
     cfg = load_server_config(path, ["max_new_tokens=20"], environ={})
     assert cfg.defaults == StreamConfig(model="tiny", max_new_tokens=20).replace(rho_video=0.5)
-    assert cfg.server == ServerSettings(kv_budget_mb=512, max_batch=4, admin_token="s3cret", retry_max_s=5)
+    assert cfg.server == ServerSettings(kv_budget_mb=512, max_batch=4, admin_token="s3cret", retry_max_s=5,
+                                       prepare_threads=2)
     assert "s3cret" not in repr(cfg.server)
     door, kitchen = cfg.streams
     assert door == StreamSpec("door", "rtsp://u:p@10.0.0.5/s", cfg.defaults.replace(rho_video=0.7))
@@ -79,6 +80,7 @@ def test_mistakes_are_one_line_naming_the_stream_and_key(tmp_path, streams, mess
     ("model: tiny\n", "no 'streams:' list"),
     ("rho_vidoe: 1\nstreams: []\n", "unknown config key.*rho_vidoe.*server, streams"),
     ("server: {max_batch: 0}\nstreams: []\n", r"server.max_batch must be a whole number in \[1, 1024\]"),
+    ("server: {prepare_threads: -1}\nstreams: []\n", r"server.prepare_threads must be a whole number in \[0, 64\]"),
     ("server: {batch: 2}\nstreams: []\n", "unknown server key.*'batch'"),
     ("server: {admin_token_file: nope.token}\nstreams: []\n", "admin_token_file .*nope.token.* cannot be read"),
 ])
