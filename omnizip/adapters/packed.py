@@ -83,7 +83,7 @@ class _PackedCall:
     def attend(self, module: Any, query: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, None]:
         """``query [1, H, sum S_i, Dh]`` -> output ``[1, sum S_i, H, Dh]``, stream by stream."""
         keys, values = self.cache.take(module.layer_idx)
-        inner = self.inner if self.inner is not None else _module_eager(module)
+        inner = self.inner if self.inner is not None else module_eager_attention(module)
         outs = []
         for (a, b), k, v, mask in zip(self.cache.bounds, keys, values, self.masks, strict=True):
             out, _ = inner(module, query[:, :, a:b], k, v, mask, **kwargs)
@@ -104,7 +104,7 @@ def _packed_attention(
     return call.attend(module, query, kwargs)
 
 
-def _module_eager(module: Any) -> Any:
+def module_eager_attention(module: Any) -> Any:
     """The model's own ``eager_attention_forward`` (what transformers falls back to for ``eager``)."""
     return sys.modules[type(module).__module__].eager_attention_forward
 

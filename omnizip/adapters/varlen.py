@@ -19,13 +19,14 @@ transformers hands ``cu_seqlens`` to an attention function only when its registe
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 import torch
+
+from omnizip.adapters.packed import module_eager_attention
 
 ATTN_IMPLEMENTATION = "omnizip_varlen_flash"
 
@@ -92,7 +93,7 @@ def varlen_attention(config: Any) -> Iterator[None]:
 
         inner = ALL_ATTENTION_FUNCTIONS["sdpa"]
     elif original == "eager":
-        inner = _module_eager
+        inner = _eager
     else:  # flash attention takes cu_seqlens itself; anything else keeps the stock loop
         yield
         return
@@ -105,6 +106,6 @@ def varlen_attention(config: Any) -> Iterator[None]:
         _INNER.reset(token)
 
 
-def _module_eager(module: Any, *args: Any, **kwargs: Any) -> Any:
-    """The layer's own model module's ``eager_attention_forward`` (transformers' fallback for ``eager``)."""
-    return sys.modules[type(module).__module__].eager_attention_forward(module, *args, **kwargs)
+def _eager(module: Any, *args: Any, **kwargs: Any) -> Any:
+    """The layer's model module's own ``eager_attention_forward`` (transformers' fallback for ``eager``)."""
+    return module_eager_attention(module)(module, *args, **kwargs)
