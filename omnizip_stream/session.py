@@ -97,6 +97,8 @@ class StreamSession(StreamJobs):
         self.live = LiveStatus()  # behind-live and the sources' counters (see attach_source)
         self._current_t1_s: float | None = None  # end of the window the model thread is ingesting
         self.watches = StreamWatches(stream_id)  # standing questions (omnizip_stream.watch)
+        # Called on the event loop with every Answer given, whoever asked (MQTT, HTTP, the CLI): metrics.
+        self.answer_listeners: list[Callable[[Answer], None]] = []
 
     @classmethod
     def from_config(cls, config: StreamConfig, *, adapter: Any = None, clock: Clock | None = None) -> StreamSession:
@@ -274,11 +276,17 @@ class StreamSession(StreamJobs):
             self.queries.append(query)
             self._cond.notify_all()
         result = await query.future
-        return Answer(
+        answer = Answer(
             text=result.text, ttft_ms=result.ttft_ms, total_ms=result.total_ms, window_range=result.window_range,
             time_range_s=result.time_range_s, tokens_generated=len(result.tokens),
             extra={"prompt_tokens": result.prompt_tokens, **result.extra}, **result.spans,
         )
+        for listener in list(self.answer_listeners):
+            try:
+                listener(answer)
+            except Exception:  # a listener's bug never costs the asker the answer
+                logger.exception("stream %s: answer listener failed", self.stream_id)
+        return answer
 
     async def _wait_first_window(self) -> None:
         """Wait up to ``first_window_wait_s`` for the first ingested window; else ``not_ready``."""

@@ -52,7 +52,6 @@ async def chat_completions(request: Request) -> Any:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body["model"]}
-    metrics = request.app.state.metrics
     answer_stream = session.ask_stream(question, max_tokens)
     pieces = answer_stream.__aiter__()
     # Wait for the first piece before the response starts: refusals (busy, not_ready ...) get a status code.
@@ -70,7 +69,6 @@ async def chat_completions(request: Request) -> Any:
             raise ApiError.of(exc) from None
         answer = answer_stream.answer
         assert answer is not None
-        metrics.observe_answer(stream_id, answer)
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": _finish_reason(answer, max_tokens, session)}],
@@ -88,7 +86,6 @@ async def chat_completions(request: Request) -> Any:
                                                      "finish_reason": None}]})
             answer = answer_stream.answer
             assert answer is not None
-            metrics.observe_answer(stream_id, answer)
             yield sse({**chunk, "choices": [{"index": 0, "delta": {},
                                              "finish_reason": _finish_reason(answer, max_tokens, session)}],
                        "omnizip": _seen(answer, stream_id)})

@@ -2,12 +2,14 @@
 
 Per stream (label ``stream``): windows ingested/failed, video frames dropped (scheduler and source),
 retention per modality (label ``modality``), KV tokens/bytes, lag behind live, queries, source state and
-re-opens; and ``omnizip_ttft_seconds``, a histogram of time to first token of the answers given over HTTP.
+re-opens; and ``omnizip_ttft_seconds``, a histogram of time to first token of every answer the streams give
+(HTTP, MQTT, the web page: each session's ``answer_listeners``).
 Each app has its own registry (several servers in one process never clash).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,8 +54,25 @@ class ServerMetrics:
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StreamCollector(server))
-        self.ttft = Histogram("omnizip_ttft_seconds", "Time to first token of answers over HTTP",
+        self.ttft = Histogram("omnizip_ttft_seconds", "Time to first token of the streams' answers",
                               ["stream"], buckets=TTFT_BUCKETS_S, registry=self.registry)
+        for stream_id in server.ids():
+            self._listen(stream_id)
+        server.on_change.append(self._on_change)
+
+    def _on_change(self, event: str, info: dict[str, Any]) -> None:
+        if event == "added":
+            self._listen(info["id"])
+        elif event == "removed":
+            with contextlib.suppress(KeyError):  # no answer was observed
+                self.ttft.remove(info["id"])
+
+    def _listen(self, stream_id: str) -> None:
+        try:
+            session = self.server.session(stream_id)
+        except KeyError:  # removed meanwhile
+            return
+        session.answer_listeners.append(lambda answer: self.observe_answer(stream_id, answer))
 
     def observe_answer(self, stream_id: str, answer: Answer) -> None:
         """Record an answer's TTFT."""

@@ -188,6 +188,20 @@ def test_metrics_parse_with_prometheus_parser(api):
     assert samples[("omnizip_streams", ())] == 2
 
 
+def test_the_ttft_histogram_counts_every_answer_once_whoever_asked(api):
+    def answers() -> float:
+        families = text_string_to_metric_families(httpx.get(f"{api.url}/metrics").text)
+        return sum(s.value for f in families for s in f.samples
+                   if s.name == "omnizip_ttft_seconds_count" and s.labels == {"stream": "yard"})
+
+    before = answers()
+    api.call(lambda server: server.session("yard").ask("what now?", 2))  # in process, as MQTT asks
+    assert answers() == before + 1
+    httpx.post(f"{api.url}/v1/chat/completions", timeout=60,
+               json={"model": "yard", "max_tokens": 2, "messages": [{"role": "user", "content": "and now?"}]})
+    assert answers() == before + 2  # an HTTP answer once, not twice
+
+
 def test_a_client_that_leaves_mid_answer_does_not_disturb_the_server(api):
     body = {"model": "door", "stream": True, "messages": [{"role": "user", "content": "long story please"}]}
     for _ in range(3):
