@@ -31,7 +31,7 @@ test-gpu: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check omnizip omnizip_stream tests scripts
-	$(VENV)/bin/mypy omnizip
+	$(VENV)/bin/mypy omnizip omnizip_stream
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

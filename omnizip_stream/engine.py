@@ -152,6 +152,7 @@ class StreamEngine:
         if not self._started:
             self.start()
         window_s = self.config.window_s
+        assert window_s is not None  # filled by for_model in __init__
         check_on_grid(window, self.adapter.spec.fps, window_s)  # windows come on the model's grid (windowing.on_grid)
         audio, frames = window.audio, window.frames
         cursor = self._cursor(window, audio)
@@ -178,9 +179,11 @@ class StreamEngine:
         extras = self.adapter.av_extras(encoded, kept_index, offset=0, total=int(kept_embeds.shape[0]))
         index = self.windows_ingested
         kind = "sink" if index < self.config.sink_windows else "window"
+        window_s = self.config.window_s
+        assert window_s is not None  # filled by for_model in __init__
         job.encoded, job.keep, job.evicted = encoded, plan.keep, evicted
         job.segment = Segment(
-            kind=kind, window_index=index, t0_s=window.t0_s, t1_s=window.t0_s + self.config.window_s,
+            kind=kind, window_index=index, t0_s=window.t0_s, t1_s=window.t0_s + window_s,
             positions=positions, modality=modality, embeds=kept_embeds, extras=extras,
             close_position=float(encoded.close_position) - shift,
         )

@@ -195,7 +195,9 @@ class StreamSession(StreamJobs):
         (:func:`~omnizip_stream.windowing.on_grid`; windows of a ``Windower`` already are).
         """
         self._check_running()
-        window = on_grid(window, self.adapter.spec.fps, self.config.window_s, counters=self.media)
+        window_s = self.config.window_s
+        assert window_s is not None  # resolved on the model when the stream was attached (worker.attach)
+        window = on_grid(window, self.adapter.spec.fps, window_s, counters=self.media)
         while True:
             self._space.clear()
             now = self.clock.now()
@@ -204,7 +206,7 @@ class StreamSession(StreamJobs):
             stream_now_s = self._stream_time_s(now)
             with self._cond:
                 behind_s = stream_now_s - self.windows[0].window.t1_s if self.windows else 0.0
-                shedding = self.live.live_clock is not None and behind_s > self.config.window_s
+                shedding = self.live.live_clock is not None and behind_s > window_s
                 if len(self.windows) < self.config.window_queue or shedding:
                     deadline_s = now - stream_now_s + window.t1_s  # complete at the live source then
                     prepared = self._worker.preparer.prepare(self.adapter, window, self.config)

@@ -153,7 +153,9 @@ class ReprefillRunner:
         self.adapter = adapter
         self.mode = mode
         self.settings = settings
-        self.window_s = settings.stream.window_s
+        window_s = settings.stream.window_s
+        assert window_s is not None, "resolve the stream config on the model first (StreamConfig.for_model)"
+        self.window_s = window_s
         cfg = OmniZipConfig(rho_audio=mode.rho_audio, rho_video=mode.rho_video, mode="offline", saliency="global",
                             seed=settings.stream.seed)
         self.compressor = make_compressor(mode.method, cfg)
@@ -271,7 +273,7 @@ async def warm_up(adapter: Any, settings: RunSettings, executor: concurrent.futu
     streaming = await loop.run_in_executor(executor, StreamingRunner, adapter, Mode("warm-up", "streaming", "omnizip",
                                                                                     0.3, 0.6), warm)
     reprefill = ReprefillRunner(adapter, Mode("warm-up", "reprefill", "identity"), warm)
-    window_s = settings.stream.window_s
+    window_s = reprefill.window_s  # resolved on the model (run_benchmark)
     async with open_windows(settings.source, realtime=False, duration_s=windows * window_s, window_s=window_s,
                             fps=adapter.spec.fps, max_side=settings.max_side,
                             loop=not settings.source.strip().lower().startswith("synthetic")) as stream:

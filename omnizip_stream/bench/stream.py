@@ -62,7 +62,9 @@ def run_benchmark(
     """
     env = environment(adapter.device)
     settings = dataclasses.replace(settings, stream=settings.stream.for_model(adapter.spec))  # window_s: the model's
-    per_mode = round(max(settings.checkpoints_s) / settings.stream.window_s) + len(settings.checkpoints_s)
+    window_s = settings.stream.window_s
+    assert window_s is not None  # filled by for_model
+    per_mode = round(max(settings.checkpoints_s) / window_s) + len(settings.checkpoints_s)
     bar = ProgressBar(per_mode * len(modes), label="bench") if progress else None
     t0 = time.perf_counter()
     try:
@@ -71,7 +73,6 @@ def run_benchmark(
     finally:
         if bar:
             bar.close()
-    window_s = settings.stream.window_s
     rows = [row for rec in records for row in rows_for(rec, window_s, warmup_windows)]
     summaries = [mode_summary(rec, window_s, warmup_windows) for rec in records]
     report: dict[str, Any] = {

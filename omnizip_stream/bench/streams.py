@@ -85,8 +85,10 @@ class StreamsSettings:
 
     @property
     def window_s(self) -> float:
-        """The stream window length in seconds."""
-        return float(self.stream.window_s)
+        """The stream window length in seconds (``stream`` resolved on the model: :func:`run_streams_benchmark`)."""
+        window_s = self.stream.window_s
+        assert window_s is not None, "resolve the stream config on the model first (StreamConfig.for_model)"
+        return float(window_s)
 
 
 def make_worker(adapter: Any, config: StreamConfig, max_batch: int) -> ModelWorker:

@@ -35,8 +35,8 @@ def _serve_windows(members: Sequence[tuple[StreamSession, Any]]) -> None:
     try:
         if len(members) == 1:  # the one-window path, engine.ingest (which tools and tests may wrap)
             session, pending = members[0]
-            assert session.engine is not None
-            outcomes = [_outcome(lambda p: session.engine.ingest(p.window, p.prepared), pending)]
+            engine = _engine(session)
+            outcomes = [_outcome(lambda p: engine.ingest(p.window, p.prepared), pending)]
         else:
             outcomes = ingest_windows([(_engine(s), pending.window) for s, pending in members],
                                       [pending.prepared for _, pending in members])

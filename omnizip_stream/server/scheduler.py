@@ -68,7 +68,10 @@ class StreamQueues(Protocol):
 
     queries: collections.deque[Any]
     windows: collections.deque[PendingWindow]
-    watch_due: bool  # standing questions wait to run after the stream's last window
+
+    @property
+    def watch_due(self) -> bool:
+        """Standing questions wait to run after the stream's last window."""
 
 
 class Scheduler:

@@ -277,6 +277,7 @@ class StreamServer:
         """Open the source, push its windows into the session; re-open after failures (see module docstring)."""
         spec, session, settings = run.spec, run.session, self.config.server
         window_s = session.config.window_s  # resolved on the model when the session started (for_model)
+        assert window_s is not None
         fps = float(self.adapter.spec.fps)
         failures = 0  # in a row: the backoff restarts once a window arrives
         t0_clock: float | None = None  # clock reading at stream time 0 (the first successful open)

@@ -20,6 +20,7 @@ due questions) and, when the worker's scheduler picks the stream's ``"watch"`` j
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import logging
 import threading
@@ -151,7 +152,7 @@ class StreamWatches:
                 self.stretch = min(self.stretch * 2, MAX_STRETCH)
             self.due = due
 
-    def run(self, engine: Any) -> list[dict[str, Any]]:
+    def run(self, engine: Any) -> builtins.list[dict[str, Any]]:  # builtins: the method list shadows it here
         """Evaluate the due questions in one forward; returns the alerts (already in the log).
 
         The alerts still have to be handed to :attr:`listeners` on the event loop (:meth:`deliver`).
