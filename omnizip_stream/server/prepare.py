@@ -12,6 +12,9 @@ config): results are bit-identical with and without preparation.
 Not prepared: windows without frames, adapters without ``prepare_video``, and streams that encode a
 planned grid (``vision_budget: audio`` picks the frames and size after the audio, on the model thread).
 A window whose video is shed while queued cancels its preparation if it has not started.
+
+Memory: a queued window holds its float32 patches next to its frames until it is encoded, at most
+``window_queue`` windows a stream (a 2-s window at the paper's pixel budget: 1024 patches, 4.8 MB).
 """
 
 from __future__ import annotations
