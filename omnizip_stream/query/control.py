@@ -34,7 +34,7 @@ from typing import Any
 
 from omnizip_stream.credentials import redact_url
 from omnizip_stream.query.outbox import OutMessage
-from omnizip_stream.query.schema import Route, encode, final_error
+from omnizip_stream.query.schema import RequestError, Route, encode, final_error, unknown_fields
 from omnizip_stream.query.streams import SERVER_ID, StreamControl, describe_memory, describe_streams
 
 logger = logging.getLogger(__name__)
@@ -45,13 +45,8 @@ _STREAM_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")  # one topic level, as M
 MAX_PENDING_OPS = 16  # control requests waiting for the one running (beyond: busy)
 
 
-class ControlError(Exception):
+class ControlError(RequestError):
     """A control request refused with ``code`` (see the module docstring)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def check_stream_id(stream_id: Any) -> str:
@@ -102,10 +97,8 @@ class ControlDesk:
             self._authenticate(obj)
             if route is None:
                 raise ControlError("bad_request", "no reply route (no MQTT 5 ResponseTopic, no 'reply_to')")
-            unknown = sorted(set(obj) - CONTROL_FIELDS)
-            if unknown:
-                raise ControlError("bad_request", f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: "
-                                                  f"{', '.join(sorted(CONTROL_FIELDS))}")
+            if (unknown := unknown_fields(obj, CONTROL_FIELDS)) is not None:
+                raise ControlError("bad_request", unknown)
             if op not in OPS:
                 raise ControlError("bad_request", f"'op' must be one of {', '.join(OPS)}")
             if op == "list":

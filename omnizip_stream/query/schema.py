@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,14 @@ ERROR_CODES = ("bad_request", "too_long", "busy", "rate_limited", "not_ready", "
                "unknown_stream", "forbidden", "unauthorized", "conflict", "refused",
                # standing questions (omnizip_stream.watch): too many on a stream, a watch id not registered
                "too_many", "unknown_watch")
+
+
+def unknown_fields(obj: Mapping[str, Any], allowed: Iterable[str]) -> str | None:
+    """The one-line ``bad_request`` message for fields of ``obj`` not in ``allowed`` (the first five), or None."""
+    unknown = sorted(set(obj) - set(allowed))
+    if not unknown:
+        return None
+    return f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: {', '.join(sorted(allowed))}"
 
 
 class RequestError(Exception):
@@ -177,12 +186,8 @@ def parse_request(
     """
     if not isinstance(obj, dict):
         raise RequestError("bad_request", f"request must be a JSON object, not {_json_type(obj)}")
-    unknown = sorted(set(obj) - REQUEST_FIELDS)
-    if unknown:
-        raise RequestError(
-            "bad_request",
-            f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: {', '.join(sorted(REQUEST_FIELDS))}",
-        )
+    if (unknown := unknown_fields(obj, REQUEST_FIELDS)) is not None:
+        raise RequestError("bad_request", unknown)
     if "question" not in obj:
         raise RequestError("bad_request", "missing required field 'question'")
     question = obj["question"]

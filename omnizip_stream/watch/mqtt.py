@@ -30,7 +30,7 @@ import logging
 from typing import Any
 
 from omnizip_stream.query.outbox import OutMessage
-from omnizip_stream.query.schema import encode, final_error
+from omnizip_stream.query.schema import encode, final_error, unknown_fields
 from omnizip_stream.query.streams import lookup, on_change
 from omnizip_stream.watch.delivery import AlertDelivery
 from omnizip_stream.watch.spec import WatchError, watch_spec_from_mapping
@@ -126,10 +126,8 @@ class WatchDesk:
             if route is None:
                 self.desk.reject(None, request_id, "bad_request", "no reply route", stream_id)
                 return
-            unknown = sorted(set(obj) - FIELDS)
-            if unknown:
-                raise WatchError("bad_request", f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: "
-                                                f"{', '.join(sorted(FIELDS))}")
+            if (unknown := unknown_fields(obj, FIELDS)) is not None:
+                raise WatchError("bad_request", unknown)
             if op not in OPS:
                 raise WatchError("bad_request", f"'op' must be one of {', '.join(OPS)}")
             session = lookup(self.desk.streams, stream_id)
