@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from omnizip_stream.bench.report import emit_json
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.http.runner import serve_http
 from omnizip_stream.http.settings import HttpSettings
@@ -166,11 +167,7 @@ def main() -> int:
 
         result["browser_to_window"] = asyncio.run(measure(model=args.model, device=args.device,
                                                           seconds=args.browser_seconds))
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
     for name, entry in result["results"].items():
         f = entry["first_piece_ms"]
         print(f"{name:10s} first piece p50 {f['p50']:8.2f} ms  p90 {f['p90']:8.2f} ms  "

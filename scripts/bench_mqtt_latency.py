@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import platform
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from omnizip_stream.bench.report import emit_json
 from omnizip_stream.query.base import Answer
 from omnizip_stream.query.broker import EmbeddedBroker, find_mosquitto
 from omnizip_stream.query.mqtt import MqttConfig, MqttQueryServer
@@ -124,11 +124,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="write the JSON here (default: stdout only)")
     args = p.parse_args()
     result = asyncio.run(bench(args))
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(result, args.out)
     for name, entry in result["results"].items():
         r = entry["round_trip_ms"]
         print(f"{name:16s} round trip p50 {r['p50']:.3f} ms  p95 {r['p95']:.3f} ms  max {r['max']:.3f} ms",

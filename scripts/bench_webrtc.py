@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omnizip_stream.bench.report import emit_json
 from omnizip_stream.config import StreamConfig
 from omnizip_stream.http.runner import serve_http
 from omnizip_stream.http.settings import HttpSettings
@@ -182,11 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(measure(model=args.model, device=args.device, seconds=args.seconds,
                                  camera_fps=args.camera_fps))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,15 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(_clean(report), indent=1) + "\n")
 
 
+def emit_json(result: dict[str, Any], out: Path | None) -> None:
+    """Print ``result`` as JSON on stdout and, with ``out``, also write it there (its folder created)."""
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
 def run_json_script(
     parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], dict[str, Any]]
 ) -> tuple[argparse.Namespace, dict[str, Any]] | None:
