@@ -30,8 +30,38 @@ from omnizip.adapters.packed import module_eager_attention
 
 ATTN_IMPLEMENTATION = "omnizip_varlen_flash"
 
+_Group = tuple[int, int, "torch.Tensor | None"]  # chunk length, chunk count, their rows (None: every chunk, views)
+
 # The implementation each active call stands in for (the model thread is the only caller of the towers).
 _INNER: ContextVar[Any] = ContextVar("omnizip_varlen_inner", default=None)
+# Per tower call: the chunk groups of each cu_seqlens tensor (the layers share two of them: windows, frames).
+_GROUPS: ContextVar[dict[int, tuple[torch.Tensor, list[_Group]]] | None] = ContextVar("omnizip_varlen_groups",
+                                                                                     default=None)
+
+
+def _chunk_groups(cu: torch.Tensor, device: torch.device) -> list[_Group]:
+    """:func:`_group_chunks` of ``cu``, computed once per tower call and ``cu`` tensor."""
+    cache = _GROUPS.get()
+    if cache is not None and (hit := cache.get(id(cu))) is not None and hit[0] is cu:
+        return hit[1]
+    groups = _group_chunks(cu, device)
+    if cache is not None:
+        cache[id(cu)] = (cu, groups)  # cu kept alive with its entry, so its id is not reused meanwhile
+    return groups
+
+
+def _group_chunks(cu: torch.Tensor, device: torch.device) -> list[_Group]:
+    """The chunks of ``cu_seqlens`` grouped by length (one host read of ``cu``)."""
+    by_length: dict[int, list[int]] = {}  # chunk length -> the chunks' starts
+    for start, stop in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        by_length.setdefault(stop - start, []).append(start)
+    if len(by_length) == 1:  # one length (e.g. whole frames): plain views, no gather
+        groups: list[_Group] = [(length, len(firsts), None) for length, firsts in by_length.items()]
+    else:
+        groups = [(length, len(firsts),
+                   (torch.tensor(firsts).unsqueeze(1) + torch.arange(length)).reshape(-1).to(device))
+                  for length, firsts in by_length.items()]
+    return groups
 
 
 def _varlen_attention(
@@ -44,14 +74,10 @@ def _varlen_attention(
     cu = kwargs.pop("cu_seq_lens_q")
     for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
         kwargs.pop(name, None)
-    starts = cu[:-1].tolist()
-    groups: dict[int, list[int]] = {}  # chunk length -> the chunks' starts
-    for start, stop in zip(starts, cu[1:].tolist(), strict=True):
-        groups.setdefault(stop - start, []).append(start)
+    groups = _chunk_groups(cu, query.device)
     heads, seq, dim = query.shape[1], query.shape[2], query.shape[3]
-    if len(groups) == 1:  # one length (e.g. whole frames): plain views, no gather
-        ((length, firsts),) = groups.items()
-        n = len(firsts)
+    if groups[0][2] is None:
+        ((length, n, _),) = groups
 
         def chunks(x: torch.Tensor) -> torch.Tensor:
             return x[0].reshape(heads, n, length, dim).transpose(0, 1)  # [n, H, L, Dh]
@@ -59,9 +85,8 @@ def _varlen_attention(
         out = inner(module, chunks(query), chunks(key), chunks(value), attention_mask, **kwargs)[0]  # [n, L, H, Dh]
         return out.reshape(1, seq, heads, dim), None
     result = query.new_empty(seq, heads, dim)
-    for length, firsts in groups.items():
-        n = len(firsts)
-        rows = (torch.tensor(firsts).unsqueeze(1) + torch.arange(length)).reshape(-1).to(query.device)
+    for length, n, rows in groups:
+        assert rows is not None
 
         def gathered(x: torch.Tensor, rows: torch.Tensor = rows, n: int = n, length: int = length) -> torch.Tensor:
             return x[0].index_select(1, rows).reshape(heads, n, length, dim).transpose(0, 1)  # [n, H, L, Dh]
@@ -97,12 +122,13 @@ def varlen_attention(config: Any) -> Iterator[None]:
     else:  # flash attention takes cu_seqlens itself; anything else keeps the stock loop
         yield
         return
-    token = _INNER.set(inner)
+    token, groups = _INNER.set(inner), _GROUPS.set({})
     config._attn_implementation = ATTN_IMPLEMENTATION
     try:
         yield
     finally:
         config._attn_implementation = original
+        _GROUPS.reset(groups)
         _INNER.reset(token)
 
 

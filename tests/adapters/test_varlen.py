@@ -93,6 +93,24 @@ def test_audio_tower_is_bit_identical(adapter):
     assert torch.equal(stock, batched)
 
 
+def test_the_chunk_groups_are_made_once_per_tower_call(adapter25, monkeypatch):
+    """Every audio layer attends over the same cu_seqlens: its chunk groups are computed once, then reused."""
+    core = adapter25.thinker.model
+    made: list[int] = []
+    original = varlen._group_chunks
+
+    def counting(cu: torch.Tensor, device: Any) -> Any:
+        made.append(len(cu) - 1)
+        return original(cu, device)
+
+    monkeypatch.setattr(varlen, "_group_chunks", counting)
+    for _ in range(2):  # a second tower call groups its chunks anew
+        with torch.no_grad(), varlen_attention(core.audio_tower.config):
+            core.get_audio_features(torch.zeros(1, 128, 700), feature_attention_mask=torch.ones(1, 700, dtype=torch.long))
+    assert len(core.audio_tower.layers) >= 2 and made == [made[0]] * 2 and made[0] >= 2
+    assert varlen._GROUPS.get() is None  # the cache lives for one call
+
+
 def test_outside_the_block_and_other_implementations(adapter25):
     q = torch.zeros(1, 2, 4, 8)
     with pytest.raises(RuntimeError, match="only inside varlen_attention"):
